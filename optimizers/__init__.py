@@ -1,0 +1,35 @@
+"""optpilot's optimizer library: a registry of torch's optimizers plus its own LAMB and Lion.
+
+>>> import optimizers
+>>> opt = optimizers.create("adamw", model.parameters(), lr=3e-4, weight_decay=0.1)  # doctest: +SKIP
+"""
+
+from optimizers import catalog as _catalog  # registers the built-ins
+from optimizers.lamb import Lamb
+from optimizers.lion import Lion
+from optimizers.registry import (
+    HYPERPARAMETER_BOUNDS,
+    Bound,
+    OptimizerSpec,
+    SearchRange,
+    create,
+    get,
+    names,
+    register,
+    specs,
+)
+
+__all__ = [
+    "HYPERPARAMETER_BOUNDS",
+    "Bound",
+    "Lamb",
+    "Lion",
+    "OptimizerSpec",
+    "SearchRange",
+    "create",
+    "get",
+    "names",
+    "register",
+    "specs",
+]
+del _catalog

@@ -1,0 +1,169 @@
+"""The optimizer registry: one frozen record per optimizer, keyed by its DESIGN name.
+
+A record says what the optimizer is for, how to build it from the flat hyperparameter names
+(``lr``, ``weight_decay``, ``momentum``, ``beta1``, ``beta2``, ``eps``, ``alpha``, ...), its
+defaults, the search space the tuner starts from (REFERENCE.md's ranges), and how much state it
+keeps per parameter. ``create`` is the one entry point that validates hyperparameters, so every
+caller (the tuner, the service, users' own code) gets the same errors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, TypeAlias
+
+import torch
+
+ParamsT: TypeAlias = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
+Family = Literal["sgd", "adaptive", "sign", "layerwise", "factored", "orthogonal"]
+Builder: TypeAlias = Callable[[ParamsT, dict[str, float]], torch.optim.Optimizer]
+
+
+@dataclass(frozen=True)
+class SearchRange:
+    """A tuning range for one hyperparameter, in the hyperparameter's own units.
+
+    ``complement`` means the range is searched on ``1 - value`` (log scale when ``log``): the right
+    way to search betas and momentum, whose effect lives in ``1 - beta`` (REFERENCE.md).
+    """
+
+    low: float
+    high: float
+    log: bool = True
+    complement: bool = False
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
+            raise ValueError(f"search range needs finite low < high, got {self.low}..{self.high}")
+        if self.log and (self.low <= 0 or (self.complement and self.high >= 1)):
+            raise ValueError(f"log range must stay positive, got {self.low}..{self.high}")
+
+    def contains(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Where a hyperparameter is valid at all (not where it is worth searching)."""
+
+    low: float
+    high: float = math.inf
+    low_inclusive: bool = True
+    high_inclusive: bool = False
+
+    def check(self, name: str, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{name}: expected a number, got {type(value).__name__}")
+        if not math.isfinite(value):
+            raise ValueError(f"{name}: must be finite, got {value}")
+        low_ok = value >= self.low if self.low_inclusive else value > self.low
+        high_ok = value <= self.high if self.high_inclusive else value < self.high
+        if not (low_ok and high_ok):
+            lo = "[" if self.low_inclusive else "("
+            hi = "]" if self.high_inclusive else ")"
+            raise ValueError(f"{name}: {value} is outside {lo}{self.low}, {self.high}{hi}")
+
+
+# Validity of every flat hyperparameter name, shared by all optimizers.
+HYPERPARAMETER_BOUNDS: Mapping[str, Bound] = MappingProxyType(
+    {
+        "lr": Bound(0.0, 100.0, low_inclusive=False, high_inclusive=True),
+        "weight_decay": Bound(0.0, 100.0, high_inclusive=True),
+        "momentum": Bound(0.0, 1.0),
+        "beta1": Bound(0.0, 1.0),
+        "beta2": Bound(0.0, 1.0),
+        "eps": Bound(0.0, 1.0, low_inclusive=False, high_inclusive=True),
+        "alpha": Bound(0.0, 1.0),
+        "momentum_decay": Bound(0.0, 1.0, high_inclusive=True),
+        "beta2_decay": Bound(-1.0, 0.0, high_inclusive=True),
+        "lr_decay": Bound(0.0, 1.0, high_inclusive=True),
+        "max_grad_norm": Bound(0.0, 1e6, low_inclusive=False, high_inclusive=True),
+        "aux_lr": Bound(0.0, 100.0, low_inclusive=False, high_inclusive=True),
+    }
+)
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """Everything optpilot knows about one optimizer."""
+
+    name: str
+    family: Family
+    when_to_use: str
+    build: Builder = field(repr=False)
+    defaults: Mapping[str, float]
+    search_space: Mapping[str, SearchRange]
+    state_bytes_per_param: float
+    references: tuple[str, ...]
+    # Names the tuner should tune first, in order of importance (REFERENCE's budget policy).
+    tuning_order: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for hp, value in self.defaults.items():
+            if hp not in HYPERPARAMETER_BOUNDS:
+                raise ValueError(f"{self.name}: unknown hyperparameter {hp!r} in defaults")
+            HYPERPARAMETER_BOUNDS[hp].check(f"{self.name}.{hp}", value)
+        for hp in (*self.search_space, *self.tuning_order):
+            if hp not in self.defaults:
+                raise ValueError(f"{self.name}: {hp!r} is tuned but has no default")
+        object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
+        object.__setattr__(self, "search_space", MappingProxyType(dict(self.search_space)))
+
+    @property
+    def hyperparameters(self) -> tuple[str, ...]:
+        return tuple(self.defaults)
+
+    def resolve(self, overrides: Mapping[str, float]) -> dict[str, float]:
+        """Defaults overlaid with ``overrides``, every value checked; ValueError names the field."""
+        unknown = sorted(set(overrides) - set(self.defaults))
+        if unknown:
+            raise ValueError(
+                f"{unknown[0]}: not a hyperparameter of {self.name!r} "
+                f"(accepted: {', '.join(self.defaults)})"
+            )
+        values = {**self.defaults, **overrides}
+        for hp, value in values.items():
+            HYPERPARAMETER_BOUNDS[hp].check(hp, value)
+        return {hp: float(v) for hp, v in values.items()}
+
+    def state_bytes(self, num_parameters: int, bytes_per_state_element: int = 4) -> int:
+        """Optimizer state for ``num_parameters`` parameters (fp32 state by default)."""
+        return int(self.state_bytes_per_param * num_parameters * bytes_per_state_element / 4)
+
+
+_REGISTRY: dict[str, OptimizerSpec] = {}
+
+
+def register(spec: OptimizerSpec) -> OptimizerSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"optimizer {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get(name: str) -> OptimizerSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"optimizer: unknown name {name!r} (known: {', '.join(names())})") from None
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def specs() -> tuple[OptimizerSpec, ...]:
+    return tuple(_REGISTRY.values())
+
+
+def create(name: str, params: ParamsT, **hyperparameters: float) -> torch.optim.Optimizer:
+    """Build optimizer ``name`` over ``params`` from flat hyperparameter names.
+
+    Unspecified hyperparameters take the registry defaults. Unknown names or invalid values raise
+    ``ValueError`` naming the field.
+    """
+    spec = get(name)
+    return spec.build(params, spec.resolve(hyperparameters))
