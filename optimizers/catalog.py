@@ -32,14 +32,24 @@ _FUSED_DEVICES: dict[str, tuple[str, ...]] = {
 _CPU_FOREACH = frozenset({"radam"})
 
 
+def _materialize(params: ParamsT) -> list[Any]:
+    """The parameters as a list (param groups with list-valued "params"), safe to read twice."""
+    out: list[Any] = []
+    for item in params:
+        if isinstance(item, dict):
+            group_params = item["params"]
+            group_params = [group_params] if isinstance(group_params, torch.Tensor) else list(
+                group_params)
+            out.append({**item, "params": group_params})
+        else:
+            out.append(item)
+    return out
+
+
 def _tensors(params: list[Any]) -> list[torch.Tensor]:
     out: list[torch.Tensor] = []
     for item in params:
-        if isinstance(item, dict):
-            out.extend(item["params"] if not isinstance(item["params"], torch.Tensor)
-                       else [item["params"]])
-        else:
-            out.append(item)
+        out.extend(item["params"] if isinstance(item, dict) else [item])
     return out
 
 
@@ -50,7 +60,9 @@ def implementation_kwargs(torch_name: str, params: list[Any]) -> dict[str, bool]
     if len(device_types) != 1 or not all(p.is_floating_point() for p in tensors):
         return {}  # torch's own default copes with mixed devices and dtypes
     device = device_types.pop()
-    if device in _FUSED_DEVICES.get(torch_name, ()):
+    # torch 2.13's fused CPU SGD silently skips bf16/fp16 updates: fused on CPU only at full width.
+    full_width = all(p.dtype in (torch.float32, torch.float64) for p in tensors)
+    if device in _FUSED_DEVICES.get(torch_name, ()) and (device != "cpu" or full_width):
         return {"fused": True}
     if device == "cpu":
         return {"foreach": torch_name in _CPU_FOREACH}
@@ -61,7 +73,7 @@ def _torch_builder(torch_name: str, cls: type[torch.optim.Optimizer], **fixed: A
     """Builder that maps flat names onto ``cls``'s keyword arguments."""
 
     def build(params: ParamsT, hp: dict[str, float]) -> torch.optim.Optimizer:
-        params = list(params)
+        params = _materialize(params)
         kwargs: dict[str, Any] = dict(fixed)
         for name, value in hp.items():
             if name in ("beta1", "beta2"):
@@ -76,7 +88,7 @@ def _torch_builder(torch_name: str, cls: type[torch.optim.Optimizer], **fixed: A
 
 
 def _adafactor_builder(params: ParamsT, hp: dict[str, float]) -> torch.optim.Optimizer:
-    params = list(params)
+    params = _materialize(params)
     flags = implementation_kwargs("adafactor", params)
     flags.pop("fused", None)
     return torch.optim.Adafactor(

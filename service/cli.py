@@ -1,0 +1,303 @@
+"""The ``optpilot`` command line.
+
+Local commands need no server: ``optimizers``, ``workloads``, ``recommend``, ``tune``. Service
+commands: ``serve`` (API + local workers + SQLite, the embedded default), ``worker``, ``db``.
+Bad input ends with a one-line message on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def _console() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _count(text: str) -> int:
+    """Integers written as 120000000, 1.2e8 or 120_000_000."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not math.isfinite(value) or value != int(value):
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(value)
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}"
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "input"
+        parts.append(f"{field}: {err['msg']}")
+    return "; ".join(parts)
+
+
+# -- optimizers / workloads -----------------------------------------------------------------
+
+
+def cmd_optimizers(args: argparse.Namespace) -> int:
+    import optimizers
+
+    if args.json:
+        print(json.dumps([
+            {"name": s.name, "family": s.family, "when_to_use": s.when_to_use,
+             "defaults": dict(s.defaults), "state_bytes_per_param": s.state_bytes_per_param,
+             "search_space": {k: vars(v) for k, v in s.search_space.items()},
+             "references": list(s.references)}
+            for s in optimizers.specs()
+        ], indent=2))
+        return 0
+    table = Table(title="optpilot optimizers")
+    for col in ("name", "family", "state B/param", "defaults", "when to use"):
+        table.add_column(col)
+    for s in optimizers.specs():
+        defaults = ", ".join(f"{k}={v:g}" for k, v in s.defaults.items())
+        table.add_row(s.name, s.family, f"{s.state_bytes_per_param:g}", defaults, s.when_to_use)
+    _console().print(table)
+    return 0
+
+
+def cmd_workloads(args: argparse.Namespace) -> int:
+    from tuner.workloads import workloads
+
+    items = workloads()
+    if args.json:
+        print(json.dumps([
+            {"name": w.name, "summary": w.summary, "metric": w.metric, "direction": w.direction,
+             "default_epochs": w.default_epochs, "task": w.task.model_dump(mode="json")}
+            for w in items
+        ], indent=2))
+        return 0
+    table = Table(title="optpilot workloads")
+    for col in ("name", "family", "task", "metric", "epochs", "summary"):
+        table.add_column(col)
+    for w in items:
+        table.add_row(w.name, w.task.model_family, w.task.task_type,
+                      f"{w.metric} ({w.direction})", str(w.default_epochs), w.summary)
+    _console().print(table)
+    return 0
+
+
+# -- recommend ------------------------------------------------------------------------------
+
+TASK_FLAGS: dict[str, str] = {
+    "family": "model_family", "task_type": "task_type", "params": "num_parameters",
+    "layers": "num_layers", "dataset_size": "dataset_size", "batch_size": "batch_size",
+    "sparse": "sparse_features", "fine_tuning": "fine_tuning", "devices": "num_devices",
+    "memory_gb": "memory_budget_gb", "precision": "precision",
+}
+
+
+def task_from_args(args: argparse.Namespace) -> Any:
+    from tuner.task import TaskDescription
+
+    fields = {field: getattr(args, flag) for flag, field in TASK_FLAGS.items()
+              if getattr(args, flag, None) not in (None, False)}
+    try:
+        return TaskDescription(**fields)
+    except ValidationError as exc:
+        raise CliError(_validation_message(exc)) from None
+
+
+def render_recommendation(recommendation: Any, console: Console) -> None:
+    table = Table(title="Recommended optimizers", show_lines=True)
+    for col in ("#", "optimizer", "score", "hyperparameters (default [low, high])", "memory",
+                "why"):
+        table.add_column(col)
+    for rank, c in enumerate(recommendation.candidates, 1):
+        hps = "\n".join(f"{hp}={p.default:.3g} [{p.low:.3g}, {p.high:.3g}]"
+                        for hp, p in c.hyperparameters.items())
+        fits = {True: "fits", False: "DOES NOT FIT", None: ""}[c.memory.fits]
+        memory = f"state {c.memory.state_bytes / 2**30:.3g} GiB {fits}".strip()
+        why = "\n".join(f"- {line}" for line in c.rationale)
+        table.add_row(str(rank), c.optimizer, f"{c.score:.2f}", hps, memory, why)
+    console.print(table)
+    refs = sorted({r for c in recommendation.candidates for r in c.references})
+    console.print("References: " + "; ".join(refs))
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from tuner.prior import recommend
+
+    task = task_from_args(args)
+    try:
+        recommendation = recommend(task, top_k=args.top_k)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        print(recommendation.model_dump_json(indent=2))
+    else:
+        render_recommendation(recommendation, _console())
+    return 0
+
+
+# -- tune -----------------------------------------------------------------------------------
+
+
+def render_summary(summary: Any, console: Console, title: str = "Per-optimizer summary") -> None:
+    table = Table(title=title)
+    for col in ("optimizer", "trials", "completed", "pruned", "failed", "best value",
+                "best hyperparameters"):
+        table.add_column(col)
+    for name, s in sorted(summary.per_optimizer.items(),
+                          key=lambda kv: (kv[1].best_value is None, kv[1].best_value or 0.0)):
+        hps = ", ".join(f"{k}={v:.3g}" for k, v in s.best_hyperparameters.items())
+        table.add_row(name, str(s.trials), str(s.completed), str(s.pruned), str(s.failed),
+                      _fmt(s.best_value), hps)
+    console.print(table)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tuner.tuning import tune
+    from tuner.workloads import get_workload
+
+    try:
+        workload = get_workload(args.workload)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if args.trials < 1 or args.trials > 100_000:
+        raise CliError("--trials: must be between 1 and 100000")
+    task = task_from_args(args) if args.family else None
+    console = _console()
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("best {task.fields[best]}"), TimeElapsedColumn(),
+                  console=console, transient=False, disable=args.json) as progress:
+        bar = progress.add_task(f"tuning {workload.name}", total=args.trials, best="-")
+
+        def on_trial(outcome: Any, summary: Any) -> None:
+            best = _fmt(summary.best_value)
+            if summary.best_optimizer:
+                best += f" ({summary.best_optimizer})"
+            progress.update(bar, advance=1, best=best)
+
+        try:
+            result = tune(workload, n_trials=args.trials, task=task, storage=args.storage,
+                          study_name=args.study_name, optimizer_names=args.optimizers,
+                          seed=args.seed, pruner=args.pruner, epochs=args.epochs,
+                          device=args.device, timeout_s=args.timeout, callback=on_trial)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+    summary = result.summary
+    if args.json:
+        print(json.dumps({
+            "workload": workload.name, "metric": workload.metric, "direction": summary.direction,
+            "best_value": summary.best_value, "best_optimizer": summary.best_optimizer,
+            "best_hyperparameters": summary.best_hyperparameters,
+            "completed": summary.completed, "pruned": summary.pruned, "failed": summary.failed,
+            "per_optimizer": {k: vars(v) for k, v in summary.per_optimizer.items()},
+        }, indent=2))
+        return 0
+    console.print(f"\n[bold]Best {workload.metric}[/bold] ({summary.direction}): "
+                  f"{_fmt(summary.best_value)} with [bold]{summary.best_optimizer}[/bold]")
+    if summary.best_optimizer:
+        hps = ", ".join(f"{k}={v:.4g}" for k, v in summary.best_hyperparameters.items())
+        console.print(f"  optimizers.create({summary.best_optimizer!r}, model.parameters(), "
+                      f"{hps})")
+    console.print(f"Trials: {summary.completed} completed, {summary.pruned} pruned, "
+                  f"{summary.failed} failed")
+    render_summary(summary, console)
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------
+
+
+def _add_task_flags(p: argparse.ArgumentParser, required: bool) -> None:
+    g = p.add_argument_group("task description")
+    g.add_argument("--family", required=required,
+                   help="model family: linear, mlp, cnn, rnn, transformer, gnn, other")
+    g.add_argument("--task-type", help="classification (default), regression, "
+                   "language_modeling, generation, reinforcement_learning, other")
+    g.add_argument("--params", type=_count, required=required,
+                   help="trainable parameters, e.g. 1.2e8")
+    g.add_argument("--layers", type=_count, help="depth")
+    g.add_argument("--dataset-size", type=_count, help="training examples")
+    g.add_argument("--batch-size", type=_count, help="global batch size")
+    g.add_argument("--sparse", action="store_true", help="sparse features / embeddings")
+    g.add_argument("--fine-tuning", action="store_true", help="starts from pretrained weights")
+    g.add_argument("--devices", type=_count, help="accelerators used together")
+    g.add_argument("--memory-gb", type=float, help="accelerator memory per device (GB)")
+    g.add_argument("--precision", help="fp32 (default), bf16, fp16")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="optpilot",
+        description="Optimizer recommendations and prior-guided tuning for PyTorch training.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("optimizers", help="list the optimizer catalog")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_optimizers)
+
+    p = sub.add_parser("workloads", help="list the registered workloads")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_workloads)
+
+    p = sub.add_parser("recommend", help="rank optimizers for a described model and task")
+    _add_task_flags(p, required=True)
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--json", action="store_true", help="print the recommendation as JSON")
+    p.set_defaults(handler=cmd_recommend)
+
+    p = sub.add_parser("tune", help="tune a workload in this process (no server)")
+    p.add_argument("--workload", required=True, help="registered workload name")
+    p.add_argument("--trials", type=int, default=30)
+    p.add_argument("--optimizers", type=_names, help="comma-separated names (default: prior's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
+    p.add_argument("--epochs", type=int, help="training budget per trial (default: workload's)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.add_argument("--storage", help="Optuna storage URL (default: in memory)")
+    p.add_argument("--study-name")
+    p.add_argument("--json", action="store_true")
+    _add_task_flags(p, required=False)
+    p.set_defaults(handler=cmd_tune)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except CliError as exc:
+        print(f"optpilot {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""The trial runner turns every way a trial can end into a recorded Optuna state."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import ClassVar
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from tuner.space import SearchPlan
+from tuner.task import TaskDescription
+from tuner.trial import run_trial
+from tuner.workloads import Reporter, TrialConfig, Workload
+
+PLAN = SearchPlan.build(
+    [("adam", 0.6, {"lr": {"default": 1e-2, "low": 1e-3, "high": 1e-1, "log": True}}),
+     ("sgd_momentum", 0.3, {"lr": {"default": 0.1, "low": 1e-2, "high": 1.0, "log": True},
+                            "momentum": {"default": 0.9, "low": 0.5, "high": 0.99,
+                                         "log": True, "complement": True}})],
+    n_trials=20,
+)
+
+
+class Scripted(Workload):
+    """Reports the given values, then does what ``ending`` says."""
+
+    name: ClassVar[str] = "scripted"
+    summary: ClassVar[str] = "test workload"
+    task: ClassVar[TaskDescription] = TaskDescription(model_family="other", num_parameters=1)
+    metric: ClassVar[str] = "value"
+    default_epochs: ClassVar[int] = 3
+
+    def __init__(self, values: list[float], ending: str = "return", sleep: float = 0.0) -> None:
+        self.values = values
+        self.ending = ending
+        self.sleep = sleep
+        self.configs: list[TrialConfig] = []
+
+    def run(self, config: TrialConfig, report: Reporter) -> float:
+        self.configs.append(config)
+        for epoch, value in enumerate(self.values):
+            time.sleep(self.sleep)
+            report(epoch, value)
+        if self.ending == "raise":
+            raise KeyError("boom")
+        if self.ending == "oom":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        return self.values[-1] if self.values else math.nan
+
+
+def study() -> optuna.Study:
+    return optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+
+
+def test_completed_trial_records_value_optimizer_and_hyperparameters() -> None:
+    s = study()
+    wl = Scripted([3.0, 2.0, 1.0])
+    outcome = run_trial(s, PLAN, wl, seed=5, device="cpu")
+    trial = s.trials[0]
+    assert outcome.state == TrialState.COMPLETE and trial.value == 1.0
+    assert trial.intermediate_values == {0: 3.0, 1: 2.0, 2: 1.0}
+    assert trial.user_attrs["optimizer"] == outcome.optimizer in PLAN.names
+    hps = trial.user_attrs["hyperparameters"]
+    assert wl.configs[0].hyperparameters == hps
+    assert wl.configs[0].seed == 5 + trial.number
+    rng = PLAN.candidate(outcome.optimizer or "").tuned["lr"]
+    assert rng.low <= hps["lr"] <= rng.high
+
+
+def test_nan_metric_ends_as_diverged_and_the_study_goes_on() -> None:
+    s = study()
+    run_trial(s, PLAN, Scripted([1.0, math.inf]))
+    run_trial(s, PLAN, Scripted([math.nan]))
+    run_trial(s, PLAN, Scripted([0.5]))
+    states = [t.state for t in s.trials]
+    assert states == [TrialState.PRUNED, TrialState.FAIL, TrialState.COMPLETE]
+    assert s.trials[0].user_attrs["reason"] == "diverged"
+    assert s.trials[1].user_attrs["reason"] == "diverged"
+    assert s.best_value == 0.5
+
+
+def test_exception_fails_the_trial_with_its_traceback() -> None:
+    s = study()
+    outcome = run_trial(s, PLAN, Scripted([1.0], ending="raise"))
+    trial = s.trials[0]
+    assert outcome.state == TrialState.FAIL
+    assert trial.user_attrs["reason"] == "error: KeyError: 'boom'"
+    assert "raise KeyError" in trial.user_attrs["traceback"]
+
+
+def test_cuda_out_of_memory_fails_with_its_own_reason() -> None:
+    s = study()
+    outcome = run_trial(s, PLAN, Scripted([1.0], ending="oom"))
+    assert outcome.state == TrialState.FAIL
+    assert s.trials[0].user_attrs["reason"] == "cuda_oom"
+
+
+def test_per_trial_timeout_is_honoured_at_the_next_report() -> None:
+    s = study()
+    started = time.monotonic()
+    outcome = run_trial(s, PLAN, Scripted([1.0] * 50, sleep=0.02), timeout_s=0.1)
+    assert time.monotonic() - started < 0.5
+    assert outcome.state == TrialState.PRUNED and outcome.reason == "timeout"
+    assert len(s.trials[0].intermediate_values) < 50
+
+
+def test_cancellation_is_polled_at_every_report() -> None:
+    s = study()
+    calls = []
+
+    def should_stop() -> bool:
+        calls.append(1)
+        return len(calls) >= 2
+
+    outcome = run_trial(s, PLAN, Scripted([1.0] * 10), should_stop=should_stop)
+    assert outcome.state == TrialState.FAIL and outcome.reason == "cancelled"
+    assert len(s.trials[0].intermediate_values) == 2
+
+
+def test_pruner_decision_prunes_the_trial() -> None:
+    s = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=5.0))
+    outcome = run_trial(s, PLAN, Scripted([1.0, 10.0, 1.0]))
+    assert outcome.state == TrialState.PRUNED and outcome.reason == "pruned"
+    assert s.trials[0].intermediate_values == {0: 1.0, 1: 10.0}
+
+
+def test_plan_namespaces_parameters_and_searches_betas_as_complement() -> None:
+    s = study()
+    for _ in range(30):
+        run_trial(s, PLAN, Scripted([1.0]))
+    for t in s.trials:
+        name = t.params["optimizer"]
+        assert all(k == "optimizer" or k.startswith(f"{name}.") for k in t.params)
+        if name == "sgd_momentum" and "sgd_momentum.one_minus_momentum" in t.params:
+            mom = t.user_attrs["hyperparameters"]["momentum"]
+            assert mom == pytest.approx(1 - t.params["sgd_momentum.one_minus_momentum"])
+            assert 0.5 <= mom <= 0.99
+
+
+def test_budget_policy_tunes_more_hyperparameters_with_more_trials() -> None:
+    priors = {"lr": {"default": 1e-3, "low": 1e-4, "high": 1e-2},
+              "beta1": {"default": 0.9, "low": 0.5, "high": 0.98, "complement": True},
+              "eps": {"default": 1e-8, "low": 1e-10, "high": 1e-6},
+              "weight_decay": {"default": 0.01, "low": 5e-3, "high": 1.0}}
+    small = SearchPlan.build([("adamw", 1.0, priors)], n_trials=5)
+    medium = SearchPlan.build([("adamw", 1.0, priors)], n_trials=20)
+    large = SearchPlan.build([("adamw", 1.0, priors)], n_trials=60)
+    assert list(small.candidates[0].tuned) == ["lr"]
+    assert list(medium.candidates[0].tuned) == ["lr", "beta1"]
+    assert len(large.candidates[0].tuned) == 3
+    assert large.candidates[0].defaults["weight_decay"] == 0.01
+
+
+def test_warm_start_enqueues_defaults_best_ranked_first() -> None:
+    points = PLAN.warm_start(20)
+    assert [p["optimizer"] for p in points[:2]] == ["adam", "sgd_momentum"]
+    assert points[0]["adam.lr"] == pytest.approx(1e-2)
+    assert len(points) <= 10
+    assert SearchPlan.from_json(PLAN.to_json()) == PLAN
+    assert len(PLAN.warm_start(2)) == 1

@@ -1,0 +1,167 @@
+"""The one place that turns a prior (ranked candidates) into an Optuna search space.
+
+The space is define-by-run: a categorical ``optimizer`` choice, then that optimizer's tuned
+hyperparameters under namespaced names (``adamw.lr``) so conditional spaces stay valid as the
+catalog grows. How many hyperparameters are tuned follows the trial budget (Google's Deep
+Learning Tuning Playbook, REFERENCE.md); the rest stay at the prior's default. Betas and momentum
+are searched on ``1 - value`` (``adamw.one_minus_beta1``) on a log scale.
+
+Warm start: each candidate's default point is enqueued first, best-ranked first, then a few
+learning-rate neighbours of the top candidates, so the first trials evaluate what the evidence
+says before the sampler explores (Schmidt et al. 2021: several optimizers at their defaults are
+about as good as tuning one).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+import optimizers
+
+OPTIMIZER_PARAM = "optimizer"
+COMPLEMENT_PREFIX = "one_minus_"
+
+
+@dataclass(frozen=True)
+class Range:
+    default: float
+    low: float
+    high: float
+    log: bool = True
+    complement: bool = False
+
+
+@dataclass(frozen=True)
+class PlannedOptimizer:
+    """One candidate of the plan: fixed values for every hyperparameter, ranges for the tuned."""
+
+    name: str
+    score: float
+    defaults: Mapping[str, float]
+    tuned: Mapping[str, Range]
+
+
+def tuned_count(trials_per_optimizer: float) -> int:
+    """How many hyperparameters to tune for an optimizer given its share of the budget."""
+    if trials_per_optimizer < 10:
+        return 1
+    if trials_per_optimizer < 25:
+        return 2
+    if trials_per_optimizer < 100:
+        return 3
+    return 5
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    candidates: tuple[PlannedOptimizer, ...]
+
+    @classmethod
+    def build(
+        cls,
+        candidates: Sequence[tuple[str, float, Mapping[str, Mapping[str, Any]]]],
+        n_trials: int,
+    ) -> SearchPlan:
+        """Plan from ``(optimizer, score, {hp: {default, low, high, log, complement}})`` triples,
+        ranked best first. Hyperparameters without a range keep the registry default."""
+        if not candidates:
+            raise ValueError("optimizers: a search plan needs at least one candidate")
+        share = n_trials / len(candidates)
+        planned: list[PlannedOptimizer] = []
+        for name, score, priors in candidates:
+            spec = optimizers.get(name)
+            defaults = dict(spec.defaults)
+            ranges: dict[str, Range] = {}
+            for hp, prior in priors.items():
+                defaults[hp] = float(prior["default"])
+                ranges[hp] = Range(float(prior["default"]), float(prior["low"]),
+                                   float(prior["high"]), bool(prior.get("log", True)),
+                                   bool(prior.get("complement", False)))
+            order = [hp for hp in spec.tuning_order if hp in ranges]
+            order += [hp for hp in ranges if hp not in order]
+            keep = order[: tuned_count(share)]
+            planned.append(PlannedOptimizer(name, float(score), defaults,
+                                            {hp: ranges[hp] for hp in keep}))
+        return cls(tuple(planned))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.candidates)
+
+    def candidate(self, name: str) -> PlannedOptimizer:
+        for c in self.candidates:
+            if c.name == name:
+                return c
+        raise ValueError(f"optimizer: {name!r} is not in this job's search plan")
+
+    # -- sampling ---------------------------------------------------------------------------
+
+    def suggest(self, trial: optuna.Trial) -> tuple[str, dict[str, float]]:
+        """Sample an optimizer and its flat hyperparameters (ready for ``optimizers.create``)."""
+        name = str(trial.suggest_categorical(OPTIMIZER_PARAM, list(self.names)))
+        candidate = self.candidate(name)
+        values = dict(candidate.defaults)
+        for hp, rng in candidate.tuned.items():
+            if rng.complement:
+                low, high = 1.0 - rng.high, 1.0 - rng.low
+                x = trial.suggest_float(f"{name}.{COMPLEMENT_PREFIX}{hp}", low, high, log=rng.log)
+                values[hp] = 1.0 - x
+            else:
+                values[hp] = trial.suggest_float(f"{name}.{hp}", rng.low, rng.high, log=rng.log)
+        return name, values
+
+    def params_for(self, name: str, values: Mapping[str, float]) -> dict[str, Any]:
+        """Optuna parameters (for ``enqueue_trial``) that reproduce ``values`` for ``name``."""
+        candidate = self.candidate(name)
+        params: dict[str, Any] = {OPTIMIZER_PARAM: name}
+        for hp, rng in candidate.tuned.items():
+            value = min(max(values.get(hp, rng.default), rng.low), rng.high)
+            if rng.complement:
+                params[f"{name}.{COMPLEMENT_PREFIX}{hp}"] = 1.0 - value
+            else:
+                params[f"{name}.{hp}"] = value
+        return params
+
+    def warm_start(self, n_trials: int) -> list[dict[str, Any]]:
+        """Points to enqueue first: every default, then lr neighbours of the top candidates.
+
+        At most half the budget (and at least the top candidate's default) is spent here.
+        """
+        points = [self.params_for(c.name, c.defaults) for c in self.candidates]
+        for c in self.candidates[:2]:
+            lr = c.tuned.get("lr")
+            if lr is None:
+                continue
+            for factor in (3.0, 1 / 3):
+                value = min(max(lr.default * factor, lr.low), lr.high)
+                if not math.isclose(value, lr.default):
+                    points.append(self.params_for(c.name, {**c.defaults, "lr": value}))
+        limit = max(1, n_trials // 2)
+        unique: list[dict[str, Any]] = []
+        for p in points:
+            if p not in unique:
+                unique.append(p)
+        return unique[:limit]
+
+    # -- persistence (study user attributes) ------------------------------------------------
+
+    def to_json(self) -> str:
+        return json.dumps([
+            {"name": c.name, "score": c.score, "defaults": dict(c.defaults),
+             "tuned": {hp: vars(r) for hp, r in c.tuned.items()}}
+            for c in self.candidates
+        ])
+
+    @classmethod
+    def from_json(cls, text: str) -> SearchPlan:
+        return cls(tuple(
+            PlannedOptimizer(item["name"], item["score"], item["defaults"],
+                             {hp: Range(**r) for hp, r in item["tuned"].items()})
+            for item in json.loads(text)
+        ))

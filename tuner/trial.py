@@ -1,0 +1,157 @@
+"""The one place that runs a trial: ask, sample, build the optimizer, train, report, prune, tell.
+
+Whatever happens inside a trial ends as a recorded Optuna state, never as an exception that stops
+the study:
+
+=====================  ========  ===============================================
+what happened          state     ``reason`` user attribute
+=====================  ========  ===============================================
+finished               COMPLETE  -
+pruner said stop       PRUNED    ``pruned``
+NaN/inf metric         PRUNED    ``diverged`` (FAIL when nothing was reported)
+per-trial timeout      PRUNED    ``timeout`` (FAIL when nothing was reported)
+job cancelled          FAIL      ``cancelled``
+CUDA out of memory     FAIL      ``cuda_oom`` (memory freed)
+any other exception    FAIL      ``error: <type>: <message>``; ``traceback`` kept
+=====================  ========  ===============================================
+
+The trial's ``optimizer`` and flat ``hyperparameters`` are user attributes too, so a summary or a
+client never decodes namespaced Optuna parameter names.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from tuner.space import SearchPlan
+from tuner.workloads import TrialConfig, Workload
+
+log = logging.getLogger(__name__)
+
+MAX_TRACEBACK_CHARS = 8000
+ATTR_OPTIMIZER = "optimizer"
+ATTR_HYPERPARAMETERS = "hyperparameters"
+ATTR_REASON = "reason"
+ATTR_TRACEBACK = "traceback"
+ATTR_DEVICE = "device"
+ATTR_SECONDS = "seconds"
+
+
+class TrialStopped(Exception):
+    """Raised from the reporter to end a trial early; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    number: int
+    state: TrialState
+    value: float | None
+    optimizer: str | None
+    hyperparameters: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None
+    seconds: float = 0.0
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _free_accelerator_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_trial(
+    study: optuna.Study,
+    plan: SearchPlan,
+    workload: Workload,
+    *,
+    trial: optuna.Trial | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    epochs: int | None = None,
+    timeout_s: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrialOutcome:
+    """Run one trial of ``study`` end to end and tell Optuna how it ended.
+
+    ``trial`` may be passed when the caller already asked for one (a worker that claimed it);
+    otherwise one is asked here. ``should_stop`` is polled at every report (job cancellation).
+    """
+    trial = trial if trial is not None else study.ask()
+    device = device or default_device()
+    started = time.monotonic()
+    deadline = started + timeout_s if timeout_s is not None else None
+    reported = False
+    optimizer: str | None = None
+    hyperparameters: dict[str, float] = {}
+
+    def report(epoch: int, value: float) -> None:
+        nonlocal reported
+        if not math.isfinite(value):
+            raise TrialStopped("diverged")
+        trial.report(value, epoch)
+        reported = True
+        if should_stop is not None and should_stop():
+            raise TrialStopped("cancelled")
+        if trial.should_prune():
+            raise TrialStopped("pruned")
+        if deadline is not None and time.monotonic() > deadline:
+            raise TrialStopped("timeout")
+
+    state, value, reason, tb = TrialState.FAIL, None, None, None
+    try:
+        optimizer, hyperparameters = plan.suggest(trial)
+        trial.set_user_attr(ATTR_OPTIMIZER, optimizer)
+        trial.set_user_attr(ATTR_HYPERPARAMETERS, hyperparameters)
+        trial.set_user_attr(ATTR_DEVICE, device)
+        config = TrialConfig(optimizer, hyperparameters, seed=seed + trial.number,
+                             device=device, epochs=epochs)
+        result = float(workload.run(config, report))
+        if math.isfinite(result):
+            state, value = TrialState.COMPLETE, result
+        else:
+            reason = "diverged"
+            state = TrialState.PRUNED if reported else TrialState.FAIL
+    except TrialStopped as stop:
+        reason = stop.reason
+        if stop.reason == "cancelled":
+            state = TrialState.FAIL
+        else:
+            state = TrialState.PRUNED if reported else TrialState.FAIL
+    except optuna.TrialPruned:
+        state, reason = TrialState.PRUNED, "pruned"
+    except torch.cuda.OutOfMemoryError:
+        reason = "cuda_oom"
+        tb = traceback.format_exc()
+    except Exception as exc:  # a trial's own failure must not stop the study
+        reason = f"error: {type(exc).__name__}: {exc}"[:500]
+        tb = traceback.format_exc()
+    finally:
+        if reason == "cuda_oom":
+            _free_accelerator_memory()
+
+    seconds = time.monotonic() - started
+    if reason is not None:
+        trial.set_user_attr(ATTR_REASON, reason)
+    if tb is not None:
+        trial.set_user_attr(ATTR_TRACEBACK, tb[-MAX_TRACEBACK_CHARS:])
+        log.warning("trial %d failed: %s", trial.number, reason)
+    trial.set_user_attr(ATTR_SECONDS, round(seconds, 4))
+    study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    return TrialOutcome(trial.number, state, value, optimizer, hyperparameters, reason, seconds)

@@ -1,0 +1,268 @@
+"""Prior-guided studies: create one from a task (and workload), run it in-process, summarise it.
+
+A study carries everything a worker needs to run its trials as Optuna user attributes (the search
+plan, the workload name, the task), so any process that opens the same storage can take part.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+import optimizers
+from tuner.prior import Recommendation, recommend
+from tuner.space import SearchPlan
+from tuner.task import TaskDescription
+from tuner.trial import ATTR_HYPERPARAMETERS, ATTR_OPTIMIZER, TrialOutcome, run_trial
+from tuner.workloads import Workload, get_workload
+
+PrunerName = Literal["median", "hyperband", "none"]
+PRUNERS: tuple[PrunerName, ...] = ("median", "hyperband", "none")
+
+ATTR_PLAN = "optpilot.plan"
+ATTR_WORKLOAD = "optpilot.workload"
+ATTR_TASK = "optpilot.task"
+ATTR_N_TRIALS = "optpilot.n_trials"
+ATTR_SEED = "optpilot.seed"
+ATTR_PRUNER = "optpilot.pruner"
+ATTR_EPOCHS = "optpilot.epochs"
+DEFAULT_TOP_K = 3
+
+
+def make_pruner(name: PrunerName, max_epochs: int | None = None) -> optuna.pruners.BasePruner:
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=max_epochs if max_epochs else "auto", reduction_factor=3)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ValueError(f"pruner: unknown {name!r} (choose from {', '.join(PRUNERS)})")
+
+
+def make_sampler(n_trials: int, seed: int | None) -> optuna.samplers.BaseSampler:
+    """TPE, seeded; multivariate and grouped so the conditional per-optimizer spaces are modelled
+    jointly; constant liar so parallel workers do not sample the same point."""
+    return optuna.samplers.TPESampler(
+        seed=seed, multivariate=True, group=True, constant_liar=True,
+        n_startup_trials=min(10, max(3, n_trials // 5)), warn_independent_sampling=False,
+    )
+
+
+def prior_for(task: TaskDescription, restrict_to: Sequence[str] | None = None,
+              top_k: int = DEFAULT_TOP_K) -> Recommendation:
+    """The recommendation used as a job's prior: the top ``top_k``, or exactly the optimizers
+    named by the user in the prior's order (unknown names raise ValueError naming them)."""
+    if not restrict_to:
+        return recommend(task, top_k=min(top_k, len(optimizers.names())))
+    wanted = list(dict.fromkeys(restrict_to))
+    for name in wanted:
+        optimizers.get(name)  # raises "optimizer: unknown name ..."
+    full = recommend(task, top_k=len(optimizers.names()))
+    return Recommendation(task=task,
+                          candidates=[c for c in full.candidates if c.optimizer in wanted])
+
+
+def plan_from_recommendation(recommendation: Recommendation, n_trials: int) -> SearchPlan:
+    return SearchPlan.build(
+        [(c.optimizer, c.score, {hp: prior.model_dump() for hp, prior in c.hyperparameters.items()})
+         for c in recommendation.candidates],
+        n_trials,
+    )
+
+
+def create_study(
+    storage: str | optuna.storages.BaseStorage,
+    *,
+    study_name: str,
+    workload: Workload | None,
+    task: TaskDescription | None = None,
+    n_trials: int,
+    optimizer_names: Sequence[str] | None = None,
+    seed: int | None = None,
+    pruner: PrunerName = "median",
+    epochs: int | None = None,
+    direction: Literal["minimize", "maximize"] | None = None,
+) -> tuple[optuna.Study, Recommendation]:
+    """Create a prior-guided study: plan stored on it and warm-start points enqueued."""
+    if task is None:
+        if workload is None:
+            raise ValueError("task: required when no workload is given")
+        task = workload.task
+    recommendation = prior_for(task, optimizer_names)
+    plan = plan_from_recommendation(recommendation, n_trials)
+    study = optuna.create_study(
+        storage=storage, study_name=study_name,
+        sampler=make_sampler(n_trials, seed),
+        pruner=make_pruner(pruner, epochs or (workload.default_epochs if workload else None)),
+        direction=direction or (workload.direction if workload else "minimize"),
+    )
+    study.set_user_attr(ATTR_PLAN, plan.to_json())
+    study.set_user_attr(ATTR_WORKLOAD, workload.name if workload else None)
+    study.set_user_attr(ATTR_TASK, task.model_dump(mode="json"))
+    study.set_user_attr(ATTR_N_TRIALS, n_trials)
+    study.set_user_attr(ATTR_SEED, seed)
+    study.set_user_attr(ATTR_PRUNER, pruner)
+    study.set_user_attr(ATTR_EPOCHS, epochs)
+    for params in plan.warm_start(n_trials):
+        study.enqueue_trial(params, skip_if_exists=True)
+    return study, recommendation
+
+
+def load_study(storage: str | optuna.storages.BaseStorage, study_name: str) -> optuna.Study:
+    """Open a study made by :func:`create_study` with its sampler and pruner rebuilt."""
+    probe = optuna.load_study(study_name=study_name, storage=storage)
+    attrs = probe.user_attrs
+    n_trials = int(attrs.get(ATTR_N_TRIALS, 50))
+    seed = attrs.get(ATTR_SEED)
+    workload_name = attrs.get(ATTR_WORKLOAD)
+    epochs = attrs.get(ATTR_EPOCHS) or (
+        get_workload(workload_name).default_epochs if workload_name else None)
+    return optuna.load_study(
+        study_name=study_name, storage=storage,
+        sampler=make_sampler(n_trials, None if seed is None else int(seed) + len(probe.trials)),
+        pruner=make_pruner(attrs.get(ATTR_PRUNER, "median"), epochs),
+    )
+
+
+def study_plan(study: optuna.Study) -> SearchPlan:
+    return SearchPlan.from_json(str(study.user_attrs[ATTR_PLAN]))
+
+
+# -- summaries ------------------------------------------------------------------------------
+
+
+@dataclass
+class OptimizerSummary:
+    trials: int = 0
+    completed: int = 0
+    pruned: int = 0
+    failed: int = 0
+    best_value: float | None = None
+    best_hyperparameters: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class StudySummary:
+    direction: str
+    completed: int
+    pruned: int
+    failed: int
+    running: int
+    waiting: int
+    best_value: float | None
+    best_optimizer: str | None
+    best_hyperparameters: dict[str, float]
+    best_trial: int | None
+    per_optimizer: dict[str, OptimizerSummary]
+
+    @property
+    def finished(self) -> int:
+        return self.completed + self.pruned + self.failed
+
+
+def _better(a: float, b: float | None, direction: str) -> bool:
+    return b is None or (a < b if direction == "minimize" else a > b)
+
+
+def summarize(trials: Sequence[FrozenTrial], direction: str) -> StudySummary:
+    """Counts, best trial and per-optimizer bests, from user attributes set by the trial runner."""
+    counts = {state: 0 for state in TrialState}
+    per: dict[str, OptimizerSummary] = {}
+    best: FrozenTrial | None = None
+    for t in trials:
+        counts[t.state] += 1
+        name = t.user_attrs.get(ATTR_OPTIMIZER) or t.params.get("optimizer")
+        if name is None:
+            continue
+        s = per.setdefault(str(name), OptimizerSummary())
+        s.trials += 1
+        if t.state == TrialState.COMPLETE:
+            s.completed += 1
+            value = t.value
+            if value is not None and math.isfinite(value):
+                if _better(value, s.best_value, direction):
+                    s.best_value = value
+                    s.best_hyperparameters = dict(t.user_attrs.get(ATTR_HYPERPARAMETERS, {}))
+                if best is None or _better(value, best.value, direction):
+                    best = t
+        elif t.state == TrialState.PRUNED:
+            s.pruned += 1
+        elif t.state == TrialState.FAIL:
+            s.failed += 1
+    return StudySummary(
+        direction=direction,
+        completed=counts[TrialState.COMPLETE], pruned=counts[TrialState.PRUNED],
+        failed=counts[TrialState.FAIL], running=counts[TrialState.RUNNING],
+        waiting=counts[TrialState.WAITING],
+        best_value=best.value if best else None,
+        best_optimizer=str(best.user_attrs.get(ATTR_OPTIMIZER)) if best else None,
+        best_hyperparameters=dict(best.user_attrs.get(ATTR_HYPERPARAMETERS, {})) if best else {},
+        best_trial=best.number if best else None,
+        per_optimizer=per,
+    )
+
+
+def summarize_study(study: optuna.Study) -> StudySummary:
+    return summarize(study.get_trials(deepcopy=False), study.direction.name.lower())
+
+
+# -- in-process tuning ----------------------------------------------------------------------
+
+
+@dataclass
+class TuneResult:
+    study: optuna.Study
+    recommendation: Recommendation
+    summary: StudySummary
+    outcomes: list[TrialOutcome]
+
+
+def tune(
+    workload: str | Workload,
+    *,
+    n_trials: int,
+    task: TaskDescription | None = None,
+    storage: str | optuna.storages.BaseStorage | None = None,
+    study_name: str | None = None,
+    optimizer_names: Sequence[str] | None = None,
+    seed: int | None = 0,
+    pruner: PrunerName = "median",
+    epochs: int | None = None,
+    device: str | None = None,
+    timeout_s: float | None = None,
+    trial_timeout_s: float | None = None,
+    callback: Callable[[TrialOutcome, StudySummary], Any] | None = None,
+) -> TuneResult:
+    """Tune ``workload`` in this process (no service) on any Optuna storage (in memory default).
+
+    Runs exactly ``n_trials`` trials (fewer only when ``timeout_s`` runs out); failed, pruned and
+    diverged trials count toward the budget and never stop the study.
+    """
+    if n_trials < 1:
+        raise ValueError("n_trials: must be >= 1")
+    wl = get_workload(workload) if isinstance(workload, str) else workload
+    study, recommendation = create_study(
+        storage if storage is not None else optuna.storages.InMemoryStorage(),
+        study_name=study_name or f"optpilot-{wl.name}-{int(time.time() * 1000)}",
+        workload=wl, task=task, n_trials=n_trials, optimizer_names=optimizer_names,
+        seed=seed, pruner=pruner, epochs=epochs,
+    )
+    plan = study_plan(study)
+    deadline = time.monotonic() + timeout_s if timeout_s is not None else None
+    outcomes: list[TrialOutcome] = []
+    for _ in range(n_trials):
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        outcome = run_trial(study, plan, wl, seed=seed or 0, device=device, epochs=epochs,
+                            timeout_s=trial_timeout_s)
+        outcomes.append(outcome)
+        if callback is not None:
+            callback(outcome, summarize_study(study))
+    return TuneResult(study, recommendation, summarize_study(study), outcomes)
