@@ -1,7 +1,7 @@
 """optpilot's optimizer library: a registry of torch's optimizers plus its own LAMB and Lion.
 
 >>> import optimizers
->>> opt = optimizers.create("adamw", model.parameters(), lr=3e-4, weight_decay=0.1)  # doctest: +SKIP
+>>> opt = optimizers.create("adamw", params, lr=3e-4, weight_decay=0.1)  # doctest: +SKIP
 """
 
 from optimizers import catalog as _catalog  # registers the built-ins

@@ -148,7 +148,8 @@ def get(name: str) -> OptimizerSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"optimizer: unknown name {name!r} (known: {', '.join(names())})") from None
+        known = ", ".join(names())
+        raise ValueError(f"optimizer: unknown name {name!r} (known: {known})") from None
 
 
 def names() -> tuple[str, ...]:

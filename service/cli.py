@@ -174,11 +174,13 @@ def render_summary(summary: Any, console: Console, title: str = "Per-optimizer s
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    import optuna
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from tuner.tuning import tune
     from tuner.workloads import get_workload
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         workload = get_workload(args.workload)
     except ValueError as exc:
@@ -225,6 +227,113 @@ def cmd_tune(args: argparse.Namespace) -> int:
                   f"{summary.failed} failed")
     render_summary(summary, console)
     return 0
+
+
+# -- service: serve / worker / db -----------------------------------------------------------
+
+
+def database_url(db: str | None) -> str:
+    """``--db`` as a SQLAlchemy URL: a URL as is, a path as a SQLite file; else the settings'."""
+    if db is None:
+        from service.settings import Settings
+
+        return Settings().database_url
+    if "://" in db:
+        return db
+    from pathlib import Path
+
+    return f"sqlite:///{Path(db).expanduser().resolve()}"
+
+
+def _worker_config(args: argparse.Namespace, url: str) -> Any:
+    from service.worker import WorkerConfig
+
+    return WorkerConfig(database_url=url, poll_interval_s=args.poll_interval,
+                        heartbeat_interval_s=args.heartbeat_interval,
+                        grace_period_s=args.grace_period, threads=args.threads,
+                        max_trials=getattr(args, "max_trials", None))
+
+
+def _devices(args: argparse.Namespace) -> list[str]:
+    from service.worker import parse_devices
+
+    try:
+        if args.devices is None and getattr(args, "workers", None) is not None:
+            return ["cpu"] * args.workers
+        return parse_devices(args.devices)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from service.app import create_app
+    from service.db import upgrade
+    from service.settings import Settings
+    from service.worker import start_workers, stop_workers
+
+    url = database_url(args.db)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    upgrade(url)
+    devices = [] if args.workers == 0 else _devices(args)
+    processes = start_workers(_worker_config(args, url), devices) if devices else []
+    print(f"optpilot: API on http://{args.host}:{args.port} (docs at /docs), "
+          f"{len(processes)} worker(s) on {', '.join(devices) or 'none'}, database {url}",
+          file=sys.stderr)
+    try:
+        uvicorn.run(create_app(Settings(database_url=url)), host=args.host, port=args.port,
+                    log_level="info")
+    finally:
+        stop_workers(processes)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from service.worker import start_workers, worker_main
+
+    url = database_url(args.db)
+    devices = _devices(args)
+    config = _worker_config(args, url)
+    if len(devices) == 1:  # run in this process: signals and exit status are the worker's
+        from dataclasses import replace
+
+        worker_main(replace(config, device=devices[0]))
+        return 0
+    processes = start_workers(config, devices)
+    try:
+        for p in processes:
+            p.join()
+    except KeyboardInterrupt:
+        from service.worker import stop_workers
+
+        stop_workers(processes)
+    return max((p.exitcode or 0 for p in processes), default=0)
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from service.db import create_engine_for, current_revision, head_revision, upgrade
+
+    url = database_url(args.db)
+    if args.action == "upgrade":
+        upgrade(url)
+    engine = create_engine_for(url)
+    try:
+        print(f"database revision {current_revision(engine)} (head {head_revision()})")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _add_worker_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--devices", help="cuda:0,cuda:1 or cpu (default: every GPU, else one CPU)")
+    p.add_argument("--threads", type=int, help="torch threads per worker (default: cores/workers)")
+    p.add_argument("--poll-interval", type=float, default=0.5, help="seconds between job polls")
+    p.add_argument("--heartbeat-interval", type=int, default=5, help="seconds between heartbeats")
+    p.add_argument("--grace-period", type=int, default=20,
+                   help="seconds without heartbeat before a trial is failed and retried")
 
 
 # -- parser ---------------------------------------------------------------------------------
@@ -283,6 +392,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_flags(p, required=False)
     p.set_defaults(handler=cmd_tune)
 
+    p = sub.add_parser("serve", help="run the API with local workers (embedded default)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--db", help="SQLite file or database URL (default: $DATABASE_URL or "
+                   "./optpilot.db)")
+    p.add_argument("--workers", type=int, help="CPU workers to start (0: none; default: one per "
+                   "GPU, else one)")
+    _add_worker_flags(p)
+    p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("worker", help="run trials of active jobs (one process per device)")
+    p.add_argument("--db", help="database URL (default: $DATABASE_URL)")
+    p.add_argument("--max-trials", type=int, help="exit after this many trials")
+    _add_worker_flags(p)
+    p.set_defaults(handler=cmd_worker)
+
+    p = sub.add_parser("db", help="database migrations")
+    p.add_argument("action", choices=["upgrade", "current"])
+    p.add_argument("--db", help="database URL (default: $DATABASE_URL)")
+    p.set_defaults(handler=cmd_db)
     return parser
 
 

@@ -48,7 +48,9 @@ class TaskDescription(BaseModel):
     )
     sparse_features: bool = Field(default=False, description="Embedding-heavy / sparse gradients.")
     fine_tuning: bool = Field(default=False, description="Starts from pretrained weights.")
-    num_devices: int = Field(default=1, ge=1, le=1_000_000, description="Accelerators used together.")
+    num_devices: int = Field(
+        default=1, ge=1, le=1_000_000, description="Accelerators used together."
+    )
     memory_budget_gb: float | None = Field(
         default=None, gt=0, le=1_000_000, allow_inf_nan=False,
         description="Accelerator memory per device, in GB.",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -49,10 +50,12 @@ def make_pruner(name: PrunerName, max_epochs: int | None = None) -> optuna.prune
 def make_sampler(n_trials: int, seed: int | None) -> optuna.samplers.BaseSampler:
     """TPE, seeded; multivariate and grouped so the conditional per-optimizer spaces are modelled
     jointly; constant liar so parallel workers do not sample the same point."""
-    return optuna.samplers.TPESampler(
-        seed=seed, multivariate=True, group=True, constant_liar=True,
-        n_startup_trials=min(10, max(3, n_trials // 5)), warn_independent_sampling=False,
-    )
+    with warnings.catch_warnings():  # multivariate/group are "experimental" but long stable
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, constant_liar=True,
+            n_startup_trials=min(10, max(3, n_trials // 5)),
+        )
 
 
 def prior_for(task: TaskDescription, restrict_to: Sequence[str] | None = None,
@@ -173,7 +176,7 @@ def _better(a: float, b: float | None, direction: str) -> bool:
 
 def summarize(trials: Sequence[FrozenTrial], direction: str) -> StudySummary:
     """Counts, best trial and per-optimizer bests, from user attributes set by the trial runner."""
-    counts = {state: 0 for state in TrialState}
+    counts = dict.fromkeys(TrialState, 0)
     per: dict[str, OptimizerSummary] = {}
     best: FrozenTrial | None = None
     for t in trials:

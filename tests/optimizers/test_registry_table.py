@@ -86,7 +86,8 @@ def test_loss_falls_on_rosenbrock(name: str) -> None:
     x = torch.nn.Parameter(torch.tensor([-1.5, 2.0]))
     start = float(rosenbrock(x).detach())
     lr = ROSENBROCK_LR[name]
-    opt = optimizers.create(name, [x], **hp(name, lr=lr, **({"aux_lr": lr} if name == "muon" else {})))
+    extra = {"aux_lr": lr} if name == "muon" else {}
+    opt = optimizers.create(name, [x], **hp(name, lr=lr, **extra))
     final = run(opt, lambda: rosenbrock(x), 300)
     assert math.isfinite(final)
     assert final < 0.5 * start, f"{name}: {start} -> {final}"
@@ -128,7 +129,7 @@ def test_state_dict_round_trip_resumes_bit_identical(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_param_groups_take_their_own_lr(name: str) -> None:
     model = small_model(0)
-    first, second = model[0], model[2]
+    first, second = model[0], model[2]  # type: ignore[index]
     before = [p.detach().clone() for p in model.parameters()]
     lr = TEST_LR[name]
     groups = [{"params": first.parameters(), "lr": lr},
@@ -146,14 +147,14 @@ def test_param_groups_take_their_own_lr(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_parameters_without_gradient_are_untouched(name: str) -> None:
     model = small_model(0)
-    frozen = model[2].weight
+    frozen = model[2].weight  # type: ignore[index]
     frozen.requires_grad_(False)
     before = frozen.detach().clone()
     opt = optimizers.create(name, model.parameters(), **hp(name, weight_decay=0.1)
                             if "weight_decay" in optimizers.get(name).defaults else hp(name))
     train_steps(model, opt, 3, seed=0)
     assert torch.equal(frozen, before)
-    assert not torch.equal(model[0].weight, small_model(0)[0].weight)
+    assert not torch.equal(model[0].weight, small_model(0)[0].weight)  # type: ignore[index]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -176,7 +177,7 @@ def test_bf16_parameters_train(name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_unknown_hyperparameter_is_rejected_by_name(name: str) -> None:
-    with pytest.raises(ValueError, match="^learning_rate: not a hyperparameter"):
+    with pytest.raises(ValueError, match=r"^learning_rate: not a hyperparameter"):
         optimizers.create(name, [torch.nn.Parameter(torch.zeros(2))], learning_rate=0.1)
 
 

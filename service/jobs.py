@@ -1,0 +1,328 @@
+"""The one place that owns job state: create, claim trial slots, reap lost trials, cancel,
+finish, and describe a job.
+
+A job is a row in ``jobs`` plus an Optuna study in the same database. Budgets are exact however
+many workers run: a worker may only ask Optuna for a trial after it claimed a slot with one
+atomic ``UPDATE jobs SET trials_claimed = trials_claimed + 1 WHERE trials_claimed < n_trials``.
+A trial lost with its worker (no heartbeat for the grace period) is failed by Optuna's
+``fail_stale_trials``; :class:`RetryLostTrial` then enqueues it again (same parameters, at most
+``max_retries`` times) and gives its slot back, so the retry runs under the same budget.
+The job finishes when ``n_trials`` trials have finished, not counting the retried ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.models import Job, JobStatus, Result, new_id, utcnow
+from tuner.prior import Recommendation
+from tuner.task import TaskDescription
+from tuner.trial import ATTR_HYPERPARAMETERS, ATTR_OPTIMIZER, ATTR_REASON
+from tuner.tuning import PrunerName, StudySummary, create_study, summarize
+from tuner.workloads import get_workload
+
+log = logging.getLogger(__name__)
+
+ATTR_JOB_ID = "optpilot.job_id"
+MAX_TRIALS = 10_000
+ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+REASON_WORKER_LOST = "worker lost (no heartbeat)"
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+class JobConflict(Exception):
+    """The job's state does not allow the request (cancel a finished job, ...)."""
+
+
+def study_name_for(job_id: str) -> str:
+    return f"optpilot-job-{job_id}"
+
+
+# -- creation -------------------------------------------------------------------------------
+
+
+def create_job(
+    session: Session,
+    storage: optuna.storages.BaseStorage,
+    *,
+    workload: str | None,
+    task: TaskDescription | None,
+    n_trials: int,
+    timeout_s: float | None = None,
+    optimizer_names: Sequence[str] | None = None,
+    seed: int | None = None,
+    pruner: PrunerName = "median",
+    max_retries: int = 2,
+) -> Job:
+    """Create the study (prior, plan, warm start) and the job row; nothing is left half-made.
+
+    ValueError (naming the field) for an unknown workload or optimizer or a missing task.
+    """
+    wl = get_workload(workload) if workload is not None else None
+    if task is None and wl is None:
+        raise ValueError("task: required when workload is null")
+    job_id = new_id()
+    name = study_name_for(job_id)
+    study, recommendation = create_study(
+        storage, study_name=name, workload=wl, task=task, n_trials=n_trials,
+        optimizer_names=optimizer_names, seed=seed, pruner=pruner,
+    )
+    try:
+        study.set_user_attr(ATTR_JOB_ID, job_id)
+        job = Job(
+            id=job_id, status=JobStatus.QUEUED.value, workload=workload,
+            task=recommendation.task.model_dump(mode="json"), n_trials=n_trials,
+            timeout_s=timeout_s, optimizers=list(optimizer_names) if optimizer_names else None,
+            seed=seed, pruner=pruner, study_name=name, trials_claimed=0,
+            max_retries=max_retries, prior=prior_json(recommendation),
+        )
+        session.add(job)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        optuna.delete_study(study_name=name, storage=storage)
+        raise
+    return job
+
+
+def prior_json(recommendation: Recommendation) -> list[dict[str, Any]]:
+    return [c.model_dump(mode="json") for c in recommendation.candidates]
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
+
+
+def cancel_job(session: Session, job_id: str) -> Job:
+    """Stop new trials; running ones end at their next report. Cancelling twice is harmless."""
+    job = get_job(session, job_id)
+    if job.status == JobStatus.CANCELLED.value:
+        return job
+    updated = session.execute(
+        sa.update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE))
+        .values(status=JobStatus.CANCELLED.value, finished_at=utcnow(), updated_at=utcnow())
+    ).rowcount  # type: ignore[attr-defined]
+    session.commit()
+    session.refresh(job)
+    if not updated and job.status != JobStatus.CANCELLED.value:
+        raise JobConflict(f"job {job_id} is already {job.status}")
+    return job
+
+
+# -- trial accounting -----------------------------------------------------------------------
+
+
+def retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
+    """Numbers of failed trials that were enqueued again (they do not count toward the budget)."""
+    out: set[int] = set()
+    for t in trials:
+        out.update(int(n) for n in t.system_attrs.get("retry_history", ()))
+    return out
+
+
+def counted_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    retried = retried_numbers(trials)
+    return [t for t in trials if t.number not in retried]
+
+
+def finished_count(trials: Sequence[FrozenTrial]) -> int:
+    return sum(1 for t in counted_trials(trials) if t.state.is_finished())
+
+
+def deadline_passed(job: Job, now: datetime | None = None) -> bool:
+    if job.timeout_s is None or job.started_at is None:
+        return False
+    return (now or utcnow()) >= job.started_at + timedelta(seconds=job.timeout_s)
+
+
+def claim_trial_slot(session: Session, job_id: str) -> bool:
+    """Atomically take one trial of the job's budget; False when none is left or it stopped."""
+    now = utcnow()
+    claimed = session.execute(
+        sa.update(Job)
+        .where(Job.id == job_id, Job.status.in_(ACTIVE), Job.trials_claimed < Job.n_trials)
+        .values(trials_claimed=Job.trials_claimed + 1, status=JobStatus.RUNNING.value,
+                started_at=sa.func.coalesce(Job.started_at, now), updated_at=now)
+    ).rowcount  # type: ignore[attr-defined]
+    session.commit()
+    return bool(claimed)
+
+
+def release_trial_slot(session: Session, job_id: str) -> None:
+    session.execute(
+        sa.update(Job).where(Job.id == job_id, Job.trials_claimed > 0)
+        .values(trials_claimed=Job.trials_claimed - 1, updated_at=utcnow())
+    )
+    session.commit()
+
+
+def should_stop(session: Session, job_id: str) -> bool:
+    """Polled by running trials at every report: cancelled, or the job's time is up."""
+    job = session.get(Job, job_id, populate_existing=True)
+    return job is None or job.status != JobStatus.RUNNING.value or deadline_passed(job)
+
+
+class RetryLostTrial:
+    """Optuna's stale-trial callback: re-enqueue a trial lost with its worker, give back its slot.
+
+    Mirrors ``optuna.storages.RetryFailedTrialCallback`` (same ``failed_trial`` and
+    ``retry_history`` system attributes) with the job's own ``max_retries``.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        job_id = study.user_attrs.get(ATTR_JOB_ID)
+        with self.sessions() as session:
+            job = session.get(Job, job_id) if job_id else None
+            max_retries = job.max_retries if job is not None else 0
+            history = [*trial.system_attrs.get("retry_history", ()), trial.number]
+            log.warning("job %s trial %d lost its worker (retry %d of %d)", job_id,
+                        trial.number, len(history), max_retries)
+            if job is None or len(history) > max_retries or job.status not in ACTIVE:
+                return
+            study.add_trial(optuna.create_trial(
+                state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+                user_attrs={k: v for k, v in trial.user_attrs.items() if k != ATTR_REASON},
+                system_attrs={**trial.system_attrs,
+                              "failed_trial": trial.system_attrs.get("failed_trial",
+                                                                     trial.number),
+                              "retry_history": history},
+            ))
+            release_trial_slot(session, job.id)
+
+
+# -- finishing ------------------------------------------------------------------------------
+
+
+def finish_if_done(session: Session, study: optuna.Study, job_id: str) -> bool:
+    """Complete (or fail) the job once its budget is spent or its time is up; write its result.
+
+    Safe to call from every worker: only the one whose status update wins writes the result.
+    """
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None or job.status not in ACTIVE:
+        return False
+    trials = study.get_trials(deepcopy=False)
+    counted = counted_trials(trials)
+    done = sum(1 for t in counted if t.state.is_finished())
+    running = sum(1 for t in counted if t.state == TrialState.RUNNING)
+    out_of_time = deadline_passed(job) and running == 0
+    if done < job.n_trials and not out_of_time:
+        return False
+    summary = summarize(counted, study.direction.name.lower())
+    status = JobStatus.COMPLETED if summary.completed else JobStatus.FAILED
+    error = None if summary.completed else _failure_reason(counted)
+    if out_of_time and done < job.n_trials:
+        error = f"timeout after {done} of {job.n_trials} trials" + (f"; {error}" if error else "")
+    now = utcnow()
+    won = session.execute(
+        sa.update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE))
+        .values(status=status.value, finished_at=now, updated_at=now, error=error)
+    ).rowcount  # type: ignore[attr-defined]
+    if not won:
+        session.rollback()
+        return False
+    if status == JobStatus.COMPLETED:
+        session.add(result_row(job, summary, study, done))
+    session.commit()
+    log.info("job %s %s: %d trials, best %s", job_id, status.value, done, summary.best_value)
+    return True
+
+
+def _failure_reason(trials: Sequence[FrozenTrial]) -> str:
+    reasons = [str(t.user_attrs.get(ATTR_REASON, REASON_WORKER_LOST)) for t in trials
+               if t.state != TrialState.COMPLETE]
+    common = max(set(reasons), key=reasons.count) if reasons else "no trial ran"
+    return f"no trial completed (most common reason: {common})"
+
+
+def result_row(job: Job, summary: StudySummary, study: optuna.Study, trials_used: int) -> Result:
+    task = TaskDescription.model_validate(job.task)
+    metric = get_workload(job.workload).metric if job.workload else "value"
+    prior_top = job.prior[0]["optimizer"] if job.prior else None
+    return Result(
+        job_id=job.id, workload=job.workload, model_family=task.model_family,
+        task_type=task.task_type, num_parameters=task.num_parameters,
+        task=task.model_dump(mode="json"), metric=metric,
+        direction=study.direction.name.lower(),
+        best_value=_finite(summary.best_value), best_optimizer=summary.best_optimizer,
+        best_hyperparameters=summary.best_hyperparameters,
+        per_optimizer={name: {**vars(s), "best_value": _finite(s.best_value)}
+                       for name, s in summary.per_optimizer.items()},
+        trials_used=trials_used, prior_top=prior_top,
+    )
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+# -- views ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobView:
+    job: Job
+    summary: StudySummary
+    finished: int
+    retried: int
+    trials: list[FrozenTrial]
+
+
+def describe(job: Job, storage: optuna.storages.BaseStorage) -> JobView:
+    try:
+        study = optuna.load_study(study_name=job.study_name, storage=storage)
+        trials = study.get_trials(deepcopy=False)
+        direction = study.direction.name.lower()
+    except KeyError:  # study deleted under us: show the row alone
+        trials, direction = [], "minimize"
+    counted = counted_trials(trials)
+    summary = summarize(counted, direction)
+    return JobView(job, summary, sum(1 for t in counted if t.state.is_finished()),
+                   len(trials) - len(counted), trials)
+
+
+def trial_reason(trial: FrozenTrial) -> str | None:
+    reason = trial.user_attrs.get(ATTR_REASON)
+    if reason is None and trial.state == TrialState.FAIL:
+        return REASON_WORKER_LOST
+    return None if reason is None else str(reason)
+
+
+def trial_json(trial: FrozenTrial, retried: set[int]) -> dict[str, Any]:
+    return {
+        "number": trial.number,
+        "state": trial.state.name.lower(),
+        "value": _finite(trial.value) if trial.state == TrialState.COMPLETE else None,
+        "optimizer": trial.user_attrs.get(ATTR_OPTIMIZER) or trial.params.get("optimizer"),
+        "hyperparameters": trial.user_attrs.get(ATTR_HYPERPARAMETERS, {}),
+        "reason": trial_reason(trial),
+        "retried": trial.number in retried,
+        "retry_of": trial.system_attrs.get("failed_trial"),
+        "intermediate_values": {str(k): _finite(v) for k, v in
+                                sorted(trial.intermediate_values.items())},
+        "started_at": _utc(trial.datetime_start), "completed_at": _utc(trial.datetime_complete),
+    }
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """Optuna records naive local times; the API speaks aware UTC."""
+    return None if moment is None else moment.astimezone(UTC)

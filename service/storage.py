@@ -1,0 +1,63 @@
+"""The process's one Optuna storage, on the service database (DESIGN: one per process).
+
+Heartbeats are on, so a trial whose worker died is noticed after ``grace_period_s`` and handed to
+:class:`service.jobs.RetryLostTrial`.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from typing import Annotated, Any
+
+import optuna
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db import is_sqlite
+from service.jobs import RetryLostTrial
+
+DEFAULT_HEARTBEAT_INTERVAL_S = 5
+DEFAULT_GRACE_PERIOD_S = 20
+
+
+def open_optuna_storage(
+    url: str,
+    sessions: sessionmaker[Session],
+    *,
+    heartbeat_interval_s: int = DEFAULT_HEARTBEAT_INTERVAL_S,
+    grace_period_s: int = DEFAULT_GRACE_PERIOD_S,
+    sqlite_busy_timeout_s: float = 30.0,
+) -> optuna.storages.RDBStorage:
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if is_sqlite(url):
+        engine_kwargs = {"connect_args": {"timeout": sqlite_busy_timeout_s}}
+    with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_interval_s,
+            grace_period=grace_period_s,
+            heartbeat_stale_trial_callback=RetryLostTrial(sessions),
+        )
+
+
+_storage_lock = threading.Lock()
+
+
+def app_optuna_storage(request: Request) -> optuna.storages.RDBStorage:
+    """FastAPI dependency: the app's Optuna storage, made on first use (one per process)."""
+    state = request.app.state
+    storage = getattr(state, "optuna_storage", None)
+    if storage is None:
+        with _storage_lock:
+            storage = getattr(state, "optuna_storage", None)
+            if storage is None:
+                storage = state.optuna_storage = open_optuna_storage(
+                    state.settings.database_url, state.sessionmaker)
+    assert isinstance(storage, optuna.storages.RDBStorage)
+    return storage
+
+
+OptunaStorageDep = Annotated[optuna.storages.RDBStorage, Depends(app_optuna_storage)]

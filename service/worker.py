@@ -1,0 +1,270 @@
+"""Worker processes: one per device, each taking trials of active jobs from the shared storage.
+
+Coordination is Optuna's distributed mode plus the job table's slot counter (service.jobs): any
+number of workers on any number of machines open the same database. A worker
+
+1. lists active jobs with a server-side workload, oldest first;
+2. claims one trial slot (atomic), asks the job's study for a trial (enqueued warm-start and
+   retried trials first), runs it with the tuner's trial runner while a thread records Optuna
+   heartbeats, and finishes the job when its budget is spent;
+3. every heartbeat interval, fails trials whose worker went silent (they are retried).
+
+SIGTERM/SIGINT: stop claiming, finish the running trial, exit. A second signal exits at once (the
+trial is then reaped and retried by another worker).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing.context import SpawnProcess
+from types import FrameType
+
+import optuna
+import sqlalchemy as sa
+
+from service.db import create_engine_for, make_sessionmaker
+from service.jobs import (
+    ACTIVE,
+    claim_trial_slot,
+    deadline_passed,
+    finish_if_done,
+    release_trial_slot,
+    should_stop,
+)
+from service.models import Job
+from service.storage import (
+    DEFAULT_GRACE_PERIOD_S,
+    DEFAULT_HEARTBEAT_INTERVAL_S,
+    open_optuna_storage,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    database_url: str
+    device: str = "cpu"
+    poll_interval_s: float = 0.5
+    heartbeat_interval_s: int = DEFAULT_HEARTBEAT_INTERVAL_S
+    grace_period_s: int = DEFAULT_GRACE_PERIOD_S
+    threads: int | None = None
+    max_trials: int | None = None
+    """Exit after this many trials (tests, batch use); None: run until stopped."""
+
+
+def parse_devices(text: str | None) -> list[str]:
+    """``"cuda:0,cuda:1"``, ``"cpu"``, ``"cpu,cpu"``; default: every visible GPU, else one CPU."""
+    if text:
+        devices = [d.strip() for d in text.split(",") if d.strip()]
+        for d in devices:
+            if d != "cpu" and not (d.startswith("cuda:") and d[5:].isdigit()):
+                raise ValueError(f"devices: {d!r} is not 'cpu' or 'cuda:N'")
+        if devices:
+            return devices
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [f"cuda:{i}" for i in range(count)] or ["cpu"]
+
+
+def pin_device(device: str) -> str:
+    """Make ``device`` the only one this process sees, before CUDA starts; the torch device to
+    use afterwards."""
+    if device.startswith("cuda:"):
+        os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
+        return "cuda:0"
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    return "cpu"
+
+
+class _Heartbeat:
+    """Records an Optuna heartbeat for one running trial every ``interval`` seconds."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int,
+                 interval: float) -> None:
+        self._storage, self._trial_id, self._interval = storage, trial_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="heartbeat")
+
+    def _beat(self) -> None:
+        while True:
+            try:
+                self._storage.record_heartbeat(self._trial_id)
+            except Exception:  # a missed beat is retried; the grace period absorbs a few
+                log.exception("heartbeat failed")
+            if self._stop.wait(self._interval):
+                return
+
+    def __enter__(self) -> _Heartbeat:
+        self._storage.record_heartbeat(self._trial_id)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig, stop: threading.Event | None = None) -> None:
+        from tuner.trial import default_device
+
+        self.config = config
+        self.stop = stop or threading.Event()
+        self.engine = create_engine_for(config.database_url)
+        self.sessions = make_sessionmaker(self.engine)
+        self.storage = open_optuna_storage(
+            config.database_url, self.sessions,
+            heartbeat_interval_s=config.heartbeat_interval_s,
+            grace_period_s=config.grace_period_s)
+        self.device = config.device if config.device != "auto" else default_device()
+        self.trials_run = 0
+        self._studies: dict[str, optuna.Study] = {}
+        self._last_reap = 0.0
+
+    def _study(self, job: Job) -> optuna.Study:
+        from tuner.tuning import load_study
+
+        study = self._studies.get(job.id)
+        if study is None:
+            study = self._studies[job.id] = load_study(self.storage, job.study_name)
+        return study
+
+    def _active_jobs(self) -> list[Job]:
+        with self.sessions() as session:
+            return list(session.scalars(
+                sa.select(Job).where(Job.status.in_(ACTIVE), Job.workload.is_not(None))
+                .order_by(Job.created_at, Job.id)))
+
+    def reap(self, jobs: Sequence[Job]) -> None:
+        """Fail and retry trials of silent workers; finish jobs whose last trial was reaped."""
+        for job in jobs:
+            if job.trials_claimed == 0:
+                continue
+            study = self._study(job)
+            optuna.storages.fail_stale_trials(study)
+            with self.sessions() as session:
+                finish_if_done(session, study, job.id)
+
+    def run_one(self, job: Job) -> bool:
+        """Claim a slot of ``job`` and run one trial; False when the job had none to give."""
+        from tuner.trial import run_trial
+        from tuner.tuning import study_plan
+        from tuner.workloads import get_workload
+
+        with self.sessions() as session:
+            if not claim_trial_slot(session, job.id):
+                return False
+        study = self._study(job)
+        try:
+            with warnings.catch_warnings():  # heartbeats are recorded by _Heartbeat below
+                warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+                trial = study.ask()
+        except Exception:
+            with self.sessions() as session:
+                release_trial_slot(session, job.id)
+            raise
+        assert job.workload is not None
+        log.info("job %s trial %d on %s", job.id, trial.number, self.device)
+        with _Heartbeat(self.storage, trial._trial_id, self.config.heartbeat_interval_s):
+            run_trial(study, study_plan(study), get_workload(job.workload), trial=trial,
+                      seed=job.seed or 0, device=self.device,
+                      should_stop=lambda: self._should_stop(job.id))
+        self.trials_run += 1
+        with self.sessions() as session:
+            finish_if_done(session, study, job.id)
+        return True
+
+    def _should_stop(self, job_id: str) -> bool:
+        with self.sessions() as session:
+            return should_stop(session, job_id)
+
+    def step(self) -> bool:
+        """One pass over the active jobs; True if a trial ran."""
+        jobs = self._active_jobs()
+        now = time.monotonic()
+        if now - self._last_reap >= self.config.heartbeat_interval_s:
+            self._last_reap = now
+            self.reap(jobs)
+        for job in jobs:
+            if deadline_passed(job):
+                with self.sessions() as session:
+                    finish_if_done(session, self._study(job), job.id)
+                continue
+            if job.trials_claimed < job.n_trials and self.run_one(job):
+                return True
+        return False
+
+    def run(self) -> int:
+        log.info("worker %d on %s: polling %s", os.getpid(), self.device,
+                 self.engine.url.render_as_string(hide_password=True))
+        try:
+            while not self.stop.is_set():
+                if self.config.max_trials is not None and \
+                        self.trials_run >= self.config.max_trials:
+                    break
+                try:
+                    ran = self.step()
+                except sa.exc.OperationalError:
+                    log.exception("database unavailable; retrying")
+                    ran = False
+                if not ran:
+                    self.stop.wait(self.config.poll_interval_s)
+        finally:
+            self.engine.dispose()
+        return self.trials_run
+
+
+def worker_main(config: WorkerConfig) -> None:
+    """Entry point of one worker process: pin the device, handle signals, run."""
+    device = pin_device(config.device)
+    import torch
+
+    torch.set_num_threads(config.threads or 1)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            os._exit(128 + signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    logging.basicConfig(level=logging.INFO,
+                        format=f"%(asctime)s worker[{config.device}] %(levelname)s %(message)s")
+    Worker(WorkerConfig(**{**vars(config), "device": device}), stop).run()
+
+
+def start_workers(config: WorkerConfig, devices: Sequence[str]) -> list[SpawnProcess]:
+    """One process per device (spawned, so each pins its device before CUDA starts)."""
+    context = multiprocessing.get_context("spawn")
+    threads = config.threads or max(1, (os.cpu_count() or 1) // max(1, len(devices)))
+    processes = []
+    for device in devices:
+        cfg = WorkerConfig(**{**vars(config), "device": device, "threads": threads})
+        process = context.Process(target=worker_main, args=(cfg,), name=f"optpilot-worker-{device}",
+                                  daemon=False)
+        process.start()
+        processes.append(process)
+    return processes
+
+
+def stop_workers(processes: Sequence[SpawnProcess], timeout_s: float = 30) -> None:
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + timeout_s
+    for p in processes:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join()

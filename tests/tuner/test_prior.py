@@ -1,0 +1,372 @@
+"""The prior: the user's rules on canonical tasks, invariants over random tasks, latency."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+import optimizers
+from optimizers.registry import HYPERPARAMETER_BOUNDS
+from tuner.prior import Candidate, Recommendation, recommend
+from tuner.rules import (
+    BASE_WEIGHTS,
+    GPT3_LR_TABLE,
+    MEMORY_PENALTY,
+    RULES,
+    Derive,
+    gpt3_lr,
+)
+from tuner.task import MAX_PARAMETERS, TaskDescription
+
+ALL = len(optimizers.names())
+DESIGN_NAMES = {
+    "sgd", "sgd_momentum", "nesterov", "rmsprop", "adagrad", "adam", "adamw", "nadam", "radam",
+    "adafactor", "lamb", "lion", "muon",
+}
+ADAM_FAMILY = ("adam", "adamw", "nadam", "radam", "lamb")
+MEMORY_LIGHT = {"adafactor", "lion", "sgd_momentum"}
+
+
+def task(**fields: Any) -> TaskDescription:
+    return TaskDescription.model_validate(fields)
+
+
+def top(t: TaskDescription, k: int = 3) -> list[str]:
+    return [c.optimizer for c in recommend(t, top_k=k).candidates]
+
+
+def by_name(t: TaskDescription) -> dict[str, Candidate]:
+    return {c.optimizer: c for c in recommend(t, top_k=ALL).candidates}
+
+
+def lr(c: Candidate) -> float:
+    return c.hyperparameters["lr"].default
+
+
+# ------------------------------------------------------------------------------------------
+# The user's rules on canonical tasks
+# ------------------------------------------------------------------------------------------
+
+CANONICAL: list[tuple[str, dict[str, Any], str]] = [
+    ("small mlp", {"model_family": "mlp", "num_parameters": 50_000, "dataset_size": 10_000},
+     "sgd_momentum"),
+    ("small linear", {"model_family": "linear", "num_parameters": 500_000,
+                      "dataset_size": 50_000}, "sgd_momentum"),
+    ("general mlp", {"model_family": "mlp", "num_parameters": 5_000_000}, "adam"),
+    ("general cnn", {"model_family": "cnn", "num_parameters": 5_000_000,
+                     "dataset_size": 1_000_000, "batch_size": 256}, "adam"),
+    ("general other", {"model_family": "other", "num_parameters": 5_000_000}, "adam"),
+    ("125M transformer", {"model_family": "transformer", "task_type": "language_modeling",
+                          "num_parameters": 125_000_000, "num_layers": 12, "batch_size": 512},
+     "adamw"),
+    ("60-layer net", {"model_family": "other", "num_parameters": 20_000_000, "num_layers": 60},
+     "adamw"),
+    ("60-layer cnn", {"model_family": "cnn", "num_parameters": 20_000_000, "num_layers": 60},
+     "adamw"),
+    ("lstm", {"model_family": "rnn", "num_parameters": 20_000_000, "num_layers": 2}, "rmsprop"),
+    ("10B, large budget", {"model_family": "transformer", "num_parameters": 10_000_000_000,
+                           "memory_budget_gb": 1000, "precision": "bf16"}, "lamb"),
+    ("sparse linear", {"model_family": "linear", "num_parameters": 10_000_000,
+                       "sparse_features": True}, "adagrad"),
+    ("sparse small", {"model_family": "linear", "num_parameters": 50_000,
+                      "sparse_features": True}, "adagrad"),
+    ("fine-tuning bert", {"model_family": "transformer", "num_parameters": 110_000_000,
+                          "fine_tuning": True, "batch_size": 32}, "adamw"),
+]
+
+
+@pytest.mark.parametrize(("fields", "expected"), [(f, e) for _, f, e in CANONICAL],
+                         ids=[n for n, _, _ in CANONICAL])
+def test_canonical_top1(fields: dict[str, Any], expected: str) -> None:
+    assert top(task(**fields))[0] == expected
+
+
+def test_small_problem_has_adam_as_safe_second() -> None:
+    assert top(task(model_family="mlp", num_parameters=50_000, dataset_size=10_000))[:2] == [
+        "sgd_momentum", "adam"]
+
+
+def test_small_and_general_thresholds_are_both_reachable() -> None:
+    assert top(task(model_family="cnn", num_parameters=99_999))[0] == "sgd_momentum"
+    assert top(task(model_family="cnn", num_parameters=100_000))[0] == "adam"
+    assert top(task(model_family="mlp", num_parameters=999_999, dataset_size=100_000))[0] == (
+        "sgd_momentum")
+    assert top(task(model_family="mlp", num_parameters=999_999, dataset_size=100_001))[0] == (
+        "adam")
+
+
+def test_massive_model_with_small_budget_goes_memory_light() -> None:
+    t = task(model_family="transformer", num_parameters=10_000_000_000, memory_budget_gb=48,
+             precision="bf16")
+    assert top(t)[0] in MEMORY_LIGHT
+    cands = by_name(t)
+    for name in ADAM_FAMILY:
+        mem = cands[name].memory
+        assert mem.fits is False
+        assert mem.state_bytes == 8 * 10_000_000_000
+        assert mem.total_bytes == (2 + 2 + 8) * 10_000_000_000
+        line = next(r for r in cands[name].rationale if r.startswith("does not fit"))
+        assert "exceeds the 48 GB budget by 72 GB" in line
+        assert f"x{MEMORY_PENALTY:g}" in line
+        assert "nothing sharded" in line
+    assert cands[top(t)[0]].memory.fits is True
+    assert any("nothing sharded" in r for r in cands[top(t)[0]].rationale)
+
+
+def test_memory_accounting_and_fits_without_budget() -> None:
+    c = by_name(task(model_family="mlp", num_parameters=1_000_000))
+    assert c["adam"].memory.model_dump() == {"state_bytes": 8_000_000,
+                                             "total_bytes": 16_000_000, "fits": None}
+    assert c["sgd"].memory.state_bytes == 0
+    assert c["lion"].memory.state_bytes == 4_000_000
+    fits = by_name(task(model_family="mlp", num_parameters=1_000_000, memory_budget_gb=1.0))
+    assert all(cand.memory.fits is True for cand in fits.values())
+
+
+def test_fine_tuning_uses_a_small_adamw_lr() -> None:
+    adamw = by_name(task(model_family="transformer", num_parameters=110_000_000,
+                         fine_tuning=True, batch_size=32))["adamw"]
+    prior = adamw.hyperparameters["lr"]
+    assert prior.high <= 1e-4
+    assert 1e-5 <= prior.default <= 5e-5
+    assert any("fine-tuning" in r for r in adamw.rationale)
+
+
+def test_large_batch_brings_lamb_or_lion_into_top2_and_keeps_adam_family() -> None:
+    t = task(model_family="transformer", num_parameters=340_000_000, batch_size=32768)
+    ranked = top(t)
+    assert {"lamb", "lion"} & set(ranked[:2])
+    assert {"adam", "adamw", "nadam"} & set(ranked)
+
+
+def test_lion_lr_below_and_weight_decay_above_adamw() -> None:
+    for t in (task(model_family="transformer", num_parameters=125_000_000),
+              task(model_family="mlp", num_parameters=5_000_000, batch_size=4096),
+              task(model_family="transformer", num_parameters=110_000_000, fine_tuning=True)):
+        c = by_name(t)
+        assert lr(c["lion"]) < lr(c["adamw"])
+        assert math.isclose(lr(c["lion"]), lr(c["adamw"]) / 5)
+        wd_lion = c["lion"].hyperparameters["weight_decay"].default
+        assert wd_lion > c["adamw"].hyperparameters["weight_decay"].default
+        assert any(r.startswith("Lion from AdamW") for r in c["lion"].rationale)
+
+
+def test_lr_falls_with_model_size() -> None:
+    small = by_name(task(model_family="transformer", num_parameters=125_000_000))
+    large = by_name(task(model_family="transformer", num_parameters=1_300_000_000))
+    assert lr(large["adamw"]) < lr(small["adamw"])
+    assert math.isclose(lr(small["adamw"]), 6e-4)
+    assert math.isclose(lr(large["adamw"]), 2e-4)
+
+
+def test_gpt3_table_interpolation() -> None:
+    for size, value in GPT3_LR_TABLE:
+        assert math.isclose(gpt3_lr(int(size)), value)
+    sizes = [10**e for e in range(6, 13)]
+    values = [gpt3_lr(s) for s in sizes]
+    assert values == sorted(values, reverse=True)
+    assert gpt3_lr(10**15) == GPT3_LR_TABLE[-1][1]
+    assert 3e-4 > gpt3_lr(500_000_000) > 2.5e-4
+
+
+def test_batch_scaling_sqrt_for_adam_linear_for_sgd() -> None:
+    ref = by_name(task(model_family="mlp", num_parameters=5_000_000, batch_size=256))
+    big = by_name(task(model_family="mlp", num_parameters=5_000_000, batch_size=1024))
+    assert math.isclose(lr(big["adam"]) / lr(ref["adam"]), 2.0)
+    assert math.isclose(lr(big["lamb"]) / lr(ref["lamb"]), 2.0)
+    assert math.isclose(lr(big["sgd_momentum"]) / lr(ref["sgd_momentum"]), 4.0)
+    clamped = by_name(task(model_family="mlp", num_parameters=5_000_000, batch_size=10**9))
+    assert math.isclose(lr(clamped["sgd_momentum"]) / lr(ref["sgd_momentum"]), 16.0)
+
+
+def test_rationale_names_each_rule_that_changed_something() -> None:
+    c = by_name(task(model_family="transformer", num_parameters=125_000_000, batch_size=512))
+    adamw = c["adamw"].rationale
+    assert adamw[0] == optimizers.get("adamw").when_to_use
+    assert any(r.startswith("transformer family") and "score x4" in r for r in adamw)
+    assert any("GPT-3" in r and "lr 0.001 -> 0.0006" in r for r in adamw)
+    assert any(r.startswith("batch 512") and "(x1.41)" in r for r in adamw)
+    assert any("GPT-3" in ref for ref in c["adamw"].references)
+    # a rule that changes nothing for an optimizer says nothing there
+    assert not any("GPT-3" in r for r in c["sgd_momentum"].rationale)
+
+
+def test_zero_default_on_log_scale_starts_at_range_low() -> None:
+    adam = by_name(task(model_family="mlp", num_parameters=5_000_000))["adam"]
+    wd = adam.hyperparameters["weight_decay"]
+    assert wd.default == wd.low == 1e-6
+    assert "off the log scale" in adam.rationale[0]
+
+
+def test_json_shape_matches_contract() -> None:
+    rec = recommend(task(model_family="transformer", num_parameters=124_000_000,
+                         memory_budget_gb=24, precision="bf16"))
+    data = json.loads(json.dumps(rec.model_dump(mode="json"), allow_nan=False))
+    assert set(data) == {"task", "candidates"}
+    assert data["task"]["num_parameters"] == 124_000_000
+    cand = data["candidates"][0]
+    assert set(cand) == {"optimizer", "score", "hyperparameters", "memory", "rationale",
+                         "references"}
+    assert set(cand["hyperparameters"]["lr"]) == {"default", "low", "high", "log", "complement"}
+    assert set(cand["memory"]) == {"state_bytes", "total_bytes", "fits"}
+    assert Recommendation.model_validate(data) == rec
+
+
+@pytest.mark.parametrize("top_k", [0, -1, ALL + 1, True])
+def test_top_k_bounds(top_k: int) -> None:
+    with pytest.raises(ValueError, match="top_k"):
+        recommend(task(model_family="mlp", num_parameters=10), top_k=top_k)
+
+
+def test_all_candidates_scores_sum_to_one() -> None:
+    rec = recommend(task(model_family="gnn", num_parameters=3_000_000), top_k=ALL)
+    assert [c.optimizer for c in rec.candidates] == sorted(optimizers.names(), key=lambda n: (
+        -next(c.score for c in rec.candidates if c.optimizer == n), n))
+    assert math.isclose(math.fsum(c.score for c in rec.candidates), 1.0)
+    assert {c.optimizer for c in rec.candidates} == set(optimizers.names())
+
+
+def test_rules_table_is_well_formed() -> None:
+    names = [rule.name for rule in RULES]
+    assert len(names) == len(set(names))
+    assert set(BASE_WEIGHTS) <= DESIGN_NAMES
+    assert all(w > 0 for w in BASE_WEIGHTS.values())
+    for rule in RULES:
+        assert rule.rationale
+        assert rule.reference
+        assert set(rule.weights) <= DESIGN_NAMES | {"*"}, rule.name
+        assert all(w > 0 and math.isfinite(w) for w in rule.weights.values()), rule.name
+        for adj in rule.adjust:
+            assert adj.optimizers <= DESIGN_NAMES, rule.name
+            if isinstance(adj, Derive):
+                assert adj.source in DESIGN_NAMES
+                assert 0 < adj.low <= adj.default <= adj.high
+
+
+# ------------------------------------------------------------------------------------------
+# TaskDescription validation
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fields", [
+    {"model_family": "mlp", "num_parameters": 10, "optimizer": "adam"},
+    {"model_family": "mlp", "num_parameters": 0},
+    {"model_family": "mlp", "num_parameters": 10, "memory_budget_gb": float("nan")},
+    {"model_family": "mlp", "num_parameters": 10, "memory_budget_gb": float("inf")},
+    {"model_family": "mlp", "num_parameters": 10, "memory_budget_gb": 0},
+    {"model_family": "lstm", "num_parameters": 10},
+    {"num_parameters": 10},
+])
+def test_task_validation_rejects(fields: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        TaskDescription.model_validate(fields)
+
+
+# ------------------------------------------------------------------------------------------
+# Properties over random valid tasks
+# ------------------------------------------------------------------------------------------
+
+
+def _log_int(high: int) -> st.SearchStrategy[int]:
+    return st.one_of(
+        st.integers(1, high),
+        st.floats(0, math.log10(high)).map(lambda e: max(1, min(high, int(10**e)))),
+    )
+
+
+def _optional(s: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.one_of(st.none(), s)
+
+
+TASKS = st.builds(
+    TaskDescription,
+    model_family=st.sampled_from(["linear", "mlp", "cnn", "rnn", "transformer", "gnn", "other"]),
+    task_type=st.sampled_from(["classification", "regression", "language_modeling",
+                               "generation", "reinforcement_learning", "other"]),
+    num_parameters=_log_int(MAX_PARAMETERS),
+    num_layers=_optional(_log_int(100_000)),
+    dataset_size=_optional(_log_int(10**13)),
+    batch_size=_optional(_log_int(10**13)),
+    sparse_features=st.booleans(),
+    fine_tuning=st.booleans(),
+    num_devices=_log_int(1_000_000),
+    memory_budget_gb=_optional(st.floats(1e-3, 1e6, allow_nan=False, allow_infinity=False)),
+    precision=st.sampled_from(["fp32", "bf16", "fp16"]),
+)
+
+PROPERTY_SETTINGS = settings(max_examples=200, derandomize=True, database=None, deadline=None,
+                             suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPERTY_SETTINGS
+@given(t=TASKS, top_k=st.integers(1, ALL))
+def test_recommendation_invariants(t: TaskDescription, top_k: int) -> None:
+    rec = recommend(t, top_k=top_k)
+    cands = rec.candidates
+    assert len(cands) == top_k
+    assert rec.task == t
+    scores = [c.score for c in cands]
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    assert math.fsum(scores) <= 1.0 + 1e-9
+    keys = [(-c.score, c.optimizer) for c in cands]
+    assert keys == sorted(keys)
+    assert len({c.optimizer for c in cands}) == top_k
+    for c in cands:
+        assert c.optimizer in optimizers.names()
+        assert c.rationale
+        assert all(c.rationale)
+        assert c.references
+        assert all(c.references)
+        assert set(c.hyperparameters) == set(optimizers.get(c.optimizer).search_space)
+        for hp, p in c.hyperparameters.items():
+            values = (p.default, p.low, p.high)
+            assert all(math.isfinite(v) for v in values), (c.optimizer, hp, p)
+            assert p.low <= p.default <= p.high, (c.optimizer, hp, p)
+            if p.log:
+                assert p.low > 0
+            if p.complement:
+                assert p.high < 1
+            for v in values:
+                HYPERPARAMETER_BOUNDS[hp].check(hp, v)
+        assert c.memory.state_bytes >= 0
+        assert c.memory.total_bytes >= c.memory.state_bytes
+        assert (c.memory.fits is None) == (t.memory_budget_gb is None)
+    json.dumps(rec.model_dump(mode="json"), allow_nan=False)
+    assert recommend(t, top_k=top_k).model_dump() == rec.model_dump()
+
+
+@PROPERTY_SETTINGS
+@given(t=TASKS)
+def test_top_k_is_a_prefix_of_the_full_ranking(t: TaskDescription) -> None:
+    full = recommend(t, top_k=ALL).model_dump()["candidates"]
+    assert recommend(t, top_k=3).model_dump()["candidates"] == full[:3]
+
+
+# ------------------------------------------------------------------------------------------
+# Latency
+# ------------------------------------------------------------------------------------------
+
+
+def test_latency_1000_calls_well_under_a_second() -> None:
+    families = ["linear", "mlp", "cnn", "rnn", "transformer", "gnn", "other"]
+    tasks = [
+        task(model_family=families[i % 7], num_parameters=10 ** (3 + i % 10),
+             batch_size=(None, 32, 256, 32768)[i % 4],
+             memory_budget_gb=(None, 16.0, 80.0)[i % 3], fine_tuning=i % 5 == 0,
+             num_layers=(None, 4, 64)[i % 3], sparse_features=i % 11 == 0)
+        for i in range(1000)
+    ]
+    recommend(tasks[0])  # warm the per-optimizer cache
+    start = time.perf_counter()
+    for t in tasks:
+        recommend(t)
+    elapsed = time.perf_counter() - start
+    print(f"recommend(): {elapsed * 1e6 / len(tasks):.0f} us per call (top_k=3, 1000 tasks)")
+    assert elapsed < 1.0

@@ -1,0 +1,365 @@
+"""The rules behind optpilot's recommendations: one table of data, edited in this one file.
+
+How a recommendation is made (``tuner.prior.recommend`` applies this table, nothing else does):
+
+1. Every registered optimizer starts from ``BASE_WEIGHTS`` (an unnormalised prior; optimizers
+   missing from it get ``DEFAULT_BASE_WEIGHT``) and from the registry's defaults and search space.
+2. Each ``Rule`` of ``RULES`` whose ``applies(task)`` holds (and, when it has ``only_for``, only for
+   the optimizers that pass it) multiplies scores by ``weights`` (``"*"`` = every optimizer not
+   named) and changes hyperparameter priors by its ``adjust`` steps, in table order.
+   ``Derive`` steps run after every other step, so they read their source's final values.
+3. Scores are normalised over the whole catalog into prior probabilities; the top k are returned.
+
+Every rule that changes a candidate's score or a value adds its ``rationale`` (a ``str.format``
+template over ``t``, the task, and ``mem``, the candidate's ``MemoryUse``) and its ``reference``
+to that candidate, followed by the numbers it changed.
+
+Thresholds (the user's rules, REFERENCE.md's evidence):
+
+* small/simple: not rnn/transformer and < 1e5 parameters, or a linear/mlp model under 1e6
+  parameters with <= 1e5 examples (or unknown): SGD with momentum first, Adam second.
+* general: everything else that triggers no rule (e.g. a 5e6-parameter CNN or MLP): Adam.
+* very deep (>= 32 layers) or transformer: AdamW.        * rnn: RMSProp (Adam a close second).
+* massive (>= 1e9 parameters, pretraining): LAMB; when Adam-family parameters + gradients + state
+  exceed ``memory_budget_gb`` (per device, plain data parallel: nothing sharded): Adafactor, Lion,
+  SGD momentum.
+* large global batch (>= 8192): LAMB and Lion, Adam-family kept.   * sparse features: Adagrad.
+* fine-tuning: AdamW with lr 2e-5 in [5e-6, 1e-4].
+* lr vs size (transformers/LMs >= 1e8 parameters): GPT-3's table, log-log interpolated.
+* lr vs batch (batch given, not fine-tuning): sqrt for Adam/LAMB, linear for SGD, relative to 256,
+  factor clamped to [1/16, 16].
+* Lion: lr = AdamW's / 5 (range /10../3), weight decay = AdamW's x 5 (range x3..x10).
+* does not fit the memory budget: score x0.01.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Final, TypeAlias
+
+from optimizers.registry import OptimizerSpec
+from tuner.task import TaskDescription
+
+# --------------------------------------------------------------------------------------------
+# Thresholds and constants (change the numbers here)
+# --------------------------------------------------------------------------------------------
+
+TINY_PARAMETERS: Final = 100_000  # below this any non-recurrent, non-Transformer model is "small"
+SMALL_PARAMETERS: Final = 1_000_000  # linear/mlp below this with small (or unknown) data is small
+SMALL_DATASET: Final = 100_000  # "small data", in examples
+VERY_DEEP_LAYERS: Final = 32
+MASSIVE_PARAMETERS: Final = 1_000_000_000
+LARGE_BATCH: Final = 8192
+REFERENCE_BATCH: Final = 256  # batch at which the registry's (and GPT-3's) lrs are read
+BATCH_FACTOR_MIN: Final = 1 / 16
+BATCH_FACTOR_MAX: Final = 16.0
+LM_SCALING_PARAMETERS: Final = 100_000_000  # GPT-3 lr table applies from here up
+FINE_TUNING_LR: Final = (2e-5, 5e-6, 1e-4)  # default, low, high (BERT: 2e-5 .. 5e-5)
+MEMORY_PENALTY: Final = 0.01  # score factor for a candidate that does not fit the budget
+
+GB: Final = 1e9  # memory_budget_gb is in decimal gigabytes
+PRECISION_BYTES: Final[Mapping[str, int]] = MappingProxyType({"fp32": 4, "bf16": 2, "fp16": 2})
+ADAM_STATE_BYTES: Final = 8  # two fp32 moments per parameter
+
+# GPT-3 (Brown et al. 2020, Table 2.1): parameters -> Adam lr.
+GPT3_LR_TABLE: Final[tuple[tuple[float, float], ...]] = (
+    (125e6, 6e-4), (350e6, 3e-4), (760e6, 2.5e-4), (1.3e9, 2e-4),
+    (2.7e9, 1.6e-4), (6.7e9, 1.2e-4), (13e9, 1e-4), (175e9, 6e-5),
+)
+
+ADAM_FAMILY: Final = frozenset({"adam", "adamw", "nadam", "radam"})
+SGD_FAMILY: Final = frozenset({"sgd", "sgd_momentum", "nesterov"})
+SIMPLE_FAMILIES: Final = frozenset({"linear", "mlp"})
+
+# --------------------------------------------------------------------------------------------
+# Derived quantities the rules read
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemoryUse:
+    """Per-device bytes for one optimizer: parameters and gradients at the task's precision,
+    optimizer state in fp32, plain data parallel (every device holds everything; not sharded)."""
+
+    state_bytes: int
+    total_bytes: int
+    budget_bytes: float | None
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.budget_bytes is None else self.total_bytes <= self.budget_bytes
+
+    @property
+    def total_gb(self) -> float:
+        return self.total_bytes / GB
+
+    @property
+    def excess_gb(self) -> float:
+        return 0.0 if self.budget_bytes is None else (self.total_bytes - self.budget_bytes) / GB
+
+
+def memory_use(task: TaskDescription, spec: OptimizerSpec) -> MemoryUse:
+    n = task.num_parameters
+    state = spec.state_bytes(n)
+    total = 2 * n * PRECISION_BYTES[task.precision] + state
+    budget = None if task.memory_budget_gb is None else task.memory_budget_gb * GB
+    return MemoryUse(state, total, budget)
+
+
+def adam_state_exceeds_budget(task: TaskDescription) -> bool:
+    """Parameters + gradients + Adam's two fp32 moments do not fit one device's budget."""
+    if task.memory_budget_gb is None:
+        return False
+    per_param = 2 * PRECISION_BYTES[task.precision] + ADAM_STATE_BYTES
+    return task.num_parameters * per_param > task.memory_budget_gb * GB
+
+
+def gpt3_lr(num_parameters: int) -> float:
+    """Adam lr for a model of this size: GPT-3's table, log-log interpolated, flat outside it."""
+    sizes = [s for s, _ in GPT3_LR_TABLE]
+    if num_parameters <= sizes[0]:
+        return GPT3_LR_TABLE[0][1]
+    if num_parameters >= sizes[-1]:
+        return GPT3_LR_TABLE[-1][1]
+    i = bisect.bisect_right(sizes, num_parameters)
+    (s0, lr0), (s1, lr1) = GPT3_LR_TABLE[i - 1], GPT3_LR_TABLE[i]
+    w = (math.log(num_parameters) - math.log(s0)) / (math.log(s1) - math.log(s0))
+    return math.exp(math.log(lr0) + w * (math.log(lr1) - math.log(lr0)))
+
+
+def batch_factor(task: TaskDescription, power: float) -> float:
+    """(batch / REFERENCE_BATCH) ** power, clamped to [BATCH_FACTOR_MIN, BATCH_FACTOR_MAX]."""
+    ratio = (task.batch_size or REFERENCE_BATCH) / REFERENCE_BATCH
+    return min(BATCH_FACTOR_MAX, max(BATCH_FACTOR_MIN, float(ratio**power)))
+
+
+def is_small_problem(t: TaskDescription) -> bool:
+    if t.model_family in ("rnn", "transformer"):
+        return False
+    small_data = t.dataset_size is None or t.dataset_size <= SMALL_DATASET
+    return t.num_parameters < TINY_PARAMETERS or (
+        t.model_family in SIMPLE_FAMILIES and t.num_parameters < SMALL_PARAMETERS and small_data
+    )
+
+
+def is_lm_scale(t: TaskDescription) -> bool:
+    lm_like = t.model_family == "transformer" or t.task_type in ("language_modeling", "generation")
+    return lm_like and t.num_parameters >= LM_SCALING_PARAMETERS and not t.fine_tuning
+
+
+# --------------------------------------------------------------------------------------------
+# Rule and adjustment types
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Multiply default, low and high of ``hyperparameters`` by ``factor(task)``."""
+
+    optimizers: frozenset[str]
+    hyperparameters: tuple[str, ...]
+    factor: Callable[[TaskDescription], float]
+
+
+@dataclass(frozen=True)
+class SetRange:
+    """Replace ``hyperparameter``'s prior by ``value(task)`` = (default, low, high)."""
+
+    optimizers: frozenset[str]
+    hyperparameter: str
+    value: Callable[[TaskDescription], tuple[float, float, float]]
+
+
+@dataclass(frozen=True)
+class Derive:
+    """``hyperparameter`` = ``source``'s final prior times (default, low, high) multipliers."""
+
+    optimizers: frozenset[str]
+    hyperparameter: str
+    source: str
+    default: float
+    low: float
+    high: float
+
+
+Adjustment: TypeAlias = Scale | SetRange | Derive
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One row of the table: when ``applies``, ``weights`` multiply scores (``"*"``: every
+    optimizer not named) and ``adjust`` changes hyperparameter priors. ``only_for`` narrows the
+    row to some optimizers of a task (memory fits)."""
+
+    name: str
+    applies: Callable[[TaskDescription], bool]
+    rationale: str
+    reference: str
+    weights: Mapping[str, float] = field(default_factory=dict)
+    adjust: tuple[Adjustment, ...] = ()
+    only_for: Callable[[TaskDescription, OptimizerSpec], bool] | None = None
+
+    def weight(self, optimizer: str) -> float:
+        return self.weights.get(optimizer, self.weights.get("*", 1.0))
+
+    def targets(self, optimizer: str) -> bool:
+        """Whether this row can touch ``optimizer`` at all (score or value)."""
+        return self.weight(optimizer) != 1.0 or any(optimizer in a.optimizers for a in self.adjust)
+
+
+# --------------------------------------------------------------------------------------------
+# THE TABLE
+# --------------------------------------------------------------------------------------------
+
+_SCHMIDT = "Schmidt et al. 2021, Descending through a Crowded Valley"
+_NADO = "Nado et al. 2021, A Large Batch Optimizer Reality Check"
+_GPT3 = "Brown et al. 2020, Language Models are Few-Shot Learners (GPT-3), Table 2.1"
+
+# Unnormalised prior before any rule: Adam is the general default (Kingma & Ba 2015), AdamW and
+# SGD momentum strong seconds; Schmidt et al. 2021 found no optimizer dominates, so none is zero.
+BASE_WEIGHTS: Final[Mapping[str, float]] = MappingProxyType({
+    "adam": 3.0, "adamw": 2.0, "sgd_momentum": 1.5, "nadam": 1.0, "nesterov": 0.8,
+    "radam": 0.6, "rmsprop": 0.5, "lion": 0.5, "adagrad": 0.4, "muon": 0.4,
+    "lamb": 0.3, "adafactor": 0.3, "sgd": 0.3,
+})
+DEFAULT_BASE_WEIGHT: Final = 0.2  # optimizers registered later and not listed above
+BASE_REFERENCE: Final = _SCHMIDT
+
+RULES: Final[tuple[Rule, ...]] = (
+    Rule(
+        name="small_problem",
+        applies=is_small_problem,
+        weights={"sgd_momentum": 4.0, "sgd": 2.0, "nesterov": 1.5, "adamw": 0.75},
+        rationale=f"small/simple problem (< {TINY_PARAMETERS:.0e} parameters, or linear/mlp "
+                  f"< {SMALL_PARAMETERS:.0e} with <= {SMALL_DATASET:.0e} examples): SGD with "
+                  "momentum is competitive and cheap, Adam a safe second",
+        reference="Wilson et al. 2017, The Marginal Value of Adaptive Gradient Methods",
+    ),
+    Rule(
+        name="transformer",
+        applies=lambda t: t.model_family == "transformer",
+        weights={"adamw": 4.0, "nadam": 1.5, "lamb": 1.5, "lion": 1.5, "adafactor": 1.5,
+                 "muon": 1.5, "adam": 0.75, "rmsprop": 0.5, "adagrad": 0.5,
+                 "sgd": 0.25, "sgd_momentum": 0.25, "nesterov": 0.25},
+        rationale="transformer family: decoupled weight decay (AdamW) is the standard choice; "
+                  "SGD trains Transformers poorly",
+        reference="Loshchilov & Hutter 2019, Decoupled Weight Decay Regularization",
+    ),
+    Rule(
+        name="very_deep",
+        applies=lambda t: (t.num_layers or 0) >= VERY_DEEP_LAYERS,
+        weights={"adamw": 3.0, "nadam": 1.5, "adam": 0.75,
+                 "sgd": 0.5, "sgd_momentum": 0.5, "nesterov": 0.5},
+        rationale=f"very deep network (>= {VERY_DEEP_LAYERS} layers, here {{t.num_layers}}): "
+                  "AdamW (NAdamW is the AlgoPerf baseline)",
+        reference="Dahl et al. 2023, Benchmarking Neural Network Training Algorithms (AlgoPerf)",
+    ),
+    Rule(
+        name="recurrent",
+        applies=lambda t: t.model_family == "rnn",
+        weights={"rmsprop": 8.0, "sgd": 0.5, "sgd_momentum": 0.5, "nesterov": 0.5},
+        rationale="recurrent network: RMSProp is the traditional choice (evidence it beats Adam "
+                  "is weak, so Adam stays close)",
+        reference="Graves 2013, Generating Sequences With Recurrent Neural Networks",
+    ),
+    Rule(
+        name="massive_model",
+        applies=lambda t: t.num_parameters >= MASSIVE_PARAMETERS and not t.fine_tuning,
+        weights={"lamb": 15.0, "adafactor": 3.0, "lion": 2.0, "adamw": 0.6, "adam": 0.5,
+                 "sgd": 0.3, "sgd_momentum": 0.3, "nesterov": 0.3},
+        rationale=f"massive model (>= {MASSIVE_PARAMETERS:.0e} parameters) pretraining: LAMB's "
+                  "layer-wise trust ratio",
+        reference="You et al. 2020, Large Batch Optimization for Deep Learning: Training BERT in "
+                  "76 minutes",
+    ),
+    Rule(
+        name="adam_state_does_not_fit",
+        applies=adam_state_exceeds_budget,
+        weights={"adafactor": 6.0, "lion": 3.0, "sgd_momentum": 3.0},
+        rationale="Adam-family parameters + gradients + fp32 state exceed {t.memory_budget_gb:g} "
+                  "GB per device: memory-light optimizers (factored or single state)",
+        reference="Shazeer & Stern 2018, Adafactor: Adaptive Learning Rates with Sublinear "
+                  "Memory Cost",
+    ),
+    Rule(
+        name="large_batch",
+        applies=lambda t: (t.batch_size or 0) >= LARGE_BATCH,
+        weights={"lamb": 8.0, "lion": 3.0, "nesterov": 1.5},
+        rationale=f"large global batch (>= {LARGE_BATCH}, here {{t.batch_size}}): LAMB (BERT at "
+                  "32k) and Lion gain most; well-tuned Adam/Nesterov match them, so they stay",
+        reference=_NADO,
+    ),
+    Rule(
+        name="sparse_features",
+        applies=lambda t: t.sparse_features,
+        weights={"adagrad": 25.0, "lion": 0.5, "lamb": 0.5,
+                 "sgd": 0.5, "sgd_momentum": 0.5, "nesterov": 0.5},
+        rationale="sparse features / embeddings: Adagrad's per-coordinate rates favour rare "
+                  "features",
+        reference="Duchi et al. 2011, Adaptive Subgradient Methods",
+    ),
+    Rule(
+        name="fine_tuning",
+        applies=lambda t: t.fine_tuning,
+        weights={"adamw": 3.0, "lamb": 0.3, "muon": 0.3, "lion": 0.5, "adafactor": 0.5},
+        adjust=(SetRange(ADAM_FAMILY, "lr", lambda t: FINE_TUNING_LR),),
+        rationale="fine-tuning pretrained weights: AdamW with a small lr (1e-5 .. 5e-5 for "
+                  "BERT-size models)",
+        reference="Devlin et al. 2019, BERT: Pre-training of Deep Bidirectional Transformers",
+    ),
+    Rule(
+        name="fine_tuning_lr_other",
+        applies=lambda t: t.fine_tuning,
+        adjust=(Scale(SGD_FAMILY | {"rmsprop", "adagrad", "adafactor", "lamb"}, ("lr",),
+                      lambda t: 0.1),
+                Scale(frozenset({"muon"}), ("lr", "aux_lr"), lambda t: 0.1)),
+        rationale="fine-tuning: lr about 10x below training from scratch",
+        reference="Kornblith et al. 2019, Do Better ImageNet Models Transfer Better?",
+    ),
+    Rule(
+        name="lr_vs_model_size",
+        applies=is_lm_scale,
+        adjust=(SetRange(ADAM_FAMILY, "lr",
+                         lambda t: (gpt3_lr(t.num_parameters), gpt3_lr(t.num_parameters) / 10,
+                                    gpt3_lr(t.num_parameters) * 5)),),
+        rationale=f"Transformer/LM of {{t.num_parameters:.3g}} parameters (>= "
+                  f"{LM_SCALING_PARAMETERS:.0e}): Adam lr falls with model size (GPT-3 table, "
+                  f"log-log interpolated, read at batch {REFERENCE_BATCH})",
+        reference=_GPT3,
+    ),
+    Rule(
+        name="lr_vs_batch_size",
+        applies=lambda t: t.batch_size is not None and t.batch_size != REFERENCE_BATCH
+        and not t.fine_tuning,
+        adjust=(Scale(ADAM_FAMILY | {"lamb"}, ("lr",), lambda t: batch_factor(t, 0.5)),
+                Scale(SGD_FAMILY, ("lr",), lambda t: batch_factor(t, 1.0))),
+        rationale=f"batch {{t.batch_size}} vs reference {REFERENCE_BATCH}: lr scaled by the "
+                  "square root (Adam/LAMB) or linearly (SGD), factor clamped to "
+                  f"[1/{1 / BATCH_FACTOR_MIN:g}, {BATCH_FACTOR_MAX:g}]",
+        reference="Goyal et al. 2017 (linear, SGD); Malladi et al. 2022 (square root, Adam)",
+    ),
+    Rule(
+        name="lion_from_adamw",
+        applies=lambda t: True,
+        adjust=(Derive(frozenset({"lion"}), "lr", "adamw", default=1 / 5, low=1 / 10, high=1 / 3),
+                Derive(frozenset({"lion"}), "weight_decay", "adamw", default=5, low=3, high=10)),
+        rationale="Lion from AdamW: lr 3-10x smaller, weight decay 3-10x larger (lr x wd, the "
+                  "decay per step, kept)",
+        reference="Chen et al. 2023, Symbolic Discovery of Optimization Algorithms",
+    ),
+    Rule(
+        name="does_not_fit_memory",
+        applies=lambda t: t.memory_budget_gb is not None,
+        only_for=lambda t, spec: memory_use(t, spec).fits is False,
+        weights={"*": MEMORY_PENALTY},
+        rationale="does not fit: {mem.total_gb:.3g} GB per device (params + grads in "
+                  "{t.precision}, fp32 state; plain data parallel, nothing sharded) exceeds the "
+                  "{t.memory_budget_gb:g} GB budget by {mem.excess_gb:.3g} GB",
+        reference="Rajbhandari et al. 2020, ZeRO: Memory Optimizations Toward Training Trillion "
+                  "Parameter Models",
+    ),
+)
