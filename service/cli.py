@@ -26,7 +26,11 @@ class CliError(Exception):
 
 
 def _console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    """Rich output; when piped, wide enough that tables do not fold every cell."""
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=160)
+    return console
 
 
 def _count(text: str) -> int:
@@ -118,7 +122,7 @@ def task_from_args(args: argparse.Namespace) -> Any:
     from tuner.task import TaskDescription
 
     fields = {field: getattr(args, flag) for flag, field in TASK_FLAGS.items()
-              if getattr(args, flag, None) not in (None, False)}
+              if getattr(args, flag, None) is not None and getattr(args, flag) is not False}
     try:
         return TaskDescription(**fields)
     except ValidationError as exc:
@@ -126,20 +130,21 @@ def task_from_args(args: argparse.Namespace) -> Any:
 
 
 def render_recommendation(recommendation: Any, console: Console) -> None:
-    table = Table(title="Recommended optimizers", show_lines=True)
-    for col in ("#", "optimizer", "score", "hyperparameters (default [low, high])", "memory",
-                "why"):
-        table.add_column(col)
     for rank, c in enumerate(recommendation.candidates, 1):
-        hps = "\n".join(f"{hp}={p.default:.3g} [{p.low:.3g}, {p.high:.3g}]"
-                        for hp, p in c.hyperparameters.items())
-        fits = {True: "fits", False: "DOES NOT FIT", None: ""}[c.memory.fits]
-        memory = f"state {c.memory.state_bytes / 2**30:.3g} GiB {fits}".strip()
-        why = "\n".join(f"- {line}" for line in c.rationale)
-        table.add_row(str(rank), c.optimizer, f"{c.score:.2f}", hps, memory, why)
-    console.print(table)
-    refs = sorted({r for c in recommendation.candidates for r in c.references})
-    console.print("References: " + "; ".join(refs))
+        fits = {True: ", fits the budget", False: ", DOES NOT FIT the budget", None: ""}
+        console.print(f"[bold]{rank}. {c.optimizer}[/bold]  score {c.score:.2f}  "
+                      f"(optimizer state {c.memory.state_bytes / 1e9:.3g} GB, total "
+                      f"{c.memory.total_bytes / 1e9:.3g} GB{fits[c.memory.fits]})")
+        table = Table(box=None, padding=(0, 2), show_header=True, header_style="dim")
+        for col in ("hyperparameter", "default", "low", "high", "scale"):
+            table.add_column(col)
+        for hp, p in c.hyperparameters.items():
+            scale = ("log" if p.log else "linear") + (" of 1-x" if p.complement else "")
+            table.add_row(hp, f"{p.default:.4g}", f"{p.low:.4g}", f"{p.high:.4g}", scale)
+        console.print(table)
+        for line in c.rationale:
+            console.print(f"   - {line}")
+        console.print(f"   [dim]references: {'; '.join(c.references)}[/dim]\n")
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:

@@ -316,6 +316,7 @@ def trial_json(trial: FrozenTrial, retried: set[int]) -> dict[str, Any]:
         "hyperparameters": trial.user_attrs.get(ATTR_HYPERPARAMETERS, {}),
         "reason": trial_reason(trial),
         "retried": trial.number in retried,
+        "worker": trial.user_attrs.get("worker"),
         "retry_of": trial.system_attrs.get("failed_trial"),
         "intermediate_values": {str(k): _finite(v) for k, v in
                                 sorted(trial.intermediate_values.items())},

@@ -19,6 +19,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 import time
 import warnings
@@ -47,6 +48,12 @@ from service.storage import (
 )
 
 log = logging.getLogger(__name__)
+
+ATTR_WORKER = "worker"
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -174,6 +181,7 @@ class Worker:
                 release_trial_slot(session, job.id)
             raise
         assert job.workload is not None
+        trial.set_user_attr(ATTR_WORKER, worker_id())
         log.info("job %s trial %d on %s", job.id, trial.number, self.device)
         with _Heartbeat(self.storage, trial._trial_id, self.config.heartbeat_interval_s):
             run_trial(study, study_plan(study), get_workload(job.workload), trial=trial,

@@ -139,6 +139,7 @@ class TrialOut(ResponseModel):
     reason: str | None
     retried: bool
     retry_of: int | None
+    worker: str | None = Field(description="host:pid of the worker that ran it.")
     intermediate_values: dict[str, OutFloat]
     started_at: datetime | None
     completed_at: datetime | None
