@@ -185,7 +185,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from tuner.tuning import tune
     from tuner.workloads import get_workload
 
+    import torch
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    torch.set_num_threads(args.threads)
     try:
         workload = get_workload(args.workload)
     except ValueError as exc:
@@ -334,7 +337,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 def _add_worker_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", help="cuda:0,cuda:1 or cpu (default: every GPU, else one CPU)")
-    p.add_argument("--threads", type=int, help="torch threads per worker (default: cores/workers)")
+    p.add_argument("--threads", type=int, help="torch threads per worker (default: 1)")
     p.add_argument("--poll-interval", type=float, default=0.5, help="seconds between job polls")
     p.add_argument("--heartbeat-interval", type=int, default=5, help="seconds between heartbeats")
     p.add_argument("--grace-period", type=int, default=20,
@@ -392,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     p.add_argument("--storage", help="Optuna storage URL (default: in memory)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: small models train fastest on one)")
     p.add_argument("--study-name")
     p.add_argument("--json", action="store_true")
     _add_task_flags(p, required=False)

@@ -312,7 +312,9 @@ def trial_json(trial: FrozenTrial, retried: set[int]) -> dict[str, Any]:
         "number": trial.number,
         "state": trial.state.name.lower(),
         "value": _finite(trial.value) if trial.state == TrialState.COMPLETE else None,
-        "optimizer": trial.user_attrs.get(ATTR_OPTIMIZER) or trial.params.get("optimizer"),
+        "optimizer": (trial.user_attrs.get(ATTR_OPTIMIZER) or trial.params.get("optimizer")
+                      # a waiting (enqueued) trial has only its fixed parameters
+                      or trial.system_attrs.get("fixed_params", {}).get("optimizer")),
         "hyperparameters": trial.user_attrs.get(ATTR_HYPERPARAMETERS, {}),
         "reason": trial_reason(trial),
         "retried": trial.number in retried,

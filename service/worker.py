@@ -64,6 +64,8 @@ class WorkerConfig:
     heartbeat_interval_s: int = DEFAULT_HEARTBEAT_INTERVAL_S
     grace_period_s: int = DEFAULT_GRACE_PERIOD_S
     threads: int | None = None
+    """torch threads; default 1: optpilot's trials train small models, and several threads per
+    worker mostly contend (10x slower measured on 2 cores)."""
     max_trials: int | None = None
     """Exit after this many trials (tests, batch use); None: run until stopped."""
 
@@ -255,10 +257,9 @@ def worker_main(config: WorkerConfig) -> None:
 def start_workers(config: WorkerConfig, devices: Sequence[str]) -> list[SpawnProcess]:
     """One process per device (spawned, so each pins its device before CUDA starts)."""
     context = multiprocessing.get_context("spawn")
-    threads = config.threads or max(1, (os.cpu_count() or 1) // max(1, len(devices)))
     processes = []
     for device in devices:
-        cfg = WorkerConfig(**{**vars(config), "device": device, "threads": threads})
+        cfg = WorkerConfig(**{**vars(config), "device": device})
         process = context.Process(target=worker_main, args=(cfg,), name=f"optpilot-worker-{device}",
                                   daemon=False)
         process.start()

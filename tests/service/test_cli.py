@@ -1,0 +1,112 @@
+"""The ``optpilot`` command line, run in-process through ``main(argv)``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+
+import optimizers
+from service.cli import build_parser, database_url, main
+from tuner.workloads import workload_names
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_optimizers_json_lists_the_catalog(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "optimizers", "--json")
+    assert code == 0
+    assert [o["name"] for o in json.loads(out)] == list(optimizers.names())
+
+
+def test_workloads_table_names_every_workload(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "workloads")
+    assert code == 0
+    for name in workload_names():
+        assert name in out
+
+
+def test_recommend_prints_ranked_candidates_with_rationale(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "recommend", "--family", "transformer", "--params", "1.2e8",
+                       "--batch-size", "512", "--memory-gb", "24")
+    assert code == 0
+    assert out.lstrip().startswith("1. adamw")
+    assert "transformer family" in out and "fits the budget" in out
+
+
+def test_recommend_json_matches_the_contract(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "recommend", "--family", "rnn", "--params", "2_000_000",
+                       "--top-k", "2", "--json")
+    body = json.loads(out)
+    assert code == 0 and len(body["candidates"]) == 2
+    assert body["candidates"][0]["optimizer"] == "rmsprop"
+    assert body["task"]["num_parameters"] == 2_000_000
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["recommend", "--family", "lstm", "--params", "1e6"], "model_family:"),
+    (["recommend", "--family", "mlp", "--params", "0"], "num_parameters:"),
+    (["recommend", "--family", "mlp", "--params", "1e6", "--memory-gb", "nan"],
+     "memory_budget_gb:"),
+    (["recommend", "--family", "mlp", "--params", "1e6", "--top-k", "99"], "top_k"),
+    (["tune", "--workload", "no-such-workload"], "unknown"),
+    (["tune", "--workload", "rosenbrock", "--trials", "0"], "--trials"),
+    (["tune", "--workload", "rosenbrock", "--optimizers", "adamx"], "adamx"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                          message: str) -> None:
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert err.count("\n") == 1
+
+
+def test_unparseable_count_is_an_argparse_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["recommend", "--family", "mlp", "--params", "1.5"])
+    assert exc.value.code == 2
+    assert "whole number" in capsys.readouterr().err
+
+
+def test_tune_runs_exactly_the_budget_and_reports_json(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'tune.db'}"
+    code, out, _ = run(capsys, "tune", "--workload", "rosenbrock", "--trials", "6", "--seed", "1",
+                       "--storage", storage, "--study-name", "cli", "--json")
+    body = json.loads(out)
+    assert code == 0
+    assert body["completed"] + body["pruned"] + body["failed"] == 6
+    assert body["best_optimizer"] in body["per_optimizer"]
+    study = optuna.load_study(study_name="cli", storage=storage)
+    assert len(study.trials) == 6
+    assert study.best_value == pytest.approx(body["best_value"])
+
+
+def test_tune_prints_best_configuration_ready_to_paste(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "tune", "--workload", "rosenbrock", "--trials", "3",
+                       "--optimizers", "adam")
+    assert code == 0
+    assert "optimizers.create('adam', model.parameters(), lr=" in out
+    assert "Per-optimizer summary" in out
+
+
+def test_database_url_accepts_paths_and_urls(tmp_path: Path) -> None:
+    assert database_url("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert database_url(str(tmp_path / "x.db")) == f"sqlite:///{tmp_path / 'x.db'}"
+
+
+def test_service_commands_parse() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["serve", "--port", "9000", "--workers", "2", "--db", "a.db"])
+    assert (args.port, args.workers, args.db) == (9000, 2, "a.db")
+    args = parser.parse_args(["worker", "--devices", "cuda:0,cuda:1", "--grace-period", "9"])
+    assert args.devices == "cuda:0,cuda:1" and args.grace_period == 9
+    assert parser.parse_args(["db", "upgrade"]).action == "upgrade"
