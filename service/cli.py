@@ -180,12 +180,11 @@ def render_summary(summary: Any, console: Console, title: str = "Per-optimizer s
 
 def cmd_tune(args: argparse.Namespace) -> int:
     import optuna
+    import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from tuner.tuning import tune
     from tuner.workloads import get_workload
-
-    import torch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.set_num_threads(args.threads)

@@ -178,12 +178,28 @@ def should_stop(session: Session, job_id: str) -> bool:
     return job is None or job.status != JobStatus.RUNNING.value or deadline_passed(job)
 
 
-class RetryLostTrial:
-    """Optuna's stale-trial callback: re-enqueue a trial lost with its worker, give back its slot.
+def retry_failed_trial(session: Session, study: optuna.Study, job: Job | None,
+                       trial: FrozenTrial, max_retries: int) -> bool:
+    """Enqueue a failed trial's parameters again and give its slot back, at most ``max_retries``
+    times along its retry chain. Same ``failed_trial``/``retry_history`` system attributes as
+    ``optuna.storages.RetryFailedTrialCallback``, so :func:`retried_numbers` can tell."""
+    history = [*trial.system_attrs.get("retry_history", ()), trial.number]
+    if job is None or len(history) > max_retries or job.status not in ACTIVE:
+        return False
+    study.add_trial(optuna.create_trial(
+        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        user_attrs={k: v for k, v in trial.user_attrs.items() if k != ATTR_REASON},
+        system_attrs={**trial.system_attrs,
+                      "failed_trial": trial.system_attrs.get("failed_trial", trial.number),
+                      "retry_history": history},
+    ))
+    release_trial_slot(session, job.id)
+    return True
 
-    Mirrors ``optuna.storages.RetryFailedTrialCallback`` (same ``failed_trial`` and
-    ``retry_history`` system attributes) with the job's own ``max_retries``.
-    """
+
+class RetryLostTrial:
+    """Optuna's stale-trial callback: re-enqueue a trial lost with its worker (the job's
+    ``max_retries`` times) and give back its slot."""
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
@@ -193,20 +209,9 @@ class RetryLostTrial:
         with self.sessions() as session:
             job = session.get(Job, job_id) if job_id else None
             max_retries = job.max_retries if job is not None else 0
-            history = [*trial.system_attrs.get("retry_history", ()), trial.number]
-            log.warning("job %s trial %d lost its worker (retry %d of %d)", job_id,
-                        trial.number, len(history), max_retries)
-            if job is None or len(history) > max_retries or job.status not in ACTIVE:
-                return
-            study.add_trial(optuna.create_trial(
-                state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-                user_attrs={k: v for k, v in trial.user_attrs.items() if k != ATTR_REASON},
-                system_attrs={**trial.system_attrs,
-                              "failed_trial": trial.system_attrs.get("failed_trial",
-                                                                     trial.number),
-                              "retry_history": history},
-            ))
-            release_trial_slot(session, job.id)
+            retried = retry_failed_trial(session, study, job, trial, max_retries)
+            log.warning("job %s trial %d lost its worker (%s)", job_id, trial.number,
+                        "retried" if retried else "not retried")
 
 
 # -- finishing ------------------------------------------------------------------------------

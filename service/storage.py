@@ -61,3 +61,11 @@ def app_optuna_storage(request: Request) -> optuna.storages.RDBStorage:
 
 
 OptunaStorageDep = Annotated[optuna.storages.RDBStorage, Depends(app_optuna_storage)]
+
+
+def ask(study: optuna.Study) -> optuna.Trial:
+    """``study.ask()`` without Optuna's warning that heartbeats belong to ``Study.optimize``:
+    workers record heartbeats themselves, and client trials are kept alive by leases."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+        return study.ask()

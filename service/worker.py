@@ -22,7 +22,6 @@ import signal
 import socket
 import threading
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
@@ -44,6 +43,7 @@ from service.models import Job
 from service.storage import (
     DEFAULT_GRACE_PERIOD_S,
     DEFAULT_HEARTBEAT_INTERVAL_S,
+    ask,
     open_optuna_storage,
 )
 
@@ -175,9 +175,7 @@ class Worker:
                 return False
         study = self._study(job)
         try:
-            with warnings.catch_warnings():  # heartbeats are recorded by _Heartbeat below
-                warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
-                trial = study.ask()
+            trial = ask(study)
         except Exception:
             with self.sessions() as session:
                 release_trial_slot(session, job.id)

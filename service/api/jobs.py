@@ -7,9 +7,10 @@ from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Path, Query, Request, Response
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 import optimizers
+from service import leases
 from service.db import SessionDep
 from service.errors import ProblemError, problem_responses
 from service.jobs import (
@@ -24,6 +25,7 @@ from service.jobs import (
     retried_numbers,
     trial_json,
 )
+from service.leases import LeasedTrial, LeaseNotFound
 from service.models import JOB_STATUSES, Job
 from service.schemas import (
     DEFAULT_PAGE_SIZE,
@@ -36,7 +38,10 @@ from service.schemas import (
     RequestModel,
     ResourceId,
     ResponseModel,
+    SafeStr,
+    ShortText,
 )
+from service.settings import SettingsDep
 from service.storage import OptunaStorageDep
 from tuner.task import TaskDescription
 from tuner.workloads import workload_names
@@ -252,3 +257,141 @@ def cancel(job_id: Annotated[ResourceId, Path()], session: SessionDep,
     except JobConflict as exc:
         raise ProblemError(409, detail=str(exc)) from None
     return job_out(describe(job, storage))
+
+
+# -- client-evaluated trials (ask/tell under leases) ----------------------------------------
+
+ClientId = Annotated[SafeStr, StringConstraints(min_length=1, max_length=128)]
+MAX_STEP = 10**9
+
+
+class TrialAsk(RequestModel):
+    model_config = ConfigDict(extra="forbid",
+                              json_schema_extra={"examples": [{"client_id": "gpu-box-1:4242"}]})
+
+    client_id: ClientId = Field(description="Who evaluates; asking again returns its open trial.")
+
+
+class LeasedTrialOut(ResponseModel):
+    job_id: str
+    number: int
+    client_id: str
+    optimizer: str
+    hyperparameters: dict[str, OutFloat]
+    state: str
+    lease_expires_at: datetime
+
+
+class TrialReport(RequestModel):
+    model_config = ConfigDict(extra="forbid",
+                              json_schema_extra={"examples": [{"step": 3, "value": 0.42}]})
+
+    step: int = Field(ge=0, le=MAX_STEP)
+    value: float = Field(allow_inf_nan=False)
+
+
+class PruneAdvice(ResponseModel):
+    should_prune: bool
+
+
+class LeaseOut(ResponseModel):
+    number: int
+    lease_expires_at: datetime
+
+
+class TrialResult(RequestModel):
+    """``{"value": x}`` for a finished trial, or ``{"state": "failed"|"pruned", "reason"}``."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"value": 0.137}, {"state": "pruned", "reason": "should_prune"},
+        {"state": "failed", "reason": "CUDA out of memory"}]})
+
+    value: float | None = Field(default=None, allow_inf_nan=False)
+    state: Literal["failed", "pruned"] | None = None
+    reason: ShortText | None = None
+
+    @model_validator(mode="after")
+    def _one_outcome(self) -> TrialResult:
+        if (self.value is None) == (self.state is None):
+            raise ValueError("give either value or state")
+        if self.value is not None and self.reason is not None:
+            raise ValueError("reason goes with state, not with value")
+        return self
+
+    def outcome(self) -> dict[str, Any]:
+        if self.value is not None:
+            return {"value": self.value}
+        return {"state": self.state, "reason": self.reason}
+
+
+def _leased_out(trial: LeasedTrial) -> LeasedTrialOut:
+    lease = trial.lease
+    return LeasedTrialOut(job_id=lease.job_id, number=lease.trial_number,
+                          client_id=lease.client_id, optimizer=trial.optimizer,
+                          hyperparameters=trial.hyperparameters, state=lease.state,
+                          lease_expires_at=lease.lease_expires_at)
+
+
+def _translated(exc: Exception) -> ProblemError:
+    if isinstance(exc, JobNotFound):
+        return ProblemError(404, detail=f"job {exc.args[0]!r} was not found")
+    if isinstance(exc, LeaseNotFound):
+        return ProblemError(404, detail=str(exc))
+    if isinstance(exc, JobConflict):
+        return ProblemError(409, detail=str(exc))
+    return ProblemError(422, detail=str(exc))
+
+
+TrialNumber = Annotated[int, Path(ge=0, le=MAX_TRIALS * 100)]
+
+
+@router.post("/{job_id}/trials", status_code=201, summary="Ask for a trial to evaluate",
+             response_description="A new trial (201) or the client's open one (200).",
+             responses=problem_responses(401, 404, 409, 413, 422, 503))
+def ask_trial(job_id: Annotated[ResourceId, Path()], body: TrialAsk, session: SessionDep,
+              storage: OptunaStorageDep, settings: SettingsDep,
+              response: Response) -> LeasedTrialOut:
+    try:
+        trial, created = leases.ask(session, storage, job_id, body.client_id, settings.lease_s)
+    except (JobNotFound, JobConflict) as exc:
+        raise _translated(exc) from None
+    if not created:
+        response.status_code = 200
+    return _leased_out(trial)
+
+
+@router.post("/{job_id}/trials/{number}/reports", summary="Report an intermediate value",
+             responses=problem_responses(401, 404, 409, 422, 503))
+def report_trial(job_id: Annotated[ResourceId, Path()], number: TrialNumber, body: TrialReport,
+                 session: SessionDep, storage: OptunaStorageDep) -> PruneAdvice:
+    try:
+        prune = leases.report(session, storage, job_id, number, body.step, body.value)
+    except (JobNotFound, LeaseNotFound, JobConflict) as exc:
+        raise _translated(exc) from None
+    return PruneAdvice(should_prune=prune)
+
+
+@router.post("/{job_id}/trials/{number}/heartbeat", summary="Keep a trial's lease alive",
+             responses=problem_responses(401, 404, 409, 422, 503))
+def heartbeat_trial(job_id: Annotated[ResourceId, Path()], number: TrialNumber,
+                    session: SessionDep, storage: OptunaStorageDep,
+                    settings: SettingsDep) -> LeaseOut:
+    try:
+        lease = leases.heartbeat(session, storage, job_id, number, settings.lease_s)
+    except (JobNotFound, LeaseNotFound, JobConflict) as exc:
+        raise _translated(exc) from None
+    return LeaseOut(number=lease.trial_number, lease_expires_at=lease.lease_expires_at)
+
+
+@router.post("/{job_id}/trials/{number}/result", summary="Finish a trial",
+             responses=problem_responses(401, 404, 409, 422, 503))
+def finish_trial(job_id: Annotated[ResourceId, Path()], number: TrialNumber, body: TrialResult,
+                 session: SessionDep, storage: OptunaStorageDep) -> LeasedTrialOut:
+    try:
+        lease = leases.tell(session, storage, job_id, number, body.outcome())
+    except (JobNotFound, LeaseNotFound, JobConflict, ValueError) as exc:
+        raise _translated(exc) from None
+    trial = storage.get_trial(lease.trial_id)
+    return _leased_out(LeasedTrial(
+        lease, str(trial.user_attrs.get("optimizer")),
+        dict(trial.user_attrs.get("hyperparameters", {}))))

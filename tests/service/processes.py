@@ -88,12 +88,15 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str,
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
+Processes = list[subprocess.Popen[bytes]]
+
+
 @contextmanager
 def services(db_url: str, tmp: Path, workers: int = 1,
-             worker_flags: tuple[str, ...] = ()) -> Iterator[tuple[Api, list[subprocess.Popen[bytes]]]]:
+             worker_flags: tuple[str, ...] = ()) -> Iterator[tuple[Api, Processes]]:
     """An API process and ``workers`` worker processes (each a single CPU worker)."""
     api = Api(db_url, tmp / "api.log")
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: Processes = []
     try:
         api.start()
         for i in range(workers):

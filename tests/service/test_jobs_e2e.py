@@ -20,7 +20,7 @@ def counted(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def assert_exact_budget(client: Any, job: dict[str, Any]) -> list[dict[str, Any]]:
-    trials = client.get(f"/v1/jobs/{job['id']}/trials").json()
+    trials: list[dict[str, Any]] = client.get(f"/v1/jobs/{job['id']}/trials").json()
     mine = counted(trials)
     assert job["status"] == "completed", job
     assert job["progress"]["finished"] == job["n_trials"]

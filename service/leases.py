@@ -1,0 +1,247 @@
+"""Client-evaluated trials (``workload: null`` jobs): ask, report, heartbeat, tell, under leases.
+
+A client asks for a trial with its ``client_id`` and gets the optimizer and hyperparameters plus
+a lease. It reports intermediate values (and learns whether to prune), sends heartbeats to keep
+the lease, and finally posts a result. A lease that expires is reaped: the trial is failed with
+reason ``lease expired`` (kept apart from trials that failed on their own) and its parameters are
+offered again once. Budgets use the same slot counter as server-side jobs (service.jobs).
+
+Idempotency: asking again with the same ``client_id`` while its trial is open returns that trial;
+posting the same result twice is harmless; a different result, or any result after the lease
+expired, is a conflict.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.trial import TrialState
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.jobs import (
+    ACTIVE,
+    JobConflict,
+    JobNotFound,
+    claim_trial_slot,
+    finish_if_done,
+    get_job,
+    release_trial_slot,
+    retry_failed_trial,
+)
+from service.models import Job, TrialLease, new_id, utcnow
+from service.storage import ask as storage_ask
+from tuner.trial import ATTR_HYPERPARAMETERS, ATTR_OPTIMIZER, ATTR_REASON
+from tuner.tuning import load_study, study_plan
+
+log = logging.getLogger(__name__)
+
+REASON_LEASE_EXPIRED = "lease expired"
+LEASE_EXPIRY_RETRIES = 1
+ATTR_CLIENT = "client_id"
+
+
+class LeaseNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class LeasedTrial:
+    lease: TrialLease
+    optimizer: str
+    hyperparameters: dict[str, float]
+
+
+def _study(storage: optuna.storages.BaseStorage, job: Job) -> optuna.Study:
+    return load_study(storage, job.study_name)
+
+
+def _ask_and_tell_job(session: Session, job_id: str) -> Job:
+    job = get_job(session, job_id)
+    if job.workload is not None:
+        raise JobConflict(f"job {job_id} runs its trials on workers (workload {job.workload!r})")
+    return job
+
+
+def _leased(lease: TrialLease, study: optuna.Study) -> LeasedTrial:
+    trial = study._storage.get_trial(lease.trial_id)
+    return LeasedTrial(lease, str(trial.user_attrs[ATTR_OPTIMIZER]),
+                       dict(trial.user_attrs[ATTR_HYPERPARAMETERS]))
+
+
+def ask(session: Session, storage: optuna.storages.BaseStorage, job_id: str, client_id: str,
+        lease_s: float) -> tuple[LeasedTrial, bool]:
+    """The client's open trial, or a new one; ``(trial, created)``. JobConflict (409) when the
+    job is not active or has no trial left to give."""
+    job = _ask_and_tell_job(session, job_id)
+    study = _study(storage, job)
+    reap_expired(session, study, job)
+    open_lease = session.scalar(sa.select(TrialLease).where(
+        TrialLease.job_id == job_id, TrialLease.client_id == client_id,
+        TrialLease.state == "open"))
+    if open_lease is not None:
+        return _leased(open_lease, study), False
+    if job.status not in ACTIVE:
+        raise JobConflict(f"job {job_id} is {job.status}")
+    if not claim_trial_slot(session, job_id):
+        raise JobConflict(f"job {job_id} has no trial left to give")
+    try:
+        trial = storage_ask(study)
+        optimizer, hyperparameters = study_plan(study).suggest(trial)
+    except Exception:
+        release_trial_slot(session, job_id)
+        raise
+    trial.set_user_attr(ATTR_OPTIMIZER, optimizer)
+    trial.set_user_attr(ATTR_HYPERPARAMETERS, hyperparameters)
+    trial.set_user_attr(ATTR_CLIENT, client_id)
+    now = utcnow()
+    lease = TrialLease(id=new_id(), job_id=job_id, trial_number=trial.number,
+                       trial_id=trial._trial_id, client_id=client_id, state="open",
+                       lease_expires_at=now + timedelta(seconds=lease_s), created_at=now,
+                       updated_at=now)
+    session.add(lease)
+    try:
+        session.commit()
+    except IntegrityError:  # the same client asked twice at once: keep the first
+        session.rollback()
+        study.tell(trial, state=TrialState.FAIL)
+        release_trial_slot(session, job_id)
+        return ask(session, storage, job_id, client_id, lease_s)
+    return LeasedTrial(lease, optimizer, hyperparameters), True
+
+
+def _lease(session: Session, job_id: str, number: int) -> TrialLease:
+    lease = session.scalar(sa.select(TrialLease).where(
+        TrialLease.job_id == job_id, TrialLease.trial_number == number))
+    if lease is None:
+        get_job(session, job_id)  # JobNotFound first, if that is what is missing
+        raise LeaseNotFound(f"job {job_id} has no client trial {number}")
+    return lease
+
+
+def _open_lease(session: Session, study: optuna.Study, job: Job, number: int) -> TrialLease:
+    lease = _lease(session, job.id, number)
+    if lease.state == "open" and lease.lease_expires_at <= utcnow():
+        reap_expired(session, study, job)
+        session.refresh(lease)
+    if lease.state == "expired":
+        raise JobConflict(f"trial {number}: the lease expired; the trial was failed")
+    if lease.state != "open":
+        raise JobConflict(f"trial {number} is already {lease.state}")
+    return lease
+
+
+def report(session: Session, storage: optuna.storages.BaseStorage, job_id: str, number: int,
+           step: int, value: float) -> bool:
+    """Record an intermediate value; True when the job's pruner says stop (or it was
+    cancelled)."""
+    job = _ask_and_tell_job(session, job_id)
+    study = _study(storage, job)
+    lease = _open_lease(session, study, job, number)
+    trial = optuna.trial.Trial(study, lease.trial_id)
+    trial.report(value, step)
+    session.refresh(job)
+    return job.status not in ACTIVE or trial.should_prune()
+
+
+def heartbeat(session: Session, storage: optuna.storages.BaseStorage, job_id: str,
+              number: int, lease_s: float) -> TrialLease:
+    job = _ask_and_tell_job(session, job_id)
+    lease = _open_lease(session, _study(storage, job), job, number)
+    now = utcnow()
+    lease.lease_expires_at = now + timedelta(seconds=lease_s)
+    lease.updated_at = now
+    session.commit()
+    return lease
+
+
+def tell(session: Session, storage: optuna.storages.BaseStorage, job_id: str, number: int,
+         outcome: dict[str, Any]) -> TrialLease:
+    """Finish the trial with ``{"value": x}`` or ``{"state": "failed"|"pruned", "reason"}``.
+
+    Repeating the same outcome returns the lease unchanged; another outcome, or one after the
+    lease expired, raises JobConflict.
+    """
+    job = _ask_and_tell_job(session, job_id)
+    study = _study(storage, job)
+    lease = _lease(session, job_id, number)
+    if lease.state not in ("open", "expired") and lease.outcome == outcome:
+        return lease
+    lease = _open_lease(session, study, job, number)
+    if "value" in outcome:
+        value = float(outcome["value"])
+        state, values = TrialState.COMPLETE, value
+        lease_state = "completed"
+        if not math.isfinite(value):  # schemas reject this; keep the store safe regardless
+            raise ValueError("value: must be finite")
+    else:
+        state = TrialState.FAIL if outcome["state"] == "failed" else TrialState.PRUNED
+        values = None
+        lease_state = str(outcome["state"])
+        optuna.trial.Trial(study, lease.trial_id).set_user_attr(
+            ATTR_REASON, outcome.get("reason") or lease_state)
+    claimed = session.execute(
+        sa.update(TrialLease).where(TrialLease.id == lease.id, TrialLease.state == "open")
+        .values(state=lease_state, outcome=outcome, updated_at=utcnow())
+    ).rowcount  # type: ignore[attr-defined]
+    session.commit()  # before Optuna writes: SQLite allows one writer at a time
+    if not claimed:  # a concurrent request finished or reaped it first
+        return tell(session, storage, job_id, number, outcome)
+    try:
+        study.tell(lease.trial_number, values, state=state)
+    except Exception:
+        session.execute(sa.update(TrialLease).where(TrialLease.id == lease.id)
+                        .values(state="open", outcome=None, updated_at=utcnow()))
+        session.commit()
+        raise
+    session.refresh(lease)
+    finish_if_done(session, study, job_id)
+    return lease
+
+
+def reap_expired(session: Session, study: optuna.Study, job: Job) -> int:
+    """Fail trials whose lease expired (reason ``lease expired``) and offer their parameters
+    again once; returns how many were reaped."""
+    expired = session.scalars(sa.select(TrialLease).where(
+        TrialLease.job_id == job.id, TrialLease.state == "open",
+        TrialLease.lease_expires_at <= utcnow())).all()
+    reaped = 0
+    for lease in expired:
+        won = session.execute(
+            sa.update(TrialLease).where(TrialLease.id == lease.id, TrialLease.state == "open")
+            .values(state="expired", updated_at=utcnow())
+        ).rowcount  # type: ignore[attr-defined]
+        session.commit()
+        if not won:
+            continue
+        trial = optuna.trial.Trial(study, lease.trial_id)
+        trial.set_user_attr(ATTR_REASON, REASON_LEASE_EXPIRED)
+        study.tell(lease.trial_number, state=TrialState.FAIL)
+        frozen = study._storage.get_trial(lease.trial_id)
+        retried = retry_failed_trial(session, study, job, frozen, LEASE_EXPIRY_RETRIES)
+        log.warning("job %s trial %d: lease of %s expired (%s)", job.id, lease.trial_number,
+                    lease.client_id, "offered again" if retried else "not retried")
+        reaped += 1
+    if reaped:
+        finish_if_done(session, study, job.id)
+    return reaped
+
+
+def reap_all(session: Session, storage: optuna.storages.BaseStorage) -> int:
+    """Reap every job's expired leases (the API's background sweep)."""
+    job_ids = session.scalars(sa.select(TrialLease.job_id).distinct().where(
+        TrialLease.state == "open", TrialLease.lease_expires_at <= utcnow())).all()
+    total = 0
+    for job_id in job_ids:
+        try:
+            job = get_job(session, job_id)
+        except JobNotFound:
+            continue
+        total += reap_expired(session, _study(storage, job), job)
+    return total
