@@ -17,8 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.db import is_sqlite
 from service.jobs import RetryLostTrial
 
-DEFAULT_HEARTBEAT_INTERVAL_S = 5
-DEFAULT_GRACE_PERIOD_S = 20
+DEFAULT_HEARTBEAT_INTERVAL_S = 10
+# Generous: a live worker whose heartbeat waits on a busy SQLite file must not be taken for lost.
+DEFAULT_GRACE_PERIOD_S = 60
 
 
 def open_optuna_storage(

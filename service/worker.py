@@ -225,6 +225,9 @@ class Worker:
                 except sa.exc.OperationalError:
                     log.exception("database unavailable; retrying")
                     ran = False
+                except Exception:  # one bad job or storage hiccup must not end the worker
+                    log.exception("worker step failed; going on")
+                    ran = False
                 if not ran:
                     self.stop.wait(self.config.poll_interval_s)
         finally:

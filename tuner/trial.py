@@ -147,11 +147,21 @@ def run_trial(
             _free_accelerator_memory()
 
     seconds = time.monotonic() - started
-    if reason is not None:
-        trial.set_user_attr(ATTR_REASON, reason)
     if tb is not None:
-        trial.set_user_attr(ATTR_TRACEBACK, tb[-MAX_TRACEBACK_CHARS:])
         log.warning("trial %d failed: %s", trial.number, reason)
-    trial.set_user_attr(ATTR_SECONDS, round(seconds, 4))
-    study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    try:
+        if reason is not None:
+            trial.set_user_attr(ATTR_REASON, reason)
+        if tb is not None:
+            trial.set_user_attr(ATTR_TRACEBACK, tb[-MAX_TRACEBACK_CHARS:])
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass
+    try:
+        trial.set_user_attr(ATTR_SECONDS, round(seconds, 4))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # finished elsewhere meanwhile: see the tell below
+    # skip_if_finished: a trial taken for lost (no heartbeat in time) was already failed and
+    # retried elsewhere; its late result is dropped rather than crashing this process.
+    study.tell(trial, value if state == TrialState.COMPLETE else None, state=state,
+               skip_if_finished=True)
     return TrialOutcome(trial.number, state, value, optimizer, hyperparameters, reason, seconds)

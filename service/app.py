@@ -1,0 +1,89 @@
+"""The FastAPI application: ``create_app(settings)``; ``uvicorn service.app:create_app --factory``.
+
+One SQLAlchemy engine per app (so per process), made when the app is created and disposed when
+it shuts down, unless the caller passes its own ``engine`` (then the caller disposes it). The app
+does not migrate the database: run ``service.db.upgrade(url)`` first (``GET /readyz`` says 503
+until the schema is at head).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import APIRouter, Depends, FastAPI
+from sqlalchemy import Engine
+
+from service import db, errors
+from service.api import catalog, health, jobs, recommendations, results
+from service.auth import require_api_key
+from service.limits import BodySizeLimitMiddleware
+from service.settings import Settings, get_settings
+
+# Routers under /v1; every route in them requires the API key when keys are configured.
+# Add new resources here (e.g. the jobs router).
+V1_ROUTERS: list[APIRouter] = [
+    recommendations.router,
+    jobs.router,
+    catalog.router,
+    results.router,
+]
+# Routers that handle authentication themselves (/healthz is open, /readyz asks for the key).
+OTHER_ROUTERS: list[APIRouter] = [health.router]
+
+DESCRIPTION = """\
+optpilot recommends a training optimizer for a described model and task, tunes it with Optuna
+on GPU or CPU workers, and keeps every result for later queries.
+
+Authentication: `Authorization: Bearer <key>` when the server has API keys configured.
+Errors are `application/problem+json` (RFC 9457).
+"""
+
+
+def _version() -> str:
+    try:
+        return version("optpilot")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
+    """The API app for ``settings`` (default: from the environment).
+
+    ``engine``: share an existing engine (e.g. with in-process workers); the caller owns it.
+    """
+    settings = settings if settings is not None else get_settings()
+    owns_engine = engine is None
+    bound = engine if engine is not None else db.create_engine_for(
+        settings.database_url, sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if owns_engine:
+                bound.dispose()
+
+    app = FastAPI(
+        title="optpilot",
+        version=_version(),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.engine = bound
+    app.state.sessionmaker = db.make_sessionmaker(bound)
+    app.state.schema_head = db.head_revision()
+
+    errors.install(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    for router in OTHER_ROUTERS:
+        app.include_router(router)
+    for router in V1_ROUTERS:
+        app.include_router(router, dependencies=[Depends(require_api_key)])
+    return app

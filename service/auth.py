@@ -1,0 +1,76 @@
+"""Bearer API keys: ``Authorization: Bearer <key>`` on every route but ``/healthz``.
+
+Keys come from ``Settings.api_keys`` (users) and ``Settings.worker_api_key`` (workers). With no
+key configured authentication is off. A presented key is compared with every configured key in
+constant time (``hmac.compare_digest``), so timing reveals neither which key nor how much of it
+matched. Failures are 401 problems with ``WWW-Authenticate: Bearer``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from fastapi import Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.errors import ProblemError
+from service.settings import Settings, SettingsDep
+
+Role = Literal["anonymous", "user", "worker"]
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An API key from OPTPILOT_API_KEYS (or OPTPILOT_WORKER_API_KEY for workers).",
+)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who made the request: ``anonymous`` when auth is off, else which kind of key matched."""
+
+    role: Role
+
+
+def _matches(presented: bytes, keys: list[str]) -> bool:
+    matched = False
+    for key in keys:  # no early exit: every key is compared
+        matched |= hmac.compare_digest(presented, key.encode("utf-8"))
+    return matched
+
+
+def authenticate(settings: Settings, token: str | None) -> Caller:
+    """The caller for a presented bearer ``token`` under ``settings``; raises a 401 problem."""
+    if not settings.auth_enabled:
+        return Caller("anonymous")
+    if not token:
+        raise ProblemError(
+            401,
+            detail="an API key is required: send 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    presented = token.encode("utf-8", "surrogatepass")
+    is_user = _matches(presented, settings.api_keys)
+    worker_keys = [settings.worker_api_key] if settings.worker_api_key is not None else []
+    is_worker = _matches(presented, worker_keys)
+    if is_user:
+        return Caller("user")
+    if is_worker:
+        return Caller("worker")
+    raise ProblemError(
+        401,
+        detail="the API key is not valid",
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    )
+
+
+def require_api_key(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Caller:
+    """FastAPI dependency: the authenticated caller (anonymous when auth is off)."""
+    return authenticate(settings, credentials.credentials if credentials else None)
+
+
+ApiKeyDep = Annotated[Caller, Depends(require_api_key)]

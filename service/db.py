@@ -1,0 +1,179 @@
+"""The database: engines, sessions, the declarative base and migrations.
+
+One engine per process (``create_app`` makes one per app and disposes it on shutdown; workers and
+the CLI call ``create_engine_for`` once). Sessions are synchronous; routes that use them are plain
+``def`` functions, run in FastAPI's thread pool.
+
+SQLite connections get WAL journaling, a busy timeout and enforced foreign keys; PostgreSQL
+connections are pinged before use. Migrations live in ``service/migrations`` and record their
+revision in ``optpilot_alembic_version`` (Optuna keeps its own ``alembic_version`` beside it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from alembic import command
+from alembic.config import Config
+from fastapi import Depends, Request
+from sqlalchemy import Engine, MetaData, create_engine, event, make_url, text
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from service import jsonsafe
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+VERSION_TABLE = "optpilot_alembic_version"
+DEFAULT_SQLITE_BUSY_TIMEOUT_S = 10.0
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the service's tables (not Optuna's)."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def is_sqlite(url: str | URL) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def _sqlite_in_memory(url: URL) -> bool:
+    database = url.database or ""
+    return database in ("", ":memory:") or url.query.get("mode") == "memory"
+
+
+def create_engine_for(
+    url: str | URL,
+    *,
+    sqlite_busy_timeout_s: float = DEFAULT_SQLITE_BUSY_TIMEOUT_S,
+    **kwargs: Any,
+) -> Engine:
+    """A new engine for ``url``, configured for this service; call it once per process.
+
+    SQLite: ``check_same_thread=False``, WAL journal, ``busy_timeout``, ``foreign_keys=ON`` on
+    every connection (the file's directory is created if missing). PostgreSQL and others:
+    ``pool_pre_ping``. JSON columns are written without NaN/Infinity. ``kwargs`` go to
+    ``sqlalchemy.create_engine``.
+    """
+    parsed = make_url(url)
+    kwargs.setdefault("json_serializer", jsonsafe.dumps)
+    if parsed.get_backend_name() != "sqlite":
+        kwargs.setdefault("pool_pre_ping", True)
+        return create_engine(parsed, **kwargs)
+
+    connect_args: dict[str, Any] = dict(kwargs.pop("connect_args", {}))
+    connect_args.setdefault("check_same_thread", False)
+    connect_args.setdefault("timeout", sqlite_busy_timeout_s)
+    in_memory = _sqlite_in_memory(parsed)
+    if in_memory:
+        kwargs.setdefault("poolclass", StaticPool)
+    elif parsed.database:
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(parsed, connect_args=connect_args, **kwargs)
+    busy_ms = max(1, round(sqlite_busy_timeout_s * 1000))
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            if not in_memory:
+                cursor.execute("PRAGMA journal_mode = WAL")
+                cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    return engine
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions bound to ``engine``; objects stay readable after commit."""
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """FastAPI dependency: one session per request from the app's sessionmaker, closed after."""
+    factory: sessionmaker[Session] = request.app.state.sessionmaker
+    with factory() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def ping(engine: Engine) -> None:
+    """``SELECT 1``; raises SQLAlchemy's error when the database cannot be reached."""
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+
+
+# --- migrations -------------------------------------------------------------------------------
+
+
+def alembic_config(url: str | URL | None = None) -> Config:
+    """Alembic configuration for the service's migrations (no alembic.ini needed)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url is not None:
+        config.attributes["database_url"] = make_url(url)
+    return config
+
+
+def _run_migration(url: str | URL, engine: Engine | None, action: str, revision: str) -> None:
+    own_engine = engine is None
+    bound = create_engine_for(url) if engine is None else engine
+    try:
+        with bound.begin() as connection:
+            config = alembic_config(url)
+            config.attributes["connection"] = connection
+            if action == "upgrade":
+                command.upgrade(config, revision)
+            else:
+                command.downgrade(config, revision)
+    finally:
+        if own_engine:
+            bound.dispose()
+
+
+def upgrade(url: str | URL, revision: str = "head", *, engine: Engine | None = None) -> None:
+    """Migrate the service's tables at ``url`` to ``revision`` (default: the latest).
+
+    Idempotent; safe to call at every start. On PostgreSQL concurrent callers are serialized by
+    an advisory lock; on SQLite call it from one process before starting workers.
+    """
+    _run_migration(url, engine, "upgrade", revision)
+
+
+def downgrade(url: str | URL, revision: str = "base", *, engine: Engine | None = None) -> None:
+    """Migrate the service's tables at ``url`` down to ``revision`` (default: drop them all)."""
+    _run_migration(url, engine, "downgrade", revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The service schema's revision at ``engine`` (None before the first upgrade)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection, opts={"version_table": VERSION_TABLE}
+        )
+        return context.get_current_revision()
+
+
+def head_revision() -> str | None:
+    """The latest revision shipped with this package."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()

@@ -1,0 +1,35 @@
+"""Strict JSON: non-finite floats become ``null`` before anything is encoded.
+
+Used by the database engines (JSON columns) and the response models, so NaN/inf never reach
+PostgreSQL's JSONB (which rejects them), a SQLite JSON column, or a client.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """``value`` unless it is NaN or infinite (then ``None``)."""
+    if value is None or math.isfinite(value):
+        return value
+    return None
+
+
+def sanitize(value: Any) -> Any:
+    """A JSON-ready copy of ``value``: non-finite floats -> None, tuples -> lists, keys -> str."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(key): sanitize(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [sanitize(item) for item in value]
+    return value
+
+
+def dumps(value: Any) -> str:
+    """``json.dumps`` that never writes NaN/Infinity tokens (the engines' ``json_serializer``)."""
+    return json.dumps(sanitize(value), allow_nan=False, separators=(",", ":"), ensure_ascii=False)

@@ -1,0 +1,327 @@
+"""API request and response models (the JSON the service accepts and returns).
+
+Requests reject unknown fields and bound every string, list and number; strings never carry NUL
+characters or lone surrogates (PostgreSQL cannot store them). Responses never carry NaN or
+infinity: such floats are serialized as ``null``. The task description itself is
+``tuner.task.TaskDescription``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Generic, Literal, Self, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    model_validator,
+)
+
+from service import jsonsafe
+from tuner.task import MAX_PARAMETERS, ModelFamily, TaskDescription, TaskType
+
+T = TypeVar("T")
+
+MAX_TOP_K = 20
+MAX_PAGE_SIZE = 500
+DEFAULT_PAGE_SIZE = 50
+MAX_OFFSET = 10**9
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+
+
+# --- shared field types -----------------------------------------------------------------------
+
+
+def reject_unsafe_text(value: str) -> str:
+    """Refuse NUL characters and lone surrogates (not storable in PostgreSQL, not UTF-8)."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+    return value
+
+
+SafeStr = Annotated[str, AfterValidator(reject_unsafe_text)]
+"""Any text without NUL characters or lone surrogates; add a length bound where it is used."""
+
+ShortText = Annotated[SafeStr, StringConstraints(max_length=1_000)]
+"""Free text up to 1,000 characters."""
+
+Name = Annotated[
+    SafeStr, StringConstraints(min_length=1, max_length=64, pattern=NAME_PATTERN)
+]
+"""A registry handle (optimizer, workload): letters, digits, ``_``, ``.``, ``-``; <= 64 chars."""
+
+ResourceId = Annotated[SafeStr, StringConstraints(min_length=1, max_length=64)]
+"""A path identifier as received (unknown ones are 404s, over-long ones 422s)."""
+
+ParameterCount = Annotated[int, Field(ge=1, le=MAX_PARAMETERS)]
+
+OutFloat = Annotated[
+    float | None,
+    PlainSerializer(jsonsafe.finite_or_none, return_type=float | None, when_used="always"),
+]
+"""A float in a response: NaN and infinities become ``null``."""
+
+JsonObject = Annotated[
+    dict[str, Any],
+    PlainSerializer(jsonsafe.sanitize, return_type=dict[str, Any], when_used="always"),
+]
+"""A free-form JSON object in a response, with non-finite floats as ``null``."""
+
+
+class RequestModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ResponseModel(BaseModel):
+    model_config = ConfigDict(extra="ignore", from_attributes=True)
+
+
+# --- recommendations --------------------------------------------------------------------------
+
+_TASK_EXAMPLE: dict[str, Any] = {
+    "model_family": "transformer",
+    "task_type": "language_modeling",
+    "num_parameters": 124_000_000,
+    "num_layers": 12,
+    "dataset_size": 8_000_000,
+    "batch_size": 512,
+    "memory_budget_gb": 24,
+    "precision": "bf16",
+}
+
+
+class RecommendationRequest(RequestModel):
+    """``POST /v1/recommendations``: describe the model; get ranked optimizers with priors."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"task": _TASK_EXAMPLE, "top_k": 3},
+                {"task": {"model_family": "cnn", "num_parameters": 11_000_000}, "top_k": 5},
+            ]
+        },
+    )
+
+    task: TaskDescription
+    top_k: int = Field(default=3, ge=1, le=MAX_TOP_K, description="How many candidates.")
+
+
+class HyperparameterPriorOut(ResponseModel):
+    default: OutFloat
+    low: OutFloat
+    high: OutFloat
+    log: bool
+    complement: bool = False
+
+
+class MemoryOut(ResponseModel):
+    state_bytes: int | None = None
+    total_bytes: int | None = None
+    fits: bool | None = Field(
+        default=None, description="Null when the task gave no memory budget."
+    )
+
+
+class CandidateOut(ResponseModel):
+    optimizer: str
+    score: OutFloat = Field(description="Prior probability; scores sum to at most 1.")
+    hyperparameters: dict[str, HyperparameterPriorOut]
+    memory: MemoryOut
+    rationale: list[str]
+    references: list[str]
+
+
+class RecommendationOut(ResponseModel):
+    model_config = ConfigDict(
+        extra="ignore",
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "0f8e6a1d2c3b4a5968778695a4b3c2d1",
+                    "task": _TASK_EXAMPLE,
+                    "top_k": 1,
+                    "created_at": "2025-01-01T12:00:00Z",
+                    "candidates": [
+                        {
+                            "optimizer": "adamw",
+                            "score": 0.55,
+                            "hyperparameters": {
+                                "lr": {"default": 3e-4, "low": 3e-5, "high": 3e-3, "log": True,
+                                       "complement": False},
+                            },
+                            "memory": {"state_bytes": 992_000_000, "total_bytes": 1_488_000_000,
+                                       "fits": True},
+                            "rationale": ["transformer family: AdamW is the standard choice"],
+                            "references": ["Loshchilov & Hutter 2019"],
+                        }
+                    ],
+                }
+            ]
+        },
+    )
+
+    id: str
+    task: TaskDescription
+    top_k: int
+    created_at: datetime
+    candidates: list[CandidateOut]
+
+
+# --- catalogs ---------------------------------------------------------------------------------
+
+
+class Listing(BaseModel, Generic[T]):
+    """A complete (unpaginated) list."""
+
+    items: list[T]
+    total: int
+
+
+class SearchRangeOut(ResponseModel):
+    low: OutFloat
+    high: OutFloat
+    log: bool
+    complement: bool
+
+
+class OptimizerOut(ResponseModel):
+    name: str
+    family: str
+    when_to_use: str
+    defaults: dict[str, OutFloat]
+    search_space: dict[str, SearchRangeOut]
+    state_bytes_per_param: OutFloat
+    references: list[str]
+    tuning_order: list[str] = Field(default_factory=list)
+
+
+class WorkloadOut(ResponseModel):
+    name: str
+    summary: str
+    task: TaskDescription
+    metric: str
+    direction: Literal["minimize", "maximize"]
+    default_epochs: int
+
+
+# --- results ----------------------------------------------------------------------------------
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a longer list: ``items[0]`` is the ``offset``-th of ``total``."""
+
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class ResultsFilter(RequestModel):
+    """Which results to consider (query parameters; all optional, combined with AND)."""
+
+    model_family: ModelFamily | None = None
+    task_type: TaskType | None = None
+    optimizer: Name | None = Field(default=None, description="The winning optimizer.")
+    workload: Name | None = None
+    min_parameters: ParameterCount | None = None
+    max_parameters: ParameterCount | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> Self:
+        low, high = self.min_parameters, self.max_parameters
+        if low is not None and high is not None and low > high:
+            raise ValueError("min_parameters must not exceed max_parameters")
+        return self
+
+
+class ResultsQuery(ResultsFilter):
+    """``GET /v1/results``: the filter plus a page."""
+
+    limit: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
+
+
+class SummaryQuery(ResultsFilter):
+    """``GET /v1/results/summary``: the filter, optionally narrowed to tasks of a similar size.
+
+    With ``num_parameters`` only results whose model size is within ``factor`` of it (either
+    way) count: give ``model_family`` too for "tasks like mine".
+    """
+
+    num_parameters: ParameterCount | None = Field(
+        default=None, description="Size of the task to compare with."
+    )
+    factor: float = Field(
+        default=10.0, ge=1.0, le=1_000_000.0, allow_inf_nan=False,
+        description="Similar means num_parameters within this factor, either way.",
+    )
+
+
+class ResultOut(ResponseModel):
+    id: str
+    job_id: str
+    workload: str | None
+    model_family: str
+    task_type: str
+    num_parameters: int
+    task: JsonObject
+    metric: str
+    direction: str
+    best_value: OutFloat
+    best_optimizer: str | None
+    best_hyperparameters: JsonObject
+    per_optimizer: JsonObject
+    trials_used: int
+    prior_top: str | None = Field(description="The prior's top-ranked optimizer.")
+    created_at: datetime
+
+
+class OptimizerWins(BaseModel):
+    optimizer: str
+    wins: int
+    share: OutFloat = Field(description="wins / decided")
+    median_best_value: OutFloat = Field(
+        default=None, description="Median best value of its wins, when they share one metric."
+    )
+    metric: str | None = Field(default=None, description="That metric (null when mixed).")
+
+
+class SimilarTo(BaseModel):
+    num_parameters: int
+    factor: float
+    min_parameters: int
+    max_parameters: int
+
+
+class ResultsSummary(BaseModel):
+    total: int = Field(description="Results matching the filter.")
+    decided: int = Field(description="Those with a winning optimizer.")
+    optimizers: list[OptimizerWins] = Field(description="Most wins first.")
+    prior_agreement: OutFloat = Field(
+        default=None,
+        description="Share of decided results whose winner was the prior's top choice.",
+    )
+    similar_to: SimilarTo | None = None
+
+
+# --- health -----------------------------------------------------------------------------------
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ready"] = "ready"
+    database: Literal["ok"] = "ok"
+    schema_revision: str | None = None

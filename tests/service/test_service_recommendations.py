@@ -1,0 +1,221 @@
+"""POST/GET /v1/recommendations: the DESIGN shape, stored rows, and every way input is refused."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tuner.task import TaskDescription
+
+PROBLEM = "application/problem+json"
+TASK: dict[str, Any] = {
+    "model_family": "transformer",
+    "task_type": "language_modeling",
+    "num_parameters": 124_000_000,
+    "num_layers": 12,
+    "batch_size": 512,
+    "memory_budget_gb": 24,
+    "precision": "bf16",
+}
+
+
+def _body(**task_changes: Any) -> dict[str, Any]:
+    return {"task": {**TASK, **task_changes}, "top_k": 3}
+
+
+def test_post_then_get_roundtrip(
+    client: TestClient, count_recommendations: Callable[[], int]
+) -> None:
+    response = client.post("/v1/recommendations", json={"task": TASK, "top_k": 2})
+    assert response.status_code == 201, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) >= {"id", "task", "created_at", "candidates"}
+    assert len(body["id"]) == 32 and int(body["id"], 16) >= 0
+    assert response.headers["location"] == f"/v1/recommendations/{body['id']}"
+    assert body["task"] == TaskDescription.model_validate(TASK).model_dump(mode="json")
+    assert body["created_at"].endswith(("Z", "+00:00"))
+    assert count_recommendations() == 1
+
+    candidates = body["candidates"]
+    assert 1 <= len(candidates) <= 2
+    scores = [c["score"] for c in candidates]
+    assert scores == sorted(scores, reverse=True) and sum(scores) <= 1 + 1e-9
+    for candidate in candidates:
+        assert set(candidate) >= {
+            "optimizer", "score", "hyperparameters", "memory", "rationale", "references"
+        }
+        assert "lr" in candidate["hyperparameters"]
+        for prior in candidate["hyperparameters"].values():
+            assert set(prior) >= {"default", "low", "high", "log"}
+            assert prior["low"] <= prior["default"] <= prior["high"]
+        assert isinstance(candidate["memory"]["state_bytes"], int)
+        assert candidate["memory"]["fits"] in (True, False)  # a budget was given
+        assert candidate["rationale"] and all(isinstance(r, str) for r in candidate["rationale"])
+
+    again = client.get(response.headers["location"])
+    assert again.status_code == 200
+    assert again.json() == body
+
+
+def test_fits_is_null_without_budget(client: TestClient) -> None:
+    task = {k: v for k, v in TASK.items() if k != "memory_budget_gb"}
+    response = client.post("/v1/recommendations", json={"task": task})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert len(body["candidates"]) == 3  # default top_k
+    assert all(c["memory"]["fits"] is None for c in body["candidates"])
+
+
+def test_unknown_id_is_404_problem(client: TestClient) -> None:
+    response = client.get("/v1/recommendations/" + "0" * 32)
+    assert response.status_code == 404
+    assert response.headers["content-type"] == PROBLEM
+    problem = response.json()
+    assert problem["status"] == 404 and problem["title"] == "Not Found"
+    assert "0" * 32 in problem["detail"]
+
+
+def test_unknown_route_is_404_problem(client: TestClient) -> None:
+    response = client.get("/v1/nothing-here")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == PROBLEM
+
+
+def test_wrong_method_is_405_problem(client: TestClient) -> None:
+    response = client.delete("/v1/recommendations")
+    assert response.status_code == 405
+    assert response.headers["content-type"] == PROBLEM
+    assert "POST" in response.headers["allow"]
+
+
+INVALID_BODIES: list[tuple[str, Any, str]] = [
+    ("unknown field", {**_body(), "colour": "red"}, "body.colour"),
+    ("unknown task field", _body(optimizer="adam"), "body.task.optimizer"),
+    ("zero parameters", _body(num_parameters=0), "body.task.num_parameters"),
+    ("negative parameters", _body(num_parameters=-5), "body.task.num_parameters"),
+    ("huge parameters", _body(num_parameters=10**30), "body.task.num_parameters"),
+    ("string parameters", _body(num_parameters="many"), "body.task.num_parameters"),
+    ("fractional parameters", _body(num_parameters=1.5), "body.task.num_parameters"),
+    ("task not an object", {"task": [1, 2], "top_k": 3}, "body.task"),
+    ("missing family", {"task": {"num_parameters": 10}}, "body.task.model_family"),
+    ("unknown family", _body(model_family="quantum"), "body.task.model_family"),
+    ("bool as string", _body(sparse_features="maybe"), "body.task.sparse_features"),
+    ("zero budget", _body(memory_budget_gb=0), "body.task.memory_budget_gb"),
+    ("over-long string", _body(model_family="x" * 100_000), "body.task.model_family"),
+    ("NUL byte", _body(model_family="mlp\u0000"), "body.task.model_family"),
+    ("top_k zero", {**_body(), "top_k": 0}, "body.top_k"),
+    ("top_k 1000", {**_body(), "top_k": 1000}, "body.top_k"),
+    ("top_k string", {**_body(), "top_k": "three"}, "body.top_k"),
+    ("missing task", {"top_k": 3}, "body.task"),
+    ("body not an object", [TASK], "body"),
+]
+
+
+@pytest.fixture
+def unchanged(
+    client: TestClient, count_recommendations: Callable[[], int]
+) -> Iterator[None]:
+    """Asserts after the test that no recommendation row was written."""
+    client.post("/v1/recommendations", json=_body())
+    before = count_recommendations()
+    yield
+    assert count_recommendations() == before
+
+
+def _assert_422(response: Any, field: str) -> None:
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == PROBLEM
+    problem = response.json()
+    assert problem["status"] == 422
+    fields = [error["field"] for error in problem["errors"]]
+    assert field in fields, fields
+    error = problem["errors"][fields.index(field)]
+    assert error["loc"] == field.split(".") and error["msg"]
+    assert "input" not in error
+    assert field in problem["detail"]
+
+
+@pytest.mark.usefixtures("unchanged")
+@pytest.mark.parametrize(
+    ("body", "field"), [(b, f) for _, b, f in INVALID_BODIES], ids=[i for i, _, _ in INVALID_BODIES]
+)
+def test_invalid_bodies_are_422_naming_the_field(
+    client: TestClient, body: Any, field: str
+) -> None:
+    _assert_422(client.post("/v1/recommendations", json=body), field)
+
+
+RAW_BODIES: list[tuple[str, bytes, str]] = [
+    ("NaN parameters", b'{"task": {"model_family": "mlp", "num_parameters": NaN}}',
+     "body.task.num_parameters"),
+    ("Infinity budget",
+     b'{"task": {"model_family": "mlp", "num_parameters": 10, "memory_budget_gb": Infinity}}',
+     "body.task.memory_budget_gb"),
+    ("-Infinity top_k",
+     b'{"task": {"model_family": "mlp", "num_parameters": 10}, "top_k": -Infinity}',
+     "body.top_k"),
+    ("NaN budget",
+     b'{"task": {"model_family": "mlp", "num_parameters": 10, "memory_budget_gb": NaN}}',
+     "body.task.memory_budget_gb"),
+    ("1e999 parameters", b'{"task": {"model_family": "mlp", "num_parameters": 1e999}}',
+     "body.task.num_parameters"),
+    ("invalid JSON", b'{"task": {"model_family": "mlp",', "body"),
+    ("not JSON at all", b"\xff\xfe\x00garbage", "body"),
+    ("empty object", b"{}", "body.task"),
+]
+
+
+@pytest.mark.usefixtures("unchanged")
+@pytest.mark.parametrize(
+    ("raw", "field"), [(r, f) for _, r, f in RAW_BODIES], ids=[i for i, _, _ in RAW_BODIES]
+)
+def test_raw_bodies_are_422_naming_the_field(client: TestClient, raw: bytes, field: str) -> None:
+    response = client.post(
+        "/v1/recommendations", content=raw, headers={"content-type": "application/json"}
+    )
+    _assert_422(response, field)
+    json.loads(response.text)  # strict JSON: no NaN token came back
+
+
+@pytest.mark.usefixtures("unchanged")
+def test_missing_content_type_is_422(client: TestClient) -> None:
+    response = client.post("/v1/recommendations", content=json.dumps(_body()).encode())
+    assert response.status_code == 422
+    assert response.headers["content-type"] == PROBLEM
+
+
+@pytest.mark.usefixtures("unchanged")
+def test_oversized_body_is_413(client: TestClient) -> None:
+    padding = "x" * (1024 * 1024)
+    response = client.post("/v1/recommendations", json={**_body(), "padding": padding})
+    assert response.status_code == 413
+    assert response.headers["content-type"] == PROBLEM
+    assert response.json()["status"] == 413
+
+
+@pytest.mark.usefixtures("unchanged")
+def test_oversized_streamed_body_is_413(client: TestClient) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"task": {"model_family": "mlp", "num_parameters": 10}, "pad": "'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"}'
+
+    response = client.post(
+        "/v1/recommendations", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert response.headers["content-type"] == PROBLEM
+
+
+@pytest.mark.usefixtures("unchanged")
+@pytest.mark.parametrize("path", ["a" * 65, "abc%00def"])
+def test_bad_ids_are_422(client: TestClient, path: str) -> None:
+    response = client.get(f"/v1/recommendations/{path}")
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "path.recommendation_id"
