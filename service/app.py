@@ -8,6 +8,8 @@ until the schema is at head).
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -18,8 +20,12 @@ from sqlalchemy import Engine
 from service import db, errors
 from service.api import catalog, health, jobs, recommendations, results
 from service.auth import require_api_key
+from service.leases import reap_all
 from service.limits import BodySizeLimitMiddleware
 from service.settings import Settings, get_settings
+from service.storage import storage_for_app
+
+logger = logging.getLogger("optpilot.service")
 
 # Routers under /v1; every route in them requires the API key when keys are configured.
 # Add new resources here (e.g. the jobs router).
@@ -41,6 +47,31 @@ Errors are `application/problem+json` (RFC 9457).
 """
 
 
+class LeaseSweeper:
+    """Fails client-evaluated trials whose lease expired, every ``interval_s`` (requests for the
+    same job reap too; this catches jobs nobody asks about)."""
+
+    def __init__(self, app: FastAPI, interval_s: float) -> None:
+        self._app, self._interval_s = app, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="lease-sweeper")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                with self._app.state.sessionmaker() as session:
+                    reap_all(session, storage_for_app(self._app))
+            except Exception:  # the database may be briefly unavailable; try again next time
+                logger.exception("lease sweep failed")
+
+
 def _version() -> str:
     try:
         return version("optpilot")
@@ -60,10 +91,16 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     )
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sweeper = LeaseSweeper(app, settings.reap_interval_s)
+        sweeper.start()
         try:
             yield
         finally:
+            sweeper.stop()
+            storage = getattr(app.state, "optuna_storage", None)
+            if storage is not None:
+                storage.engine.dispose()
             if owns_engine:
                 bound.dispose()
 

@@ -36,6 +36,7 @@ PROBLEM_CONTENT_TYPE = "application/problem+json"
 MAX_MESSAGE_CHARS = 500
 MAX_REPORTED_ERRORS = 50
 RETRY_AFTER_BUSY_S = 1
+BODY_PARSE_ERROR = "There was an error parsing the body"
 RETRY_AFTER_UNAVAILABLE_S = 5
 
 
@@ -162,6 +163,14 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
             **exc.extra,
         )
     detail = exc.detail if isinstance(exc.detail, str) else None
+    if exc.status_code == 400 and detail == BODY_PARSE_ERROR:
+        # FastAPI's answer to a body that is not text at all (e.g. invalid UTF-8): bad input,
+        # so a 422 naming the body like every other malformed request.
+        message = "invalid JSON: the body could not be decoded"
+        return problem_response(
+            422, detail=f"body: {message}", instance=_instance(request),
+            errors=[{"loc": ["body"], "field": "body", "msg": message, "type": "json_invalid"}],
+        )
     extra: dict[str, Any] = {} if isinstance(exc.detail, str) else {"errors": exc.detail}
     if exc.status_code == 404 and detail == _phrase(404):
         detail = f"no route matches {request.method} {request.url.path}"

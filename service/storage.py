@@ -11,7 +11,7 @@ import warnings
 from typing import Annotated, Any
 
 import optuna
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import is_sqlite
@@ -49,7 +49,11 @@ _storage_lock = threading.Lock()
 
 def app_optuna_storage(request: Request) -> optuna.storages.RDBStorage:
     """FastAPI dependency: the app's Optuna storage, made on first use (one per process)."""
-    state = request.app.state
+    return storage_for_app(request.app)
+
+
+def storage_for_app(app: FastAPI) -> optuna.storages.RDBStorage:
+    state = app.state
     storage = getattr(state, "optuna_storage", None)
     if storage is None:
         with _storage_lock:
