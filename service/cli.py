@@ -370,6 +370,14 @@ def _server(args: argparse.Namespace) -> Iterator[Any]:
         raise CliError(f"{exc}{hint}") from None
 
 
+def _size(count: int) -> str:
+    """Parameter counts as 5k, 124M, 1.5B."""
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.3g}{unit}"
+    return str(count)
+
+
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2))
 
@@ -400,7 +408,8 @@ def _progress_line(job: dict[str, Any]) -> str:
 def render_job(job: dict[str, Any], console: Console) -> None:
     task = job["task"]
     what = (f"workload {job['workload']}" if job["workload"] else
-            f"client-evaluated ({task['model_family']}, {task['num_parameters']:,} parameters)")
+            f"client-evaluated ({task['model_family']}, {_size(task['num_parameters'])} "
+            "parameters)")
     console.print(f"[bold]job {job['id']}[/bold]  {job['status']}  {what}  "
                   f"pruner {job['pruner']}")
     console.print(f"progress: {_progress_line(job)}")
@@ -569,7 +578,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         table.add_column(col)
     for r in data["items"]:
         table.add_row(r["job_id"], r["workload"] or "(client)", r["model_family"],
-                      r["task_type"], f"{r['num_parameters']:.3g}",
+                      r["task_type"], _size(r["num_parameters"]),
                       f"{_fmt(r['best_value'])} {r['metric']}", r["best_optimizer"] or "-",
                       str(r["trials_used"]), r["created_at"][:19])
     console.print(table)

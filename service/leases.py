@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -44,11 +46,21 @@ log = logging.getLogger(__name__)
 
 REASON_LEASE_EXPIRED = "lease expired"
 LEASE_EXPIRY_RETRIES = 1
+UNBOUNDED = 10**9
 ATTR_CLIENT = "client_id"
+
+
+# Optuna pops a waiting trial with SELECT ... FOR UPDATE, which SQLite ignores: two requests
+# could take the same (re-offered or warm-start) trial. Asks on SQLite are serialized here.
+_sqlite_ask_lock = threading.RLock()
 
 
 class LeaseNotFound(LookupError):
     pass
+
+
+def _ask_guard(session: Session) -> AbstractContextManager[Any]:
+    return _sqlite_ask_lock if session.get_bind().dialect.name == "sqlite" else nullcontext()
 
 
 @dataclass(frozen=True)
@@ -91,28 +103,41 @@ def ask(session: Session, storage: optuna.storages.BaseStorage, job_id: str, cli
         raise JobConflict(f"job {job_id} is {job.status}")
     if not claim_trial_slot(session, job_id):
         raise JobConflict(f"job {job_id} has no trial left to give")
-    try:
-        trial = storage_ask(study)
-        optimizer, hyperparameters = study_plan(study).suggest(trial)
-    except Exception:
-        release_trial_slot(session, job_id)
-        raise
-    trial.set_user_attr(ATTR_OPTIMIZER, optimizer)
-    trial.set_user_attr(ATTR_HYPERPARAMETERS, hyperparameters)
-    trial.set_user_attr(ATTR_CLIENT, client_id)
-    now = utcnow()
-    lease = TrialLease(id=new_id(), job_id=job_id, trial_number=trial.number,
-                       trial_id=trial._trial_id, client_id=client_id, state="open",
-                       lease_expires_at=now + timedelta(seconds=lease_s), created_at=now,
-                       updated_at=now)
-    session.add(lease)
-    try:
-        session.commit()
-    except IntegrityError:  # the same client asked twice at once: keep the first
-        session.rollback()
-        study.tell(trial, state=TrialState.FAIL)
-        release_trial_slot(session, job_id)
-        return ask(session, storage, job_id, client_id, lease_s)
+    with _ask_guard(session):
+        try:
+            trial = storage_ask(study)
+            optimizer, hyperparameters = study_plan(study).suggest(trial)
+        except Exception:
+            release_trial_slot(session, job_id)
+            raise
+        trial.set_user_attr(ATTR_OPTIMIZER, optimizer)
+        trial.set_user_attr(ATTR_HYPERPARAMETERS, hyperparameters)
+        trial.set_user_attr(ATTR_CLIENT, client_id)
+        now = utcnow()
+        lease = TrialLease(id=new_id(), job_id=job_id, trial_number=trial.number,
+                           trial_id=trial._trial_id, client_id=client_id, state="open",
+                           lease_expires_at=now + timedelta(seconds=lease_s), created_at=now,
+                           updated_at=now)
+        session.add(lease)
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            taken = session.scalar(sa.select(TrialLease.id).where(
+                TrialLease.job_id == job_id, TrialLease.trial_number == trial.number))
+            handed_back = False
+            if taken is None:
+                # The same client asked twice at once and keeps the first trial. This one never
+                # ran: fail it and offer its parameters (and its slot) again, so it does not
+                # count toward the budget.
+                trial.set_user_attr(ATTR_REASON, "duplicate ask")
+                study.tell(trial, state=TrialState.FAIL)
+                frozen = study._storage.get_trial(trial._trial_id)
+                handed_back = retry_failed_trial(session, study, job, frozen, UNBOUNDED)
+            # else another request took the same waiting trial first: it is theirs, not ours
+            if not handed_back:
+                release_trial_slot(session, job_id)
+            return ask(session, storage, job_id, client_id, lease_s)
     return LeasedTrial(lease, optimizer, hyperparameters), True
 
 

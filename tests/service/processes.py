@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,29 +26,35 @@ def free_port() -> int:
         return port
 
 
-def _env() -> dict[str, str]:
+def _env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The test's environment without its optpilot settings, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPTPILOT_")}
     env.pop("DATABASE_URL", None)
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
     return env
 
 
-def optpilot(*args: str, log: Path) -> subprocess.Popen[bytes]:
+def optpilot(*args: str, log: Path,
+             env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
     out = log.open("ab")
-    return subprocess.Popen([sys.executable, "-m", "service.cli", *args], cwd=ROOT, env=_env(),
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen([sys.executable, "-m", "service.cli", *args], cwd=ROOT,
+                            env=_env(env), stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
 class Api:
-    def __init__(self, url: str, log: Path) -> None:
-        self.db_url, self.log = url, log
+    """``env``: extra environment for the API process (e.g. ``OPTPILOT_LEASE_S``)."""
+
+    def __init__(self, url: str, log: Path, env: Mapping[str, str] | None = None) -> None:
+        self.db_url, self.log, self.env = url, log, dict(env or {})
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.process = optpilot("serve", "--workers", "0", "--port", str(self.port),
-                                "--db", self.db_url, log=self.log)
+                                "--db", self.db_url, log=self.log, env=self.env)
         wait_for(lambda: _healthy(self.base), 60, f"API on {self.base} (log {self.log})")
 
     def stop(self) -> None:
@@ -92,10 +98,11 @@ Processes = list[subprocess.Popen[bytes]]
 
 
 @contextmanager
-def services(db_url: str, tmp: Path, workers: int = 1,
-             worker_flags: tuple[str, ...] = ()) -> Iterator[tuple[Api, Processes]]:
-    """An API process and ``workers`` worker processes (each a single CPU worker)."""
-    api = Api(db_url, tmp / "api.log")
+def services(db_url: str, tmp: Path, workers: int = 1, worker_flags: tuple[str, ...] = (),
+             env: Mapping[str, str] | None = None) -> Iterator[tuple[Api, Processes]]:
+    """An API process (with extra ``env``) and ``workers`` worker processes (each a single CPU
+    worker)."""
+    api = Api(db_url, tmp / "api.log", env)
     procs: Processes = []
     try:
         api.start()
