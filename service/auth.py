@@ -65,7 +65,7 @@ def authenticate(settings: Settings, token: str | None) -> Caller:
     )
 
 
-def require_api_key(
+async def require_api_key(  # async: no I/O, so no thread-pool hop per request
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:

@@ -78,8 +78,13 @@ def create_engine_for(
     in_memory = _sqlite_in_memory(parsed)
     if in_memory:
         kwargs.setdefault("poolclass", StaticPool)
-    elif parsed.database:
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    else:
+        # As many connections as FastAPI's thread pool has threads: overflow connections are
+        # opened and closed per request otherwise, each paying the PRAGMAs below.
+        kwargs.setdefault("pool_size", 20)
+        kwargs.setdefault("max_overflow", 20)
+        if parsed.database:
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(parsed, connect_args=connect_args, **kwargs)
     busy_ms = max(1, round(sqlite_busy_timeout_s * 1000))
 

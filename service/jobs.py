@@ -172,6 +172,34 @@ def release_trial_slot(session: Session, job_id: str) -> None:
     session.commit()
 
 
+def reconcile_slots(session: Session, study: optuna.Study, job_id: str, grace_s: float) -> int:
+    """Give back slots claimed by a worker that died between its claim and its ask.
+
+    Only a job whose whole budget is claimed can stall on such a slot; its claims must then match
+    the trials asked (running or finished, retries aside). The row's ``updated_at`` guards
+    against a claim made meanwhile. Returns the number of slots given back.
+    """
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None or job.status not in ACTIVE or job.trials_claimed < job.n_trials:
+        return 0
+    if job.updated_at > utcnow() - timedelta(seconds=grace_s):
+        return 0
+    asked = sum(1 for t in counted_trials(study.get_trials(deepcopy=False))
+                if t.state != TrialState.WAITING)
+    leaked = job.trials_claimed - asked
+    if leaked <= 0:
+        return 0
+    given_back = session.execute(
+        sa.update(Job).where(Job.id == job_id, Job.trials_claimed == job.trials_claimed,
+                             Job.updated_at == job.updated_at)
+        .values(trials_claimed=asked, updated_at=utcnow())
+    ).rowcount  # type: ignore[attr-defined]
+    session.commit()
+    if given_back:
+        log.warning("job %s: %d claimed slot(s) had no trial; given back", job_id, leaked)
+    return leaked if given_back else 0
+
+
 def should_stop(session: Session, job_id: str) -> bool:
     """Polled by running trials at every report: cancelled, or the job's time is up."""
     job = session.get(Job, job_id, populate_existing=True)
@@ -225,6 +253,8 @@ def finish_if_done(session: Session, study: optuna.Study, job_id: str) -> bool:
     job = session.get(Job, job_id, populate_existing=True)
     if job is None or job.status not in ACTIVE:
         return False
+    if job.trials_claimed < job.n_trials and not deadline_passed(job):
+        return False  # finished trials never outnumber claimed slots: no need to load them
     trials = study.get_trials(deepcopy=False)
     counted = counted_trials(trials)
     done = sum(1 for t in counted if t.state.is_finished())

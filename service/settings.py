@@ -106,7 +106,7 @@ def get_settings() -> Settings:
     return Settings()
 
 
-def app_settings(request: Request) -> Settings:
+async def app_settings(request: Request) -> Settings:  # async: no I/O, no thread-pool hop
     """The settings of the app serving ``request`` (``create_app`` stores them on app.state)."""
     settings = getattr(request.app.state, "settings", None)
     return settings if isinstance(settings, Settings) else get_settings()

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import optuna
 from fastapi import Depends, FastAPI, Request
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import is_sqlite
@@ -35,13 +36,43 @@ def open_optuna_storage(
         engine_kwargs = {"connect_args": {"timeout": sqlite_busy_timeout_s}}
     with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
+        storage = optuna.storages.RDBStorage(
             url,
             engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat_interval_s,
             grace_period=grace_period_s,
             heartbeat_stale_trial_callback=RetryLostTrial(sessions),
         )
+    if is_sqlite(url):
+        _serialize_sqlite_transactions(storage.engine, sqlite_busy_timeout_s)
+    return storage
+
+
+def _serialize_sqlite_transactions(engine: Engine, busy_timeout_s: float) -> None:
+    """Make Optuna's read-then-write steps atomic on SQLite.
+
+    Optuna pops a WAITING trial with ``SELECT ... FOR UPDATE`` then ``UPDATE``; SQLite ignores
+    FOR UPDATE and Python's driver only opens a transaction at the first write, so two workers
+    could pop the same enqueued trial (measured: 3-26 duplicates in 80 asks). ``BEGIN
+    IMMEDIATE`` takes the write lock when the transaction starts (SQLAlchemy's recipe for
+    pysqlite). ``synchronous=NORMAL`` under WAL drops a disk sync per commit (~28 per trial).
+    """
+    engine.dispose()  # connections made while Optuna created its tables lack the listeners
+    busy_ms = max(1, round(busy_timeout_s * 1000))
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 _storage_lock = threading.Lock()

@@ -15,7 +15,9 @@ trial is then reaped and retried by another worker).
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -36,9 +38,11 @@ from service.jobs import (
     claim_trial_slot,
     deadline_passed,
     finish_if_done,
+    reconcile_slots,
     release_trial_slot,
     should_stop,
 )
+from service.logs import log_context, setup_logging
 from service.models import Job
 from service.storage import (
     DEFAULT_GRACE_PERIOD_S,
@@ -48,6 +52,8 @@ from service.storage import (
 )
 
 log = logging.getLogger(__name__)
+
+STOP_CHECK_INTERVAL_S = 1.0
 
 ATTR_WORKER = "worker"
 
@@ -102,16 +108,16 @@ class _Heartbeat:
                  interval: float) -> None:
         self._storage, self._trial_id, self._interval = storage, trial_id, interval
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True, name="heartbeat")
+        # In the caller's logging context, so its lines carry the job and trial ids too.
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._beat,),
+                                        daemon=True, name="heartbeat")
 
     def _beat(self) -> None:
-        while True:
+        while not self._stop.wait(self._interval):  # __enter__ recorded the first beat
             try:
                 self._storage.record_heartbeat(self._trial_id)
             except Exception:  # a missed beat is retried; the grace period absorbs a few
                 log.exception("heartbeat failed")
-            if self._stop.wait(self._interval):
-                return
 
     def __enter__(self) -> _Heartbeat:
         self._storage.record_heartbeat(self._trial_id)
@@ -139,6 +145,7 @@ class Worker:
         self.trials_run = 0
         self._studies: dict[str, optuna.Study] = {}
         self._last_reap = 0.0
+        self._stop_checks: dict[str, tuple[float, bool]] = {}
 
     def _study(self, job: Job) -> optuna.Study:
         from tuner.tuning import load_study
@@ -162,10 +169,18 @@ class Worker:
             study = self._study(job)
             optuna.storages.fail_stale_trials(study)
             with self.sessions() as session:
+                reconcile_slots(session, study, job.id, self.config.grace_period_s)
                 finish_if_done(session, study, job.id)
 
     def run_one(self, job: Job) -> bool:
-        """Claim a slot of ``job`` and run one trial; False when the job had none to give."""
+        """Claim a slot of ``job`` and run one trial; False when the job had none to give.
+
+        Every log line written meanwhile (by any logger, heartbeat thread included) carries
+        ``job_id``, and ``trial`` once the trial is asked (service.logs)."""
+        with log_context(job_id=job.id, trial=None):
+            return self._run_one(job)
+
+    def _run_one(self, job: Job) -> bool:
         from tuner.trial import run_trial
         from tuner.tuning import study_plan
         from tuner.workloads import get_workload
@@ -181,20 +196,34 @@ class Worker:
                 release_trial_slot(session, job.id)
             raise
         assert job.workload is not None
-        trial.set_user_attr(ATTR_WORKER, worker_id())
-        log.info("job %s trial %d on %s", job.id, trial.number, self.device)
-        with _Heartbeat(self.storage, trial._trial_id, self.config.heartbeat_interval_s):
-            run_trial(study, study_plan(study), get_workload(job.workload), trial=trial,
-                      seed=job.seed or 0, device=self.device,
-                      should_stop=lambda: self._should_stop(job.id))
-        self.trials_run += 1
-        with self.sessions() as session:
-            finish_if_done(session, study, job.id)
+        with log_context(trial=trial.number):
+            trial.set_user_attr(ATTR_WORKER, worker_id())
+            log.info("job %s trial %d on %s", job.id, trial.number, self.device)
+            with _Heartbeat(self.storage, trial._trial_id, self.config.heartbeat_interval_s):
+                outcome = run_trial(study, study_plan(study), get_workload(job.workload),
+                                    trial=trial, seed=job.seed or 0, device=self.device,
+                                    should_stop=lambda: self._should_stop(job.id))
+            log.info("job %s trial %d %s%s%s", job.id, trial.number,
+                     outcome.state.name.lower(),
+                     "" if outcome.value is None else f" with {outcome.value:.6g}",
+                     f" ({outcome.reason})" if outcome.reason else "",
+                     extra={"state": outcome.state.name.lower(),
+                            "seconds": round(outcome.seconds, 3)})
+            self.trials_run += 1
+            with self.sessions() as session:
+                finish_if_done(session, study, job.id)
         return True
 
     def _should_stop(self, job_id: str) -> bool:
-        with self.sessions() as session:
-            return should_stop(session, job_id)
+        """Cancelled or out of time? Asked at every report; the database at most once a second
+        (a query per epoch measured 15 ms of a 300 ms trial)."""
+        now = time.monotonic()
+        checked, answer = self._stop_checks.get(job_id, (-math.inf, False))
+        if now - checked >= STOP_CHECK_INTERVAL_S:
+            with self.sessions() as session:
+                answer = should_stop(session, job_id)
+            self._stop_checks[job_id] = (now, answer)
+        return answer
 
     def step(self) -> bool:
         """One pass over the active jobs; True if a trial ran."""
@@ -250,8 +279,7 @@ def worker_main(config: WorkerConfig) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    logging.basicConfig(level=logging.INFO,
-                        format=f"%(asctime)s worker[{config.device}] %(levelname)s %(message)s")
+    setup_logging("worker", device=config.device, worker=worker_id())
     Worker(WorkerConfig(**{**vars(config), "device": device}), stop).run()
 
 

@@ -1,0 +1,85 @@
+"""Job state rules (service.jobs) on real databases, without worker processes."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import optuna
+import sqlalchemy as sa
+from optuna.trial import TrialState
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.jobs import (
+    claim_trial_slot,
+    create_job,
+    finish_if_done,
+    reconcile_slots,
+    retried_numbers,
+    retry_failed_trial,
+)
+from service.models import Job, Result, utcnow
+from service.storage import ask, open_optuna_storage
+
+
+def _setup(url: str) -> tuple[sessionmaker[Session], optuna.storages.RDBStorage]:
+    from service.db import create_engine_for, make_sessionmaker
+
+    sessions = make_sessionmaker(create_engine_for(url))
+    return sessions, open_optuna_storage(url, sessions)
+
+
+def test_claims_never_exceed_the_budget(migrated_url: str) -> None:
+    sessions, storage = _setup(migrated_url)
+    with sessions() as session:
+        job = create_job(session, storage, workload="rosenbrock", task=None, n_trials=3)
+        claims = [claim_trial_slot(session, job.id) for _ in range(5)]
+        assert claims == [True, True, True, False, False]
+        session.refresh(job)
+        assert job.status == "running" and job.started_at is not None
+
+
+def test_leaked_slots_are_given_back_once_the_claim_is_old(migrated_url: str) -> None:
+    sessions, storage = _setup(migrated_url)
+    with sessions() as session:
+        job = create_job(session, storage, workload="rosenbrock", task=None, n_trials=3)
+        for _ in range(3):
+            assert claim_trial_slot(session, job.id)
+        study = optuna.load_study(study_name=job.study_name, storage=storage)
+        trial = ask(study)  # one claim was used; two workers died before asking
+        assert reconcile_slots(session, study, job.id, grace_s=60) == 0  # too recent to judge
+        session.execute(sa.update(Job).where(Job.id == job.id)
+                        .values(updated_at=utcnow() - timedelta(seconds=120)))
+        session.commit()
+        assert reconcile_slots(session, study, job.id, grace_s=60) == 2
+        session.refresh(job)
+        assert job.trials_claimed == 1
+        study.tell(trial, 1.0)
+        assert claim_trial_slot(session, job.id)
+
+
+def test_retried_trials_do_not_count_and_the_result_is_written_once(migrated_url: str) -> None:
+    sessions, storage = _setup(migrated_url)
+    with sessions() as session:
+        job = create_job(session, storage, workload="rosenbrock", task=None, n_trials=2,
+                         optimizer_names=["adam"])
+        study = optuna.load_study(study_name=job.study_name, storage=storage)
+        assert claim_trial_slot(session, job.id)
+        lost = ask(study)
+        study.tell(lost, state=TrialState.FAIL)
+        assert retry_failed_trial(session, study, job,
+                                  storage.get_trial(lost._trial_id), max_retries=1)
+        for value in (3.0, 2.0):
+            assert claim_trial_slot(session, job.id)
+            trial = ask(study)
+            trial.set_user_attr("optimizer", "adam")
+            trial.set_user_attr("hyperparameters", {"lr": 0.01})
+            study.tell(trial, value)
+        assert not claim_trial_slot(session, job.id)
+        assert retried_numbers(study.trials) == {lost.number}
+        assert finish_if_done(session, study, job.id)
+        assert not finish_if_done(session, study, job.id)  # only the first call finishes it
+        session.refresh(job)
+        assert job.status == "completed"
+        result = session.scalar(sa.select(Result).where(Result.job_id == job.id))
+        assert result is not None
+        assert (result.best_value, result.best_optimizer, result.trials_used) == (2.0, "adam", 2)
