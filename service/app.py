@@ -17,8 +17,8 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import APIRouter, Depends, FastAPI
 from sqlalchemy import Engine
 
-from service import db, errors
-from service.api import catalog, health, jobs, recommendations, results
+from service import db, errors, metrics, ui
+from service.api import catalog, health, jobs, recommendations, reports, results
 from service.auth import require_api_key
 from service.leases import reap_all
 from service.limits import BodySizeLimitMiddleware
@@ -32,11 +32,13 @@ logger = logging.getLogger("optpilot.service")
 V1_ROUTERS: list[APIRouter] = [
     recommendations.router,
     jobs.router,
+    reports.router,
     catalog.router,
     results.router,
 ]
-# Routers that handle authentication themselves (/healthz is open, /readyz asks for the key).
-OTHER_ROUTERS: list[APIRouter] = [health.router]
+# Routers that handle authentication themselves (/healthz is open; /readyz and /metrics ask for
+# the key). The dashboard (/ui, and / redirecting to it) is public: its data comes from the API.
+OTHER_ROUTERS: list[APIRouter] = [health.router, metrics.router]
 
 DESCRIPTION = """\
 optpilot recommends a training optimizer for a described model and task, tunes it with Optuna
@@ -44,6 +46,9 @@ on GPU or CPU workers, and keeps every result for later queries.
 
 Authentication: `Authorization: Bearer <key>` when the server has API keys configured.
 Errors are `application/problem+json` (RFC 9457).
+
+Also served: a job's HTML report (`/v1/jobs/{id}/report`), a web dashboard at `/ui`, and
+Prometheus metrics at `/metrics`.
 """
 
 
@@ -116,11 +121,15 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.engine = bound
     app.state.sessionmaker = db.make_sessionmaker(bound)
     app.state.schema_head = db.head_revision()
+    app.state.metrics = metrics.Metrics(bound)
 
     errors.install(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    # Added last, so outermost: it times and counts every request, 413s included.
+    app.add_middleware(metrics.MetricsMiddleware, metrics=app.state.metrics, api=app)
     for router in OTHER_ROUTERS:
         app.include_router(router)
     for router in V1_ROUTERS:
         app.include_router(router, dependencies=[Depends(require_api_key)])
+    ui.install(app)
     return app

@@ -277,17 +277,16 @@ def _devices(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import logging
-
     import uvicorn
 
     from service.app import create_app
     from service.db import upgrade
+    from service.logs import setup_logging
     from service.settings import Settings
     from service.worker import start_workers, stop_workers
 
     url = database_url(args.db)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging("api")
     upgrade(url)
     devices = [] if args.workers == 0 else _devices(args)
     processes = start_workers(_worker_config(args, url), devices) if devices else []
@@ -296,15 +295,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
           file=sys.stderr)
     try:
         uvicorn.run(create_app(Settings(database_url=url)), host=args.host, port=args.port,
-                    log_level="info")
+                    log_level="info", log_config=None)
     finally:
         stop_workers(processes)
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from service.logs import setup_logging
     from service.worker import start_workers, worker_main
 
+    setup_logging("worker")
     url = database_url(args.db)
     devices = _devices(args)
     config = _worker_config(args, url)
@@ -734,6 +735,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_db)
 
     _add_remote_parsers(sub)
+    from service.report_cli import add_report_parser
+
+    add_report_parser(sub)
     return parser
 
 

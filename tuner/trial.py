@@ -21,6 +21,7 @@ client never decodes namespaced Optuna parameter names.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
@@ -149,17 +150,13 @@ def run_trial(
     seconds = time.monotonic() - started
     if tb is not None:
         log.warning("trial %d failed: %s", trial.number, reason)
-    try:
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
         if reason is not None:
             trial.set_user_attr(ATTR_REASON, reason)
         if tb is not None:
             trial.set_user_attr(ATTR_TRACEBACK, tb[-MAX_TRACEBACK_CHARS:])
-    except optuna.exceptions.UpdateFinishedTrialError:
-        pass
-    try:
-        trial.set_user_attr(ATTR_SECONDS, round(seconds, 4))
-    except optuna.exceptions.UpdateFinishedTrialError:
-        pass  # finished elsewhere meanwhile: see the tell below
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+        trial.set_user_attr(ATTR_SECONDS, round(seconds, 4))  # finished elsewhere: see below
     # skip_if_finished: a trial taken for lost (no heartbeat in time) was already failed and
     # retried elsewhere; its late result is dropped rather than crashing this process.
     study.tell(trial, value if state == TrialState.COMPLETE else None, state=state,

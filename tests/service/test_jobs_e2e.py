@@ -78,7 +78,7 @@ def test_killed_worker_trial_is_failed_retried_and_the_job_completes(
 
         def running_trial() -> dict[str, Any] | None:
             for t in client.get(f"/v1/jobs/{job_id}/trials").json():
-                if t["state"] == "running" and t["worker"]:
+                if t["state"] == "running" and t["worker"] and t["hyperparameters"]:
                     return dict(t)
             return None
 
