@@ -1,0 +1,1 @@
+"""Benchmarks: printed figures and ratios measured in one run; not part of the tests."""
