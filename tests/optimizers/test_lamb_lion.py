@@ -18,7 +18,7 @@ import torch
 
 import optimizers
 from optimizers import Lamb, Lion
-from optimizers._fused import PARALLEL_MIN_NUMEL
+from optimizers._fused import PARALLEL_MIN_NUMEL, Implementation
 
 # Mixed shapes; the last weight is large enough for the multi-threaded fast-path kernels
 # (>= PARALLEL_MIN_NUMEL elements), the last bias starts at zero (||p|| = 0: trust ratio 1).
@@ -62,12 +62,13 @@ def make_grads(steps: int, seed: int = 1, scale: float = 1.0) -> list[list[torch
             for _ in range(steps)]
 
 
+Builder = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
 # Splits (weights, biases) into parameter groups, keeping the order weights then biases.
 Grouping = Callable[[Params, Params], list[dict[str, Any]]]
 
 
 def run(
-    build: Callable[[list[dict[str, Any]]], torch.optim.Optimizer],
+    build: Builder,
     weight_hp: GroupSpec,
     bias_hp: GroupSpec,
     grads: Sequence[Sequence[torch.Tensor]],
@@ -184,19 +185,18 @@ def paper_lion(
     return [p for ps in params for p in ps]
 
 
-def lamb_builder(impl: str, foreach: bool | None = None, **flags: Any) -> Callable[
-    [list[dict[str, Any]]], torch.optim.Optimizer
-]:
-    return lambda groups: Lamb(groups, implementation=impl, foreach=foreach, **flags)  # type: ignore[arg-type]
+def lamb_builder(impl: Implementation, foreach: bool | None = None, **flags: Any) -> Builder:
+    return lambda groups: Lamb(groups, implementation=impl, foreach=foreach, **flags)
 
 
-def lion_builder(impl: str, foreach: bool | None = None) -> Callable[
-    [list[dict[str, Any]]], torch.optim.Optimizer
-]:
-    return lambda groups: Lion(groups, implementation=impl, foreach=foreach)  # type: ignore[arg-type]
+def lion_builder(impl: Implementation, foreach: bool | None = None) -> Builder:
+    return lambda groups: Lion(groups, implementation=impl, foreach=foreach)
 
 
-EAGER = [("reference", None), ("fast", False), ("fast", True)]  # (implementation, foreach)
+# (implementation, foreach) of the eager paths: reference, CPU loop, foreach kernels.
+EAGER: list[tuple[Implementation, bool | None]] = [
+    ("reference", None), ("fast", False), ("fast", True),
+]
 
 LAMB_VARIANTS: list[dict[str, Any]] = [
     {},
@@ -351,13 +351,13 @@ def test_fused_step_does_not_recompile_when_lr_or_step_change() -> None:
 
 @pytest.mark.parametrize("impl", ["reference", "fast"])
 @pytest.mark.parametrize("foreach", [False, True])
-def test_lamb_trust_ratio_is_one_for_zero_norms(impl: str, foreach: bool) -> None:
+def test_lamb_trust_ratio_is_one_for_zero_norms(impl: Implementation, foreach: bool) -> None:
     n = 40000  # large enough for the multi-threaded kernels
     zero_param = torch.zeros(n, requires_grad=True)  # ||p|| = 0
     zero_grad = torch.full((n,), 3.0, requires_grad=True)  # u = 0 without decay
     small = torch.zeros(5, requires_grad=True)
     opt = Lamb([zero_param, zero_grad, small], lr=0.1, weight_decay=0.0,
-               implementation=impl, foreach=foreach)  # type: ignore[arg-type]
+               implementation=impl, foreach=foreach)
     zero_param.grad = torch.ones(n)
     zero_grad.grad = torch.zeros(n)
     small.grad = -torch.ones(5)
@@ -374,7 +374,7 @@ def test_lamb_trust_ratio_is_one_for_zero_norms(impl: str, foreach: bool) -> Non
 
 @pytest.mark.parametrize("cls", [Lamb, Lion])
 @pytest.mark.parametrize("impl", ["reference", "fast"])
-def test_bf16_params_keep_fp32_state(cls: type[Lamb] | type[Lion], impl: str) -> None:
+def test_bf16_params_keep_fp32_state(cls: type[Lamb] | type[Lion], impl: Implementation) -> None:
     grads = make_grads(10, scale=1e-2)
     weights, biases = make_params(torch.bfloat16)
     build = (lamb_builder if cls is Lamb else lion_builder)(impl)
@@ -393,7 +393,7 @@ def test_bf16_params_keep_fp32_state(cls: type[Lamb] | type[Lion], impl: str) ->
         torch.testing.assert_close(a.float(), b, rtol=2e-2, atol=2e-2)
     # the state survives a state_dict round trip as fp32
     clone = cls([{"params": [p.detach().clone().requires_grad_() for p in g["params"]]}
-                 for g in opt.param_groups], implementation=impl)  # type: ignore[arg-type]
+                 for g in opt.param_groups], implementation=impl)
     clone.load_state_dict(opt.state_dict())
     for state in clone.state.values():
         for key in cls._tensor_state:
@@ -402,9 +402,9 @@ def test_bf16_params_keep_fp32_state(cls: type[Lamb] | type[Lion], impl: str) ->
 
 @pytest.mark.parametrize("cls", [Lamb, Lion])
 @pytest.mark.parametrize("impl", ["reference", "fast", "fused"])
-def test_sparse_gradients_are_rejected(cls: type[Lamb] | type[Lion], impl: str) -> None:
+def test_sparse_gradients_are_rejected(cls: type[Lamb] | type[Lion], impl: Implementation) -> None:
     emb = torch.nn.Embedding(10, 3, sparse=True)
-    opt = cls(emb.parameters(), implementation=impl)  # type: ignore[arg-type]
+    opt = cls(emb.parameters(), implementation=impl)
     emb(torch.tensor([1, 2])).sum().backward()
     with pytest.raises(RuntimeError, match="sparse"):
         opt.step()
@@ -459,8 +459,8 @@ def test_param_group_overrides_are_validated() -> None:
 
 
 def _resume(
-    build: Callable[[list[dict[str, Any]]], torch.optim.Optimizer],
-    resume_build: Callable[[list[dict[str, Any]]], torch.optim.Optimizer],
+    build: Builder,
+    resume_build: Builder,
     hp: GroupSpec,
     bias_hp: GroupSpec,
     dtype: torch.dtype,
@@ -492,7 +492,7 @@ def _resume(
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("impl", "foreach"), EAGER)
 def test_state_dict_round_trip_is_bit_identical(
-    impl: str, foreach: bool | None, dtype: torch.dtype
+    impl: Implementation, foreach: bool | None, dtype: torch.dtype
 ) -> None:
     for build, hp, bias_hp in (
         (lamb_builder(impl, foreach, max_grad_norm=1.0), {}, LAMB_BIAS_HP),
@@ -514,7 +514,9 @@ def test_state_dict_has_only_the_documented_state() -> None:
 
 @pytest.mark.parametrize(("saved_impl", "loaded_impl"), [("fast", "reference"),
                                                           ("reference", "fast")])
-def test_state_dict_loads_across_implementations(saved_impl: str, loaded_impl: str) -> None:
+def test_state_dict_loads_across_implementations(
+    saved_impl: Implementation, loaded_impl: Implementation
+) -> None:
     for save, load, hp, bias_hp in (
         (lamb_builder(saved_impl), lamb_builder(loaded_impl), {}, LAMB_BIAS_HP),
         (lion_builder(saved_impl), lion_builder(loaded_impl), {"lr": 1e-3, "weight_decay": 0.5},
