@@ -67,11 +67,12 @@ def _peer_candidates() -> list[Candidate]:
     """LAMB/Lion of optional third-party packages; any import failure just drops the rows."""
     peers: list[Candidate] = []
     try:
-        import timm.optim as timm_optim
+        from timm.optim.lamb import Lamb as TimmLamb
+        from timm.optim.lion import Lion as TimmLion
 
         peers += [
-            Candidate("timm Lamb", lambda ps: timm_optim.Lamb(ps, lr=1e-3, weight_decay=0.01)),
-            Candidate("timm Lion", lambda ps: timm_optim.Lion(ps, lr=1e-4, weight_decay=0.1)),
+            Candidate("timm Lamb", lambda ps: TimmLamb(ps, lr=1e-3, weight_decay=0.01)),
+            Candidate("timm Lion", lambda ps: TimmLion(ps, lr=1e-4, weight_decay=0.1)),
         ]
     except Exception as exc:  # ImportError, or a broken torchvision beside this torch
         print(f"# timm not available: {type(exc).__name__}: {exc}"[:160], file=sys.stderr)

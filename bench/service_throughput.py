@@ -281,8 +281,7 @@ def plain_optuna(db_url: str, n_trials: int, seed: int, pruner: str,
                 if trial.should_prune():
                     raise optuna.TrialPruned()
 
-            config = TrialConfig(optimizer, hyperparameters, seed=seed + trial.number,
-                                 device="cpu")
+            config = TrialConfig(optimizer, hyperparameters, seed=seed, device="cpu")
             return float(workload.run(config, report))
 
         study.optimize(objective, n_trials=n_trials, catch=(Exception,))

@@ -2,8 +2,9 @@
 
 On every built-in workload, three methods tune with the same trial runner
 (:func:`tuner.trial.run_trial`), the same workload budget (its ``default_epochs``), the same
-per-trial initialisation seeds (``seed + trial number``) and no pruner, so every trial trains to
-the end and the only difference is *which* configuration each trial evaluates:
+training seed for every trial of a study (``run_trial``'s common random numbers) and no pruner,
+so every trial trains to the end and the only difference is *which* configuration each trial
+evaluates:
 
 (a) ``prior``  -- the prior-guided study, exactly what :func:`tuner.tuning.tune` builds:
     :func:`tuner.tuning.create_study` (top-3 recommendation, budget policy, warm-start points
@@ -369,6 +370,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="comma-separated subset of prior,tpe,random (tpe is needed for the "
                         "summary)")
     p.add_argument("--output", type=str, default=None, help="write raw curves as JSON here")
+    p.add_argument("--reuse", type=str, default=None,
+                   help="JSON written by an earlier --output run: its studies of the methods "
+                        "not in --methods join the summary (e.g. rerun only 'prior' after a "
+                        "change to the prior, against the same (b) and (c))")
     args = p.parse_args(argv)
     known = workload_names()
     if args.workloads:
@@ -412,11 +417,13 @@ def main(argv: list[str] | None = None) -> None:
                   f"{r.task.method} seed {r.task.seed}: best {_fmt(best)} ({r.seconds:.0f}s)",
                   file=sys.stderr, flush=True)
     seconds = time.monotonic() - started
+    if args.reuse:
+        results += load_results(args.reuse, args, skip=set(args.methods))
 
     summaries: list[WorkloadSummary] = []
     for w in args.workloads:
         mine = [r for r in results if r.task.workload == w]
-        if "tpe" in args.methods and "prior" in args.methods:
+        if {"tpe", "prior"} <= {r.task.method for r in mine}:
             summaries.append(summarize(w, mine, args.trials))
         print()
         if summaries and summaries[-1].workload == w:
@@ -431,6 +438,25 @@ def main(argv: list[str] | None = None) -> None:
     if args.output:
         _write(args.output, to_json(args, results, summaries, seconds))
         print(f"raw curves written to {args.output}")
+
+
+def load_results(path: str, args: argparse.Namespace, skip: set[str]) -> list[TaskResult]:
+    """The studies of an earlier ``--output`` file for this run's workloads and seeds, except
+    those of the methods in ``skip``; its trial budget must be this run's."""
+    with open(path) as f:
+        data = json.load(f)
+    if data["config"]["trials"] != args.trials:
+        raise SystemExit(f"--reuse: {path} ran {data['config']['trials']} trials per study, "
+                         f"this run {args.trials}")
+    out: list[TaskResult] = []
+    for run in data["runs"]:
+        if (run["method"] in skip or run["workload"] not in args.workloads
+                or run["seed"] >= args.seeds):
+            continue
+        task = Task(run["method"], run["workload"], run["seed"], run["n_trials"])
+        out.append(TaskResult(task, run["direction"],
+                              [TrialRecord(**t) for t in run["trials"]], run["seconds"]))
+    return out
 
 
 def _write(path: str, data: dict[str, Any]) -> None:

@@ -22,14 +22,14 @@ import types
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
-from typing import Any, ClassVar, Literal, TypeAlias, cast, get_args, overload
+from typing import Any, ClassVar, Literal, TypeAlias, TypeVar, cast, get_args, overload
 
 import torch
 
 Implementation: TypeAlias = Literal["reference", "fast", "fused"]
 IMPLEMENTATIONS: tuple[str, ...] = get_args(Implementation)
 ParamsT: TypeAlias = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
-StepFn: TypeAlias = Callable[..., None]
+StepFn = TypeVar("StepFn", bound=Callable[..., Any])
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -153,7 +153,7 @@ class ScratchBuffers:
 # ------------------------------------------------------------------------------------------------
 # Compiled steps
 
-_COMPILED: OrderedDict[tuple[Any, ...], StepFn] = OrderedDict()
+_COMPILED: OrderedDict[tuple[Any, ...], Callable[..., Any]] = OrderedDict()
 _COMPILED_MAX = 64
 
 
@@ -189,16 +189,13 @@ def compiled_step(
             code, body.__globals__, body.__name__, body.__defaults__, body.__closure__
         )
         clone.__qualname__ = body.__qualname__
-        fn = cast(
-            StepFn,
-            torch.compile(clone, fullgraph=True, dynamic=False, options=opts),
-        )
+        fn = torch.compile(clone, fullgraph=True, dynamic=False, options=opts)
         _COMPILED[full_key] = fn
         while len(_COMPILED) > _COMPILED_MAX:
             _COMPILED.popitem(last=False)
     else:
         _COMPILED.move_to_end(full_key)
-    return fn
+    return cast(StepFn, fn)
 
 
 def clear_compiled_steps() -> None:

@@ -46,8 +46,9 @@ class Lion(OptpilotOptimizer):
 
     * ``"reference"``: the equations above, tensor by tensor, with temporaries.
     * ``"fast"`` (default): the fastest path without compilation. On CPU a per-tensor loop on a
-      scratch buffer kept across steps: ``c`` by ``lerp`` into the buffer, ``sign_`` in place,
-      decay and signed step in one pass of torch's fused SGD kernel, ``lerp_`` for ``m``; on CUDA
+      scratch buffer kept across steps: ``c`` by ``lerp`` into the buffer, ``m`` by ``lerp_``
+      towards ``c`` (``m + (1-b2)/(1-b1) * (c - m)``, the same value while ``c`` is in cache),
+      ``sign_`` in place, decay and signed step in one pass of torch's fused SGD kernel; on CUDA
       the same with ``torch._foreach_*`` kernels (``foreach=`` overrides the choice).
     * ``"fused"``: opt-in; one generated loop per tensor from ``torch.compile`` (reads p, g, m
       once, writes p, m once). All groups compile together, once per structure (shapes, dtypes
@@ -147,6 +148,9 @@ class Lion(OptpilotOptimizer):
                 g.copy_(grad)
             s = scratch.get("update", shape, dtype, device)
             torch.lerp(m, g, 1 - b1, out=s)  # c = b1*m + (1-b1)*g
+            # m <- b2*m + (1-b2)*g = lerp(m, c, (1-b2)/(1-b1)): reads m and c while they are
+            # still in cache, instead of m and g again after the update pass.
+            m.lerp_(s, (1 - b2) / (1 - b1))
             s.sign_()
             if device.type in _FUSED_SGD_DEVICES and (
                 device.type != "cpu" or x.numel() >= PARALLEL_MIN_NUMEL
@@ -161,7 +165,6 @@ class Lion(OptpilotOptimizer):
                 if wd != 0:
                     x.mul_(1 - lr * wd)
                 x.add_(s, alpha=-lr)
-            m.lerp_(g, 1 - b2)
             if x is not p:
                 p.copy_(x)
 
@@ -223,6 +226,6 @@ def _lion_fused_body(
             lr, b1, b2, wd = sc[0], sc[1], sc[2], sc[3]
             g = grad.to(m.dtype)
             x = p.to(m.dtype)
-            c = torch.lerp(m, g, 1 - b1)
+            c = b1 * m + (1 - b1) * g  # multiply-adds: fewer instructions than lerp's blend
             p.copy_(x * (1 - lr * wd) - lr * torch.sign(c))
-            m.lerp_(g, 1 - b2)
+            m.copy_(b2 * m + (1 - b2) * g)

@@ -9,6 +9,11 @@ rewritten), so the numerics equal torch.optim.Muon / torch.optim.AdamW on the sa
     matrices W:  B = mu*B + G;  O = NS5(G + mu*B if nesterov else B);  W = W*(1 - lr*wd) - lr*O
     other p:     AdamW(p; aux_lr, betas, eps, wd)
 
+On CPU the Newton-Schulz iteration runs in fp32 (``_orthogonalize_fp32``), the same five-step
+quintic as torch's: torch's kernel casts to bf16, which is the fast choice on accelerators but
+has no fast matmul on most CPUs (measured: 140 s instead of ~5 s per step for 24 matrices of
+816x816 on 2 cores). fp32 is also the more accurate of the two.
+
 Reference: Jordan et al. 2024, "Muon: An optimizer for hidden layers in neural networks".
 """
 
@@ -82,7 +87,11 @@ class MuonAdamW(torch.optim.Optimizer):
                     exp_avgs.append(state["exp_avg"])
                     exp_avg_sqs.append(state["exp_avg_sq"])
                     steps.append(state["step"])
-            if matrices:
+            if matrices and matrices[0].device.type == "cpu":
+                _muon_fp32(matrices, matrix_grads, buffers, lr=group["lr"],
+                           weight_decay=group["weight_decay"], momentum=group["momentum"],
+                           nesterov=group["nesterov"], ns_steps=group["ns_steps"])
+            elif matrices:
                 _muon.muon(
                     matrices, matrix_grads, buffers, lr=group["lr"],
                     weight_decay=group["weight_decay"], momentum=group["momentum"],
@@ -99,3 +108,31 @@ class MuonAdamW(torch.optim.Optimizer):
                     weight_decay=group["weight_decay"], eps=group["aux_eps"], maximize=False,
                 )
         return loss
+
+
+def _orthogonalize_fp32(update: torch.Tensor, ns_steps: int) -> torch.Tensor:
+    """torch's quintic Newton-Schulz orthogonalisation (``_muon._zeropower_via_newtonschulz``),
+    in fp32 instead of bf16."""
+    a, b, c = _muon.DEFAULT_A, _muon.DEFAULT_B, _muon.DEFAULT_C
+    x = update.float()
+    tall = x.size(0) > x.size(1)
+    if tall:
+        x = x.T
+    x = x / x.norm().clamp(min=_muon.EPS)  # spectral norm <= 1
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if tall else x
+
+
+def _muon_fp32(
+    params: list[torch.Tensor], grads: list[torch.Tensor], buffers: list[torch.Tensor], *,
+    lr: float, weight_decay: float, momentum: float, nesterov: bool, ns_steps: int,
+) -> None:
+    """torch's single-tensor Muon step with the orthogonalisation in fp32."""
+    for param, grad, buf in zip(params, grads, buffers, strict=True):
+        buf.lerp_(grad, 1 - momentum)
+        update = grad.lerp(buf, momentum) if nesterov else buf
+        ortho = _orthogonalize_fp32(update, ns_steps).to(param.dtype)
+        param.mul_(1 - lr * weight_decay)
+        param.add_(ortho, alpha=-_muon._adjust_lr(lr, None, param.shape))

@@ -26,6 +26,8 @@ Thresholds (the user's rules, REFERENCE.md's evidence):
 * large global batch (>= 8192): LAMB and Lion, Adam-family kept.   * sparse features: Adagrad.
 * fine-tuning: AdamW with lr 2e-5 in [5e-6, 1e-4].
 * lr vs size (transformers/LMs >= 1e8 parameters): GPT-3's table, log-log interpolated.
+* small models (< ~2.5e7 parameters, not fine-tuning): Adam-family and LAMB lr x (2.5e7/N)^0.318,
+  GPT-3's power law extended below its table, at most x100.
 * lr vs batch (batch given, not fine-tuning): sqrt for Adam/LAMB, linear for SGD, relative to 256,
   factor clamped to [1/16, 16].
 * Lion: lr = AdamW's / 5 (range /10../3), weight decay = AdamW's x 5 (range x3..x10).
@@ -58,6 +60,13 @@ REFERENCE_BATCH: Final = 256  # batch at which the registry's (and GPT-3's) lrs 
 BATCH_FACTOR_MIN: Final = 1 / 16
 BATCH_FACTOR_MAX: Final = 16.0
 LM_SCALING_PARAMETERS: Final = 100_000_000  # GPT-3 lr table applies from here up
+# GPT-3's table is a power law, lr ~ N ** -0.318 (6e-4 at 125M to 6e-5 at 175B); extended below the
+# table it reaches the registry's Adam default (1e-3) at about 2.5e7 parameters. Smaller models
+# get that law's rise, at most SMALL_MODEL_LR_MAX_FACTOR.
+GPT3_LR_EXPONENT: Final = math.log(10) / math.log(175e9 / 125e6)
+REGISTRY_ADAM_LR: Final = 1e-3
+SMALL_MODEL_LR_PARAMETERS: Final = 125e6 * (6e-4 / REGISTRY_ADAM_LR) ** (1 / GPT3_LR_EXPONENT)
+SMALL_MODEL_LR_MAX_FACTOR: Final = 100.0
 FINE_TUNING_LR: Final = (2e-5, 5e-6, 1e-4)  # default, low, high (BERT: 2e-5 .. 5e-5)
 MEMORY_PENALTY: Final = 0.01  # score factor for a candidate that does not fit the budget
 
@@ -129,6 +138,13 @@ def gpt3_lr(num_parameters: int) -> float:
     (s0, lr0), (s1, lr1) = GPT3_LR_TABLE[i - 1], GPT3_LR_TABLE[i]
     w = (math.log(num_parameters) - math.log(s0)) / (math.log(s1) - math.log(s0))
     return math.exp(math.log(lr0) + w * (math.log(lr1) - math.log(lr0)))
+
+
+def small_model_lr_factor(task: TaskDescription) -> float:
+    """How far above the registry default (sized for ~2.5e7 parameters) a smaller model's
+    Adam-family lr lies on GPT-3's power law, capped at ``SMALL_MODEL_LR_MAX_FACTOR``."""
+    ratio = SMALL_MODEL_LR_PARAMETERS / max(task.num_parameters, 1)
+    return min(SMALL_MODEL_LR_MAX_FACTOR, max(1.0, float(ratio**GPT3_LR_EXPONENT)))
 
 
 def batch_factor(task: TaskDescription, power: float) -> float:
@@ -329,6 +345,17 @@ RULES: Final[tuple[Rule, ...]] = (
         rationale=f"Transformer/LM of {{t.num_parameters:.3g}} parameters (>= "
                   f"{LM_SCALING_PARAMETERS:.0e}): Adam lr falls with model size (GPT-3 table, "
                   f"log-log interpolated, read at batch {REFERENCE_BATCH})",
+        reference=_GPT3,
+    ),
+    Rule(
+        name="small_model_lr",
+        applies=lambda t: t.num_parameters < SMALL_MODEL_LR_PARAMETERS and not t.fine_tuning,
+        adjust=(Scale(ADAM_FAMILY | {"lamb"}, ("lr",), small_model_lr_factor),),
+        rationale=f"small model ({{t.num_parameters:.3g}} parameters): Adam-family lr rises as "
+                  f"size falls, GPT-3's power law (lr ~ N^-{GPT3_LR_EXPONENT:.2f}) extended below "
+                  f"{SMALL_MODEL_LR_PARAMETERS:.2g} parameters, where it meets the default; at "
+                  f"most x{SMALL_MODEL_LR_MAX_FACTOR:g} (measured on the built-in workloads: "
+                  "bench/lr_sweep.py)",
         reference=_GPT3,
     ),
     Rule(

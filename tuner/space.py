@@ -7,22 +7,19 @@ Learning Tuning Playbook, REFERENCE.md); the rest stay at the prior's default. B
 are searched on ``1 - value`` (``adamw.one_minus_beta1``) on a log scale.
 
 Learning rate: the searched lr range reaches ``LR_HEADROOM`` times above the prior's high end.
-Defaults and ranges come from large-model practice (AlgoPerf ranges, batch-scaled registry
-defaults) and are deliberately safe; the best constant lr of a given model usually lies near its
-edge of stability (Cohen et al. 2021, "Gradient Descent on Neural Networks Typically Occurs at the
-Edge of Stability"; Google's Deep Learning Tuning Playbook), which for smaller models lies higher
-(REFERENCE.md: lr falls with model size). Measured on optpilot's seven built-in workloads (1e1-2e4
-parameters; lr swept in half-decades at default settings), the best lr of the top-2 candidates
-was 2-60x above the prior's default in 11 of 14 cases (300x on Rosenbrock) and outside the
-prior's range in 7 (bench/tuning_efficiency.py). Fine-tuning keeps the prior's range (a large lr
-destroys the pretrained weights).
+The best constant lr of a model usually lies near its edge of stability (Cohen et al. 2021,
+"Gradient Descent on Neural Networks Typically Occurs at the Edge of Stability"; Google's Deep
+Learning Tuning Playbook), so the side above the prior is the one worth extending: a diverged
+trial costs one trial and the sampler learns from it (``tuner.trial``). Measured on optpilot's
+seven built-in workloads (``bench/lr_sweep.py``), the best lr of the top-3 candidates lies within
+a decade of the prior's default in most cases, above it more often than below. Fine-tuning keeps
+the prior's range (a large lr destroys the pretrained weights).
 
 Warm start: each candidate's default point is enqueued first, best-ranked first, then an lr
-ladder on each candidate, rung by rung (x10, then x3 the default: a decade up first, since a
-diverged trial costs one trial and the sampler learns from it, see ``tuner.tuning.make_sampler``),
-so the first trials evaluate what the evidence says before the sampler explores (Schmidt et al.
-2021: several optimizers at their defaults are about as good as tuning one). Rungs the sampler can
-refine: with 3 candidates the warm start is 9 trials, at most half the budget.
+ladder on the top candidates, rung by rung (x3, then /3 the default, half a decade each way: up
+first, for the reason above), so the first trials evaluate what the evidence says before the
+sampler explores (Schmidt et al. 2021: several optimizers at their defaults are about as good as
+tuning one). With 3 candidates the warm start is 9 trials, at most half the budget.
 """
 
 from __future__ import annotations
@@ -40,8 +37,8 @@ from optimizers.registry import HYPERPARAMETER_BOUNDS
 
 OPTIMIZER_PARAM = "optimizer"
 COMPLEMENT_PREFIX = "one_minus_"
-LR_HEADROOM = 10.0  # the searched lr range ends this many times above the prior's high end
-LR_LADDER = (10.0, 3.0)  # warm-start lr multiples of the default, in order
+LR_HEADROOM = 3.0  # the searched lr range ends this many times above the prior's high end
+LR_LADDER = (3.0, 1 / 3)  # warm-start lr multiples of the default, in order
 LADDER_CANDIDATES = 3  # the top candidates that get an lr ladder
 
 

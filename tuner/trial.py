@@ -8,7 +8,7 @@ what happened          state     ``reason`` user attribute
 =====================  ========  ===============================================
 finished               COMPLETE  -
 pruner said stop       PRUNED    ``pruned``
-NaN/inf metric         PRUNED    ``diverged`` (FAIL when nothing was reported)
+NaN/inf metric         PRUNED    ``diverged``; ``nan`` reported at that epoch
 per-trial timeout      PRUNED    ``timeout`` (FAIL when nothing was reported)
 job cancelled          FAIL      ``cancelled``
 CUDA out of memory     FAIL      ``cuda_oom`` (memory freed)
@@ -17,6 +17,16 @@ any other exception    FAIL      ``error: <type>: <message>``; ``traceback`` kep
 
 The trial's ``optimizer`` and flat ``hyperparameters`` are user attributes too, so a summary or a
 client never decodes namespaced Optuna parameter names.
+
+Every trial of a study trains with the same ``seed`` (initialisation, data order): common random
+numbers, so two trials differ only by their configuration. With a seed per trial, the best of n
+trials is partly the luckiest seed, and the more trials a search runs, the more of its "best"
+is noise that a rerun of the winning configuration does not reproduce.
+
+A diverged trial is PRUNED with ``nan`` as its last intermediate value, also when it diverged
+before its first report (``nan`` at step 0), never FAIL: Optuna's samplers ignore failed trials but
+rank a pruned trial's ``nan`` below every other outcome (TPE), so the search learns to avoid a
+region that diverges instead of proposing it again as if unexplored.
 """
 
 from __future__ import annotations
@@ -98,16 +108,16 @@ def run_trial(
     device = device or default_device()
     started = time.monotonic()
     deadline = started + timeout_s if timeout_s is not None else None
-    reported = False
+    reported: set[int] = set()  # epochs reported to Optuna
     optimizer: str | None = None
     hyperparameters: dict[str, float] = {}
 
     def report(epoch: int, value: float) -> None:
-        nonlocal reported
         if not math.isfinite(value):
+            report_diverged(epoch)
             raise TrialStopped("diverged")
         trial.report(value, epoch)
-        reported = True
+        reported.add(epoch)
         if should_stop is not None and should_stop():
             raise TrialStopped("cancelled")
         if trial.should_prune():
@@ -115,20 +125,25 @@ def run_trial(
         if deadline is not None and time.monotonic() > deadline:
             raise TrialStopped("timeout")
 
+    def report_diverged(epoch: int) -> None:
+        if epoch not in reported:
+            trial.report(math.nan, epoch)
+            reported.add(epoch)
+
     state, value, reason, tb = TrialState.FAIL, None, None, None
     try:
         optimizer, hyperparameters = plan.suggest(trial)
         trial.set_user_attr(ATTR_OPTIMIZER, optimizer)
         trial.set_user_attr(ATTR_HYPERPARAMETERS, hyperparameters)
         trial.set_user_attr(ATTR_DEVICE, device)
-        config = TrialConfig(optimizer, hyperparameters, seed=seed + trial.number,
-                             device=device, epochs=epochs)
+        config = TrialConfig(optimizer, hyperparameters, seed=seed, device=device,
+                             epochs=epochs)
         result = float(workload.run(config, report))
         if math.isfinite(result):
             state, value = TrialState.COMPLETE, result
-        else:
-            reason = "diverged"
-            state = TrialState.PRUNED if reported else TrialState.FAIL
+        else:  # a workload that returned nan without reporting it
+            report_diverged(max(reported, default=-1) + 1)
+            state, reason = TrialState.PRUNED, "diverged"
     except TrialStopped as stop:
         reason = stop.reason
         if stop.reason == "cancelled":

@@ -9,12 +9,11 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import optuna
-from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 import optimizers
@@ -24,7 +23,6 @@ from tuner.task import TaskDescription
 from tuner.trial import (
     ATTR_HYPERPARAMETERS,
     ATTR_OPTIMIZER,
-    ATTR_REASON,
     TrialOutcome,
     run_trial,
 )
@@ -54,72 +52,15 @@ def make_pruner(name: PrunerName, max_epochs: int | None = None) -> optuna.prune
     raise ValueError(f"pruner: unknown {name!r} (choose from {', '.join(PRUNERS)})")
 
 
-class _DivergedAsWorst:
-    """What a sampler sees of a study: trials that diverged before reporting anything (FAIL,
-    reason ``diverged``) appear as pruned at step 0 with a NaN value, which TPE ranks below every
-    other trial. Optuna's samplers ignore failed trials, so without this a search keeps proposing
-    a region (often a whole optimizer's range) that diverges every time, as if unexplored."""
-
-    def __init__(self, study: optuna.Study) -> None:
-        self._study = study
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
-
-    def _get_trials(
-        self, deepcopy: bool = True, states: Container[TrialState] | None = None,
-        use_cache: bool = False,
-    ) -> list[FrozenTrial]:
-        if states is None or TrialState.PRUNED not in states or TrialState.FAIL in states:
-            return self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
-        wanted = (*(s for s in TrialState if s in states), TrialState.FAIL)
-        out: list[FrozenTrial] = []
-        for t in self._study._get_trials(deepcopy=deepcopy, states=wanted, use_cache=use_cache):
-            if t.state != TrialState.FAIL:
-                out.append(t)
-            elif t.user_attrs.get(ATTR_REASON) == "diverged":
-                out.append(FrozenTrial(
-                    number=t.number, state=TrialState.PRUNED, value=None,
-                    datetime_start=t.datetime_start, datetime_complete=t.datetime_complete,
-                    params=t.params, distributions=t.distributions, user_attrs=t.user_attrs,
-                    system_attrs=t.system_attrs, intermediate_values={0: math.nan},
-                    trial_id=t._trial_id,
-                ))
-        return out
-
-
-class DivergenceAwareTPESampler(optuna.samplers.TPESampler):
-    """Optuna's TPE that counts diverged trials as the worst outcome (see ``_DivergedAsWorst``)."""
-
-    def infer_relative_search_space(
-        self, study: optuna.Study, trial: FrozenTrial
-    ) -> dict[str, BaseDistribution]:
-        return super().infer_relative_search_space(_view(study), trial)
-
-    def sample_relative(
-        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
-    ) -> dict[str, Any]:
-        return super().sample_relative(_view(study), trial, search_space)
-
-    def sample_independent(
-        self, study: optuna.Study, trial: FrozenTrial, param_name: str,
-        param_distribution: BaseDistribution,
-    ) -> Any:
-        return super().sample_independent(_view(study), trial, param_name, param_distribution)
-
-
-def _view(study: optuna.Study) -> optuna.Study:
-    return cast(optuna.Study, _DivergedAsWorst(study))
-
-
 def make_sampler(n_trials: int, seed: int | None) -> optuna.samplers.BaseSampler:
     """TPE, seeded; multivariate and grouped so the conditional per-optimizer spaces are modelled
-    jointly; constant liar so parallel workers do not sample the same point; diverged trials
-    count as the worst outcome. The warm-start points (``SearchPlan.warm_start``) come first and
-    count as startup trials; random startup trials only top them up."""
+    jointly; constant liar so parallel workers do not sample the same point. The warm-start
+    points (``SearchPlan.warm_start``) come first and count as startup trials; random startup
+    trials only top them up. Diverged trials are pruned with a ``nan`` value
+    (``tuner.trial``), which TPE ranks below every other outcome."""
     with warnings.catch_warnings():  # multivariate/group are "experimental" but long stable
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return DivergenceAwareTPESampler(
+        return optuna.samplers.TPESampler(
             seed=seed, multivariate=True, group=True, constant_liar=True,
             n_startup_trials=min(10, max(3, n_trials // 5)),
         )

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import optimizers
-from optimizers import Lamb, Lion
+from optimizers import Lamb, Lion, _fused
 from optimizers._fused import PARALLEL_MIN_NUMEL, Implementation
 
 # Mixed shapes; the last weight is large enough for the multi-threaded fast-path kernels
@@ -334,6 +334,7 @@ def test_fused_step_does_not_recompile_when_lr_or_step_change() -> None:
         (lion_builder("fused"), {"lr": 1e-3, "weight_decay": 0.5}, LION_BIAS_HP, None),
     ):
         _, opt = run(build, hp, bias_hp, grads[:1], dtype=torch.float32, grouping=grouping)
+        compiled = dict(_fused._COMPILED)
         with torch._dynamo.config.patch(error_on_recompile=True):
             for step_grads in grads[1:]:
                 for group in opt.param_groups:
@@ -343,6 +344,7 @@ def test_fused_step_does_not_recompile_when_lr_or_step_change() -> None:
                 for p, g in zip(flat, step_grads, strict=True):
                     p.grad = g.float()
                 opt.step()
+        assert dict(_fused._COMPILED) == compiled  # no new compiled step either
 
 
 # ------------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ def seeded(add_result: AddResult) -> dict[str, str]:
     }
 
 
-def _ids(client: TestClient, **params: object) -> set[str]:
+def _ids(client: TestClient, **params: str | int | float) -> set[str]:
     response = client.get("/v1/results", params=params)
     assert response.status_code == 200, response.text
     return {item["id"] for item in response.json()["items"]}
@@ -99,7 +99,7 @@ def test_pagination(client: TestClient, seeded: dict[str, str]) -> None:
     ],
 )
 def test_invalid_filters_are_422(
-    client: TestClient, params: dict[str, object], field: str
+    client: TestClient, params: dict[str, str | int | float], field: str
 ) -> None:
     response = client.get("/v1/results", params=params)
     assert response.status_code == 422, response.text
@@ -132,7 +132,7 @@ def test_summary(client: TestClient, seeded: dict[str, str]) -> None:
 
 
 def test_summary_for_similar_tasks(client: TestClient, seeded: dict[str, str]) -> None:
-    params = {"model_family": "mlp", "num_parameters": 100_000}
+    params: dict[str, str | int | float] = {"model_family": "mlp", "num_parameters": 100_000}
     body = client.get("/v1/results/summary", params=params).json()
     assert body["similar_to"] == {
         "num_parameters": 100_000, "factor": 10.0,

@@ -66,7 +66,8 @@ def test_completed_trial_records_value_optimizer_and_hyperparameters() -> None:
     assert trial.user_attrs["optimizer"] == outcome.optimizer in PLAN.names
     hps = trial.user_attrs["hyperparameters"]
     assert wl.configs[0].hyperparameters == hps
-    assert wl.configs[0].seed == 5 + trial.number
+    run_trial(s, PLAN, wl, seed=5, device="cpu")
+    assert [c.seed for c in wl.configs] == [5, 5]  # common random numbers across trials
     rng = PLAN.candidate(outcome.optimizer or "").tuned["lr"]
     assert rng.low <= hps["lr"] <= rng.high
 
@@ -75,12 +76,50 @@ def test_nan_metric_ends_as_diverged_and_the_study_goes_on() -> None:
     s = study()
     run_trial(s, PLAN, Scripted([1.0, math.inf]))
     run_trial(s, PLAN, Scripted([math.nan]))
+    run_trial(s, PLAN, Scripted([]))  # returned nan without reporting anything
     run_trial(s, PLAN, Scripted([0.5]))
     states = [t.state for t in s.trials]
-    assert states == [TrialState.PRUNED, TrialState.FAIL, TrialState.COMPLETE]
-    assert s.trials[0].user_attrs["reason"] == "diverged"
-    assert s.trials[1].user_attrs["reason"] == "diverged"
+    assert states == [TrialState.PRUNED] * 3 + [TrialState.COMPLETE]
+    assert [t.user_attrs["reason"] for t in s.trials[:3]] == ["diverged"] * 3
+    # nan at the diverging epoch: samplers rank it below every other outcome
+    iv = [t.intermediate_values for t in s.trials[:3]]
+    assert iv[0][0] == 1.0 and math.isnan(iv[0][1]) and len(iv[0]) == 2
+    assert list(iv[1]) == [0] and math.isnan(iv[1][0])
+    assert list(iv[2]) == [0] and math.isnan(iv[2][0])
     assert s.best_value == 0.5
+
+
+class Quadratic(Workload):
+    """Diverges (nan at its first report) when lr > 0.1; else returns (log10 lr + 2) ** 2."""
+
+    name: ClassVar[str] = "quadratic"
+    summary: ClassVar[str] = "test workload"
+    task: ClassVar[TaskDescription] = TaskDescription(model_family="other", num_parameters=1)
+    metric: ClassVar[str] = "value"
+    default_epochs: ClassVar[int] = 1
+
+    def run(self, config: TrialConfig, report: Reporter) -> float:
+        lr = config.hyperparameters["lr"]
+        value = math.nan if lr > 0.1 else (math.log10(lr) + 2) ** 2
+        report(0, value)
+        return value
+
+
+def test_tpe_learns_to_avoid_a_region_that_diverges_at_once() -> None:
+    """Diverged trials are visible to the sampler: TPE's later proposals leave the diverging
+    region (lr > 0.1, half of the log range), which it could not if they ended FAIL."""
+    plan = SearchPlan.build(
+        [("adam", 1.0, {"lr": {"default": 1e-3, "low": 1e-4, "high": 1e2, "log": True}})],
+        n_trials=60, lr_headroom=1.0,
+    )
+    s = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=1, n_startup_trials=10),
+                            pruner=optuna.pruners.NopPruner())
+    for _ in range(60):
+        run_trial(s, plan, Quadratic())
+    late = s.trials[30:]
+    diverged = sum(t.user_attrs.get("reason") == "diverged" for t in late)
+    assert diverged <= 8  # uniform sampling: about 15; diverged trials left FAIL: all 30
+    assert s.best_value is not None and s.best_value < 0.05
 
 
 def test_exception_fails_the_trial_with_its_traceback() -> None:
