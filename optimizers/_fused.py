@@ -145,6 +145,15 @@ class ScratchBuffers:
             self._views[key] = view
         return view
 
+    def working(self, slot: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``tensor`` itself when it is contiguous and of ``dtype``; else a copy of it in this
+        slot (the caller writes a modified copy back)."""
+        if tensor.dtype == dtype and tensor.is_contiguous():
+            return tensor
+        copy = self.get(slot, tensor.shape, dtype, tensor.device)
+        copy.copy_(tensor)
+        return copy
+
     def clear(self) -> None:
         self._flat.clear()
         self._views.clear()

@@ -253,21 +253,15 @@ class Lamb(OptpilotOptimizer):
         for p, grad, state in zip(params, grads, states, strict=True):
             m, v = state["exp_avg"], state["exp_avg_sq"]
             dtype, device, shape = m.dtype, p.device, p.shape
-            x = p
-            if p.dtype != dtype or not p.is_contiguous():
-                x = scratch.get("param", shape, dtype, device)
-                x.copy_(p)
-            g = grad
-            if clip is not None:
+            x = scratch.working("param", p, dtype)
+            if clip is None:
+                g = scratch.working("grad", grad, dtype)
+            elif grad.dtype == dtype:
                 g = scratch.get("grad", shape, dtype, device)
-                if grad.dtype == dtype:
-                    torch.div(grad, clip, out=g)
-                else:
-                    g.copy_(grad)
-                    g.div_(clip)
-            elif grad.dtype != dtype or not grad.is_contiguous():
-                g = scratch.get("grad", shape, dtype, device)
-                g.copy_(grad)
+                torch.div(grad, clip, out=g)
+            else:
+                g = scratch.working("grad", grad, dtype)
+                g.div_(clip)
             s = scratch.get("update", shape, dtype, device)
             step = state["step"]
             if (

@@ -138,14 +138,8 @@ class Lion(OptpilotOptimizer):
         scratch = self._scratch
         for p, grad, m in zip(params, grads, exp_avgs, strict=True):
             dtype, device, shape = m.dtype, p.device, p.shape
-            x = p
-            if p.dtype != dtype or not p.is_contiguous():
-                x = scratch.get("param", shape, dtype, device)
-                x.copy_(p)
-            g = grad
-            if grad.dtype != dtype:
-                g = scratch.get("grad", shape, dtype, device)
-                g.copy_(grad)
+            x = scratch.working("param", p, dtype)
+            g = scratch.working("grad", grad, dtype)
             s = scratch.get("update", shape, dtype, device)
             torch.lerp(m, g, 1 - b1, out=s)  # c = b1*m + (1-b1)*g
             # m <- b2*m + (1-b2)*g = lerp(m, c, (1-b2)/(1-b1)): reads m and c while they are

@@ -39,7 +39,13 @@ from service.jobs import (
 )
 from service.models import Job, TrialLease, new_id, utcnow
 from service.storage import ask as storage_ask
-from tuner.trial import ATTR_HYPERPARAMETERS, ATTR_OPTIMIZER, ATTR_REASON
+from tuner.trial import (
+    ATTR_HYPERPARAMETERS,
+    ATTR_OPTIMIZER,
+    ATTR_REASON,
+    DIVERGED,
+    report_diverged,
+)
 from tuner.tuning import load_study, study_plan
 
 log = logging.getLogger(__name__)
@@ -190,6 +196,9 @@ def tell(session: Session, storage: optuna.storages.BaseStorage, job_id: str, nu
          outcome: dict[str, Any]) -> TrialLease:
     """Finish the trial with ``{"value": x}`` or ``{"state": "failed"|"pruned", "reason"}``.
 
+    Reason ``diverged`` is recorded as the trial runner records it (``tuner.trial``): pruned,
+    with ``nan`` as its last intermediate value, so the sampler learns to avoid the region.
+
     Repeating the same outcome returns the lease unchanged; another outcome, or one after the
     lease expired, raises JobConflict.
     """
@@ -219,6 +228,11 @@ def tell(session: Session, storage: optuna.storages.BaseStorage, job_id: str, nu
     if not claimed:  # a concurrent request finished or reaped it first
         return tell(session, storage, job_id, number, outcome)
     try:
+        if outcome.get("reason") == DIVERGED:
+            state = TrialState.PRUNED
+            reported = storage.get_trial(lease.trial_id).intermediate_values
+            report_diverged(optuna.trial.Trial(study, lease.trial_id),
+                            max(reported, default=-1) + 1)
         study.tell(lease.trial_number, values, state=state)
     except Exception:
         session.execute(sa.update(TrialLease).where(TrialLease.id == lease.id)

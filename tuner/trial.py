@@ -77,6 +77,15 @@ class TrialOutcome:
     seconds: float = 0.0
 
 
+DIVERGED = "diverged"
+
+
+def report_diverged(trial: optuna.Trial, step: int) -> None:
+    """Report ``nan`` at ``step``: a diverged trial's last intermediate value, which TPE ranks
+    below every other outcome once the trial is told PRUNED."""
+    trial.report(math.nan, step)
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -114,8 +123,8 @@ def run_trial(
 
     def report(epoch: int, value: float) -> None:
         if not math.isfinite(value):
-            report_diverged(epoch)
-            raise TrialStopped("diverged")
+            diverged_at(epoch)
+            raise TrialStopped(DIVERGED)
         trial.report(value, epoch)
         reported.add(epoch)
         if should_stop is not None and should_stop():
@@ -125,9 +134,9 @@ def run_trial(
         if deadline is not None and time.monotonic() > deadline:
             raise TrialStopped("timeout")
 
-    def report_diverged(epoch: int) -> None:
+    def diverged_at(epoch: int) -> None:
         if epoch not in reported:
-            trial.report(math.nan, epoch)
+            report_diverged(trial, epoch)
             reported.add(epoch)
 
     state, value, reason, tb = TrialState.FAIL, None, None, None
@@ -142,8 +151,8 @@ def run_trial(
         if math.isfinite(result):
             state, value = TrialState.COMPLETE, result
         else:  # a workload that returned nan without reporting it
-            report_diverged(max(reported, default=-1) + 1)
-            state, reason = TrialState.PRUNED, "diverged"
+            diverged_at(max(reported, default=-1) + 1)
+            state, reason = TrialState.PRUNED, DIVERGED
     except TrialStopped as stop:
         reason = stop.reason
         if stop.reason == "cancelled":

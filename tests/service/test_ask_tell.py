@@ -133,7 +133,7 @@ def test_a_killed_client_loses_its_lease_and_its_trial_is_offered_again(
 
 def test_results_are_idempotent_and_a_result_after_the_lease_expired_is_409(api: Api) -> None:
     with OptpilotClient(api.base) as client:
-        job_id = launch(client, 3)
+        job_id = launch(client, 4)
     base = f"/v1/jobs/{job_id}/trials"
     with api.client() as http:
         def ask(client_id: str) -> httpx.Response:
@@ -158,6 +158,11 @@ def test_results_are_idempotent_and_a_result_after_the_lease_expired_is_409(api:
         for _ in range(2):
             assert http.post(f"{base}/{failed}/result", json=outcome).status_code == 200
 
+        diverged = ask("c1").json()["number"]
+        http.post(f"{base}/{diverged}/reports", json={"step": 0, "value": 3.0})
+        outcome = {"state": "failed", "reason": "diverged"}
+        assert http.post(f"{base}/{diverged}/result", json=outcome).status_code == 200
+
         late = ask("c2").json()["number"]  # asked, then silent: no heartbeats
         time.sleep(LEASE_S + 0.5)
         for path, body in ((f"{base}/{late}/result", {"value": 0.1}),
@@ -168,10 +173,13 @@ def test_results_are_idempotent_and_a_result_after_the_lease_expired_is_409(api:
             assert answer.status_code == 409, (path, answer.text)
             assert "expired" in answer.json()["detail"]
         trials = http.get(f"/v1/jobs/{job_id}/trials").json()
-    assert [t["state"] for t in trials[:3]] == ["complete", "fail", "fail"]
+    assert [t["state"] for t in trials[:4]] == ["complete", "fail", "pruned", "fail"]
     assert trials[1]["reason"] == "CUDA out of memory"
-    assert trials[2]["reason"] == "lease expired" and trials[2]["retried"]
-    assert trials[3]["retry_of"] == late and trials[3]["state"] == "waiting"
+    # diverged: pruned with nan (null in JSON) after its last report, as the trial runner does
+    assert trials[2]["reason"] == "diverged"
+    assert trials[2]["intermediate_values"] == {"0": 3.0, "1": None}
+    assert trials[3]["reason"] == "lease expired" and trials[3]["retried"]
+    assert trials[4]["retry_of"] == late and trials[4]["state"] == "waiting"
 
     with OptpilotClient(api.base) as client, pytest.raises(Conflict, match="expired"):
         client.finish_trial(job_id, late, value=0.1)
