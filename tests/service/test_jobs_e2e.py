@@ -101,6 +101,9 @@ def test_killed_worker_trial_is_failed_retried_and_the_job_completes(
         assert job["progress"]["retried"] == 1
 
 
+# Restart and cancel go through the same code on both databases; each runs on one of them to keep
+# the suite inside its time budget (the lease and concurrency tests above run on both).
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_restarting_the_api_mid_job_does_not_disturb_it(
         migrated_url: str, tmp_path: Path) -> None:
     with services(migrated_url, tmp_path, workers=1) as (api, _):
@@ -116,6 +119,7 @@ def test_restarting_the_api_mid_job_does_not_disturb_it(
             assert_exact_budget(client, wait_job(client, job_id))
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_cancel_stops_new_trials(migrated_url: str, tmp_path: Path) -> None:
     with services(migrated_url, tmp_path, workers=1) as (api, _), api.client() as client:
         job_id = client.post("/v1/jobs", json={"workload": "digits-mlp", "n_trials": 200,
