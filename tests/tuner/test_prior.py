@@ -17,9 +17,11 @@ from optimizers.registry import HYPERPARAMETER_BOUNDS
 from tuner.prior import Candidate, Recommendation, recommend
 from tuner.rules import (
     BASE_WEIGHTS,
+    GPT3_LR_EXPONENT,
     GPT3_LR_TABLE,
     MEMORY_PENALTY,
     RULES,
+    SMALL_MODEL_LR_PARAMETERS,
     Derive,
     gpt3_lr,
 )
@@ -184,6 +186,21 @@ def test_batch_scaling_sqrt_for_adam_linear_for_sgd() -> None:
     assert math.isclose(lr(big["sgd_momentum"]) / lr(ref["sgd_momentum"]), 4.0)
     clamped = by_name(task(model_family="mlp", num_parameters=5_000_000, batch_size=10**9))
     assert math.isclose(lr(clamped["sgd_momentum"]) / lr(ref["sgd_momentum"]), 16.0)
+    # below the reference batch the lr stays (measured: bench/lr_sweep.py)
+    small = by_name(task(model_family="mlp", num_parameters=5_000_000, batch_size=32))
+    for name in ("adam", "lamb", "sgd_momentum"):
+        assert lr(small[name]) == lr(ref[name])
+        assert not any(r.startswith("batch ") for r in small[name].rationale)
+
+
+def test_small_models_raise_every_adaptive_lr_but_not_sgd() -> None:
+    big = by_name(task(model_family="cnn", num_parameters=50_000_000, batch_size=256))
+    small = by_name(task(model_family="cnn", num_parameters=10_000, batch_size=256))
+    factor = (SMALL_MODEL_LR_PARAMETERS / 10_000) ** GPT3_LR_EXPONENT
+    for name in ("adam", "adamw", "nadam", "radam", "lamb", "rmsprop", "adagrad"):
+        assert math.isclose(lr(small[name]) / lr(big[name]), factor), name
+    for name in ("sgd", "sgd_momentum", "nesterov", "adafactor"):
+        assert lr(small[name]) == lr(big[name]), name
 
 
 def test_rationale_names_each_rule_that_changed_something() -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
 from collections.abc import Iterator
 from importlib.metadata import EntryPoint
+from typing import Any
 
 import optuna
 import pytest
@@ -25,7 +27,13 @@ from tuner.workloads import (
 )
 from tuner.workloads import registry as registry_module
 from tuner.workloads.builtin import BUILTIN_WORKLOADS, Rosenbrock
-from tuner.workloads.training import SupervisedWorkload, count_parameters
+from tuner.workloads.training import (
+    WARMUP_FRACTION,
+    LrSchedule,
+    SupervisedWorkload,
+    count_parameters,
+    warmup_cosine,
+)
 
 BUILTIN_NAMES = tuple(cls.name for cls in BUILTIN_WORKLOADS)
 EXPECTED_NAMES = (
@@ -442,3 +450,51 @@ def test_entry_point_name_differing_from_the_workload_name_warns(
     assert "'alias'" in caplog.text and "'plugin-class'" in caplog.text
     with pytest.raises(ValueError, match="alias"):
         reg.get("alias")
+
+
+# --------------------------------------------------------------------------------------------
+# the lr schedule of the supervised workloads
+
+
+def test_warmup_cosine_shape() -> None:
+    total = 200
+    factors = [warmup_cosine(s, total) for s in range(total)]
+    warmup = round(total * WARMUP_FRACTION)
+    assert factors[0] == pytest.approx(1 / warmup)
+    assert factors[warmup - 1] == pytest.approx(1.0)
+    assert all(a < b for a, b in itertools.pairwise(factors[:warmup]))
+    assert all(a >= b for a, b in itertools.pairwise(factors[warmup - 1:]))
+    assert 0 < factors[-1] < 1e-3
+    assert warmup_cosine(0, 1) == 1.0  # one step: warm-up of one step, at the peak
+
+
+def test_lr_schedule_sets_every_learning_rate_of_every_group() -> None:
+    import optimizers
+
+    w = torch.nn.Linear(4, 4)
+    muon = optimizers.create("muon", [w.weight, w.bias], lr=0.02, aux_lr=3e-4)
+    schedule = LrSchedule(muon, total_steps=100)
+    schedule.set(50)
+    factor = warmup_cosine(50, 100)
+    assert muon.param_groups[0]["lr"] == pytest.approx(0.02 * factor)
+    assert muon.param_groups[0]["aux_lr"] == pytest.approx(3e-4 * factor)
+    groups: list[dict[str, Any]] = [{"params": [w.weight], "lr": 1e-2}, {"params": [w.bias]}]
+    adam = optimizers.create("adam", groups, lr=1e-3)
+    schedule = LrSchedule(adam, total_steps=10)
+    schedule.set(9)
+    assert [g["lr"] for g in adam.param_groups] == pytest.approx(
+        [1e-2 * warmup_cosine(9, 10), 1e-3 * warmup_cosine(9, 10)])
+    schedule.set(0)  # peaks are kept, not compounded
+    assert adam.param_groups[1]["lr"] == pytest.approx(1e-3 * warmup_cosine(0, 10))
+
+
+def test_sequence_labels_are_noisy_at_the_stated_rate() -> None:
+    from tuner.workloads.builtin import SequenceLSTM
+
+    w = SequenceLSTM()
+    data = w.make_dataset()
+    tokens, labels = data.train.inputs[0], data.train.target
+    a, b = w.pattern
+    clean = ((tokens[:, :-1] == a) & (tokens[:, 1:] == b)).any(dim=1).long()
+    flipped = float((clean != labels).float().mean())
+    assert abs(flipped - w.label_noise) < 0.02
