@@ -28,13 +28,16 @@ within the budget), (a)'s median 5-trial best and its relative gap to the target
 both goals hold: target reached within 15 trials, 5-trial gap within 2%.
 
     python -m bench.tuning_efficiency --quick
-    python -m bench.tuning_efficiency --output tuning_efficiency.json     # full: 20-40 minutes
+    python -m bench.tuning_efficiency --output tuning_efficiency.json  # full: ~50 min, 2 procs
     python -m bench.tuning_efficiency --workloads digits-mlp,rosenbrock --seeds 3 --trials 20
+    python -m bench.tuning_efficiency --methods prior --reuse \
+        bench/results/tuning_efficiency.json.gz
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import logging
 import math
@@ -75,6 +78,9 @@ WIDE_WEIGHT_DECAY = (1e-6, 1.0)
 WIDE_ONE_MINUS_MOMENTUM = (1e-3, 0.5)
 LR_NAMES = ("lr", "aux_lr")
 MOMENTUM_NAMES = ("momentum", "beta1")
+
+# The last full run (all methods, workloads and seeds; torch 2.13.0 on CPU), for --reuse.
+STORED_RUN = "bench/results/tuning_efficiency.json.gz"
 
 # Goals (issue #3).
 GOAL_TRIALS = 15
@@ -371,9 +377,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "summary)")
     p.add_argument("--output", type=str, default=None, help="write raw curves as JSON here")
     p.add_argument("--reuse", type=str, default=None,
-                   help="JSON written by an earlier --output run: its studies of the methods "
-                        "not in --methods join the summary (e.g. rerun only 'prior' after a "
-                        "change to the prior, against the same (b) and (c))")
+                   help="JSON (or .json.gz) written by an earlier --output run: its studies "
+                        "of the methods not in --methods join the summary (e.g. rerun only "
+                        "'prior' after a change to the prior, against the same (b) and (c); "
+                        f"the last full run is kept in {STORED_RUN})")
     args = p.parse_args(argv)
     known = workload_names()
     if args.workloads:
@@ -443,7 +450,7 @@ def main(argv: list[str] | None = None) -> None:
 def load_results(path: str, args: argparse.Namespace, skip: set[str]) -> list[TaskResult]:
     """The studies of an earlier ``--output`` file for this run's workloads and seeds, except
     those of the methods in ``skip``; its trial budget must be this run's."""
-    with open(path) as f:
+    with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as f:
         data = json.load(f)
     if data["config"]["trials"] != args.trials:
         raise SystemExit(f"--reuse: {path} ran {data['config']['trials']} trials per study, "
