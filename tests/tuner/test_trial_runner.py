@@ -25,13 +25,18 @@ PLAN = SearchPlan.build(
 )
 
 
-class Scripted(Workload):
-    """Reports the given values, then does what ``ending`` says."""
+class ToyWorkload(Workload):
+    """What this module's test workloads share: a one-parameter task and a plain metric."""
 
-    name: ClassVar[str] = "scripted"
     summary: ClassVar[str] = "test workload"
     task: ClassVar[TaskDescription] = TaskDescription(model_family="other", num_parameters=1)
     metric: ClassVar[str] = "value"
+
+
+class Scripted(ToyWorkload):
+    """Reports the given values, then does what ``ending`` says."""
+
+    name: ClassVar[str] = "scripted"
     default_epochs: ClassVar[int] = 3
 
     def __init__(self, values: list[float], ending: str = "return", sleep: float = 0.0) -> None:
@@ -89,13 +94,10 @@ def test_nan_metric_ends_as_diverged_and_the_study_goes_on() -> None:
     assert s.best_value == 0.5
 
 
-class Quadratic(Workload):
+class Quadratic(ToyWorkload):
     """Diverges (nan at its first report) when lr > 0.1; else returns (log10 lr + 2) ** 2."""
 
     name: ClassVar[str] = "quadratic"
-    summary: ClassVar[str] = "test workload"
-    task: ClassVar[TaskDescription] = TaskDescription(model_family="other", num_parameters=1)
-    metric: ClassVar[str] = "value"
     default_epochs: ClassVar[int] = 1
 
     def run(self, config: TrialConfig, report: Reporter) -> float:
