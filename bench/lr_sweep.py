@@ -10,6 +10,7 @@ evidence behind the prior's small-model lr rule (``tuner.rules``) and the tuner'
 
     python -m bench.lr_sweep                                   # every workload, every optimizer
     python -m bench.lr_sweep --workloads digits-mlp --optimizers adam,sgd_momentum --seeds 2
+    python -m bench.lr_sweep --optimizers adamw --seeds 5 --weight-decay 0.01   # vs the default
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Point:
     optimizer: str
     lr: float
     seed: int
+    weight_decay: float | None = None  # None: the registry default
 
 
 def _init_worker() -> None:
@@ -52,6 +54,8 @@ def evaluate(point: Point) -> float:
     workload = get_workload(point.workload)
     hps = dict(optimizers.get(point.optimizer).defaults)
     hps["lr"] = point.lr
+    if point.weight_decay is not None and "weight_decay" in hps:
+        hps["weight_decay"] = point.weight_decay
     if "aux_lr" in hps:
         hps["aux_lr"] = point.lr
     try:
@@ -68,12 +72,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--optimizers", default=",".join(optimizers.names()))
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1; the median is reported")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="train every optimizer that has weight decay with this value")
     p.add_argument("--output", default=None, help="write every point as JSON here")
     args = p.parse_args(argv)
     workloads = [w for w in args.workloads.split(",") if w]
     names = [o for o in args.optimizers.split(",") if o]
-    points = [Point(w, o, lr, s) for w in workloads for o in names for lr in GRID
-              for s in range(args.seeds)]
+    points = [Point(w, o, lr, s, args.weight_decay) for w in workloads for o in names
+              for lr in GRID for s in range(args.seeds)]
     started = time.monotonic()
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init_worker) as pool:
@@ -90,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
               f"   values over the grid {GRID[0]:.0e}..{GRID[-1]:.0e}")
         per: list[tuple[float, str]] = []
         for o in names:
-            curve = [statistics.median(results[Point(w, o, lr, s)] for s in range(args.seeds))
+            curve = [statistics.median(results[Point(w, o, lr, s, args.weight_decay)]
+                                       for s in range(args.seeds))
                      for lr in GRID]
             best = min(range(len(GRID)), key=lambda i: curve[i])
             lr_hp = prior[o].hyperparameters.get("lr") if o in prior else None
@@ -110,7 +117,8 @@ def main(argv: list[str] | None = None) -> None:
           file=sys.stderr)
     if args.output:
         with open(args.output, "w") as f:
-            json.dump({"grid": GRID, "seeds": args.seeds, "rows": rows}, f, indent=1)
+            json.dump({"grid": GRID, "seeds": args.seeds, "weight_decay": args.weight_decay,
+                       "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,15 @@ seven built-in workloads (``bench/lr_sweep.py``), the best lr of the top-3 candi
 a decade of the prior's default in most cases, above it more often than below. Fine-tuning keeps
 the prior's range (a large lr destroys the pretrained weights).
 
-Warm start: each candidate's default point is enqueued first, best-ranked first, then an lr
-ladder on the top candidates, rung by rung (x3, then /3 the default, half a decade each way: up
-first, for the reason above), so the first trials evaluate what the evidence says before the
-sampler explores (Schmidt et al. 2021: several optimizers at their defaults are about as good as
-tuning one). With 3 candidates the warm start is 9 trials, at most half the budget.
+Warm start: the first trials evaluate what the evidence says before the sampler explores
+(Schmidt et al. 2021: several optimizers at their defaults are about as good as tuning one). First
+the top candidate's default point; then the upper rung of an lr ladder (x3 the default, half a
+decade up) on each of the top candidates, best-ranked first; then the other candidates' defaults;
+then the lower rung (/3). The upper rung comes before the other defaults for the reason above:
+measured on the built-in workloads (5 seeds, ``bench/tuning_efficiency.py``), the x3 point of some
+top-3 candidate beat every default on 4 of 7, and the best of the first 5 trials came within 2%
+of plain TPE's 50-trial best on 5 of 7 in this order against 4 of 7 with the defaults first.
+With 3 candidates the warm start is 9 trials, at most half the budget.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ from optimizers.registry import HYPERPARAMETER_BOUNDS
 OPTIMIZER_PARAM = "optimizer"
 COMPLEMENT_PREFIX = "one_minus_"
 LR_HEADROOM = 3.0  # the searched lr range ends this many times above the prior's high end
-LR_LADDER = (3.0, 1 / 3)  # warm-start lr multiples of the default, in order
+LR_LADDER = (3.0, 1 / 3)  # warm-start lr multiples of the default: the first before the other
+# candidates' defaults, the rest after them
 LADDER_CANDIDATES = 3  # the top candidates that get an lr ladder
 
 
@@ -151,27 +156,33 @@ class SearchPlan:
         return params
 
     def warm_start(self, n_trials: int) -> list[dict[str, Any]]:
-        """Points to enqueue first: every default (best-ranked first), then the lr ladder of the
-        top candidates, rung by rung (``LR_LADDER``; rungs outside the range are clamped to it,
-        repeats dropped).
+        """Points to enqueue first: the top candidate's default, the first ``LR_LADDER`` rung of
+        the top ``LADDER_CANDIDATES``, the other defaults (best-ranked first), then the other
+        rungs (rungs outside the range are clamped to it, repeats dropped).
 
         At most half the budget (and at least the top candidate's default) is spent here.
         """
-        points = [self.params_for(c.name, c.defaults) for c in self.candidates]
-        for factor in LR_LADDER:
-            for c in self.candidates[:LADDER_CANDIDATES]:
-                lr = c.tuned.get("lr")
-                if lr is None:
-                    continue
-                value = min(max(lr.default * factor, lr.low), lr.high)
-                if not math.isclose(value, lr.default):
-                    points.append(self.params_for(c.name, {**c.defaults, "lr": value}))
+        defaults = [self.params_for(c.name, c.defaults) for c in self.candidates]
+        rungs = [self._lr_rung(factor) for factor in LR_LADDER]
+        points = defaults[:1] + rungs[0] + defaults[1:] + [p for rung in rungs[1:] for p in rung]
         limit = max(1, n_trials // 2)
         unique: list[dict[str, Any]] = []
         for p in points:
             if p not in unique:
                 unique.append(p)
         return unique[:limit]
+
+    def _lr_rung(self, factor: float) -> list[dict[str, Any]]:
+        """The top candidates' defaults with the lr times ``factor`` (clamped to its range)."""
+        points = []
+        for c in self.candidates[:LADDER_CANDIDATES]:
+            lr = c.tuned.get("lr")
+            if lr is None:
+                continue
+            value = min(max(lr.default * factor, lr.low), lr.high)
+            if not math.isclose(value, lr.default):
+                points.append(self.params_for(c.name, {**c.defaults, "lr": value}))
+        return points
 
     # -- persistence (study user attributes) ------------------------------------------------
 

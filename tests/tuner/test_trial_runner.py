@@ -196,10 +196,14 @@ def test_budget_policy_tunes_more_hyperparameters_with_more_trials() -> None:
     assert large.candidates[0].defaults["weight_decay"] == 0.01
 
 
-def test_warm_start_enqueues_defaults_best_ranked_first() -> None:
+def test_warm_start_order_top_default_upper_rung_other_defaults_lower_rung() -> None:
     points = PLAN.warm_start(20)
-    assert [p["optimizer"] for p in points[:2]] == ["adam", "sgd_momentum"]
-    assert points[0]["adam.lr"] == pytest.approx(1e-2)
+    assert [(p["optimizer"], p[f"{p['optimizer']}.lr"]) for p in points] == [
+        ("adam", pytest.approx(1e-2)),
+        ("adam", pytest.approx(3e-2)), ("sgd_momentum", pytest.approx(0.3)),
+        ("sgd_momentum", pytest.approx(0.1)),
+        ("adam", pytest.approx(1e-2 / 3)), ("sgd_momentum", pytest.approx(0.1 / 3)),
+    ]
     assert len(points) <= 10
     assert SearchPlan.from_json(PLAN.to_json()) == PLAN
     assert len(PLAN.warm_start(2)) == 1

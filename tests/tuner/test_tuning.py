@@ -44,14 +44,17 @@ def test_tune_runs_exactly_n_trials_on_a_sqlite_storage(tmp_path: Path) -> None:
     assert set(summary.per_optimizer) <= {c.optimizer for c in result.recommendation.candidates}
 
 
-def test_warm_start_evaluates_the_prior_defaults_best_ranked_first() -> None:
-    result = tune("digits-mlp", n_trials=6, seed=0, epochs=1)
-    ranked = [c.optimizer for c in result.recommendation.candidates]
-    tried = [t.user_attrs["optimizer"] for t in result.study.trials]
-    assert tried[:3] == ranked[:3]
-    top = result.recommendation.candidates[0]
-    first = result.study.trials[0].user_attrs["hyperparameters"]
-    assert first["lr"] == pytest.approx(top.hyperparameters["lr"].default)
+def test_warm_start_evaluates_the_top_default_then_the_upper_lr_rung() -> None:
+    result = tune("digits-mlp", n_trials=12, seed=0, epochs=1)
+    ranked = result.recommendation.candidates
+    tried = [(t.user_attrs["optimizer"], t.user_attrs["hyperparameters"]["lr"])
+             for t in result.study.trials]
+    top_default = ranked[0].hyperparameters["lr"].default
+    assert tried[0] == (ranked[0].optimizer, pytest.approx(top_default))
+    assert tried[1:4] == [(c.optimizer, pytest.approx(3 * c.hyperparameters["lr"].default))
+                          for c in ranked[:3]]
+    assert tried[4:6] == [(c.optimizer, pytest.approx(c.hyperparameters["lr"].default))
+                          for c in ranked[1:3]]
 
 
 def test_optimizers_restrict_the_search_in_the_prior_order() -> None:
