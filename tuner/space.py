@@ -20,9 +20,9 @@ Warm start: the first trials evaluate what the evidence says before the sampler 
 the top candidate's default point; then the upper rung of an lr ladder (x3 the default, half a
 decade up) on each of the top candidates, best-ranked first; then the other candidates' defaults;
 then the lower rung (/3). The upper rung comes before the other defaults for the reason above:
-measured on the built-in workloads (5 seeds, ``bench/tuning_efficiency.py``), the x3 point of some
-top-3 candidate beat every default on 4 of 7, and the best of the first 5 trials came within 2%
-of plain TPE's 50-trial best on 5 of 7 in this order against 4 of 7 with the defaults first.
+measured on the built-in workloads (median of 5 seeds), the best x3 point of the top 3 beat their
+best default on 6 of 7, and in ``bench/tuning_efficiency.py`` the best of the first 5 trials came
+within 2% of plain TPE's 50-trial best on 5 of 7 in this order (4 of 7 with the defaults first).
 With 3 candidates the warm start is 9 trials, at most half the budget.
 """
 
