@@ -32,6 +32,7 @@ both goals hold: target reached within 15 trials, 5-trial gap within 2%.
     python -m bench.tuning_efficiency --workloads digits-mlp,rosenbrock --seeds 3 --trials 20
     python -m bench.tuning_efficiency --methods prior --reuse \
         bench/results/tuning_efficiency.json.gz
+    python -m bench.tuning_efficiency --report bench/results/tuning_efficiency.json.gz
 """
 
 from __future__ import annotations
@@ -381,6 +382,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "of the methods not in --methods join the summary (e.g. rerun only "
                         "'prior' after a change to the prior, against the same (b) and (c); "
                         f"the last full run is kept in {STORED_RUN})")
+    p.add_argument("--report", type=str, default=None,
+                   help="print the tables of an earlier --output file (or .json.gz); run nothing")
     args = p.parse_args(argv)
     known = workload_names()
     if args.workloads:
@@ -403,11 +406,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    tasks = [Task(m, w, s, args.trials)
-             for w in args.workloads for s in range(args.seeds) for m in args.methods]
-    print(f"{len(tasks)} studies ({len(args.workloads)} workloads x {len(args.methods)} methods "
-          f"x {args.seeds} seeds) of {args.trials} trials on {args.jobs} processes; pruner none, "
-          "each workload's default epochs", file=sys.stderr, flush=True)
+    tasks = [] if args.report else [Task(m, w, s, args.trials) for w in args.workloads
+                                     for s in range(args.seeds) for m in args.methods]
+    if tasks:
+        print(f"{len(tasks)} studies ({len(args.workloads)} workloads x {len(args.methods)} "
+              f"methods x {args.seeds} seeds) of {args.trials} trials on {args.jobs} processes; "
+              "pruner none, each workload's default epochs", file=sys.stderr, flush=True)
     started = time.monotonic()
     results: list[TaskResult] = []
     context = multiprocessing.get_context("spawn")
@@ -426,6 +430,8 @@ def main(argv: list[str] | None = None) -> None:
     seconds = time.monotonic() - started
     if args.reuse:
         results += load_results(args.reuse, args, skip=set(args.methods))
+    if args.report:
+        results = load_results(args.report, args, skip=set())
 
     summaries: list[WorkloadSummary] = []
     for w in args.workloads:
@@ -440,8 +446,9 @@ def main(argv: list[str] | None = None) -> None:
     if summaries:
         print()
         print(summary_table(summaries, args.trials))
-    print(f"\ntotal {seconds:.0f}s wall for {len(tasks) * args.trials} trials "
-          f"on {args.jobs} processes")
+    if tasks:
+        print(f"\ntotal {seconds:.0f}s wall for {len(tasks) * args.trials} trials "
+              f"on {args.jobs} processes")
     if args.output:
         _write(args.output, to_json(args, results, summaries, seconds))
         print(f"raw curves written to {args.output}")

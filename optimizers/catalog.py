@@ -126,6 +126,9 @@ _SGD_MOMENTUM = SearchRange(0.7, 0.995, complement=True)
 _SGD_LR = SearchRange(2e-2, 5.0)
 _SGD_WD = SearchRange(1e-7, 5e-5)
 _ADAM_ORDER = ("lr", "beta1", "weight_decay", "eps", "beta2")
+# Decoupled weight decay second: its best value depends on the dataset size and the training length
+# (Loshchilov & Hutter 2019, normalised weight decay), beta1's default is robust.
+_DECOUPLED_ORDER = ("lr", "weight_decay", "beta1", "eps", "beta2")
 
 SGD = register(OptimizerSpec(
     name="sgd", family="sgd",
@@ -197,7 +200,7 @@ ADAMW = register(OptimizerSpec(
     search_space={"lr": _ADAM_LR, "beta1": SearchRange(0.5, 0.98, complement=True),
                   "beta2": _BETA2, "eps": _ADAM_EPS, "weight_decay": _ADAM_WD},
     state_bytes_per_param=8, references=(_LOSHCHILOV, _ALGOPERF, _GPT3),
-    tuning_order=_ADAM_ORDER,
+    tuning_order=_DECOUPLED_ORDER,
 ))
 NADAM = register(OptimizerSpec(
     name="nadam", family="adaptive",
@@ -208,7 +211,7 @@ NADAM = register(OptimizerSpec(
                   "beta2": _BETA2, "eps": _ADAM_EPS, "weight_decay": _ADAM_WD},
     state_bytes_per_param=8,
     references=("Dozat 2016, Incorporating Nesterov Momentum into Adam", _ALGOPERF),
-    tuning_order=_ADAM_ORDER,
+    tuning_order=_DECOUPLED_ORDER,
 ))
 RADAM = register(OptimizerSpec(
     name="radam", family="adaptive",
@@ -219,7 +222,7 @@ RADAM = register(OptimizerSpec(
                   "beta2": _BETA2, "eps": _ADAM_EPS, "weight_decay": _ADAM_WD},
     state_bytes_per_param=8,
     references=("Liu et al. 2020, On the Variance of the Adaptive Learning Rate and Beyond",),
-    tuning_order=_ADAM_ORDER,
+    tuning_order=_DECOUPLED_ORDER,
 ))
 ADAFACTOR = register(OptimizerSpec(
     name="adafactor", family="factored",
