@@ -116,9 +116,10 @@ _GPT3 = "Brown et al. 2020, Language Models are Few-Shot Learners (GPT-3)"
 # Ranges shared by the Adam family (AlgoPerf baseline space; 1-beta searched on a log scale).
 _ADAM_LR = SearchRange(1e-4, 1e-2)
 _ADAM_WD = SearchRange(5e-3, 1.0)
-# Decoupled weight decay 0.1, not torch's 0.01 (the bottom of AlgoPerf's 5e-3..1 range): GPT-3 and
-# the AlgoPerf NAdamW baseline (0.08) train with about 0.1; on the built-in workloads it is better
-# or equal to 0.01 at the prior's lr (bench/lr_sweep.py --weight-decay).
+# AdamW's and NAdamW's decoupled weight decay: 0.1, not torch's 0.01 (the bottom of AlgoPerf's
+# 5e-3..1 range): GPT-3 and the AlgoPerf NAdamW baseline (0.08) train with about 0.1; on the
+# built-in workloads AdamW's is better or equal to 0.01 at the prior's lr (bench/lr_sweep.py
+# --weight-decay).
 ADAMW_WEIGHT_DECAY = 0.1
 _ADAM_EPS = SearchRange(1e-10, 1e-6)
 _BETA2 = SearchRange(0.99, 0.9999, complement=True)
@@ -206,7 +207,8 @@ NADAM = register(OptimizerSpec(
     name="nadam", family="adaptive",
     when_to_use="NAdamW (Nesterov Adam, decoupled decay): the AlgoPerf baseline.",
     build=_torch_builder("nadam", torch.optim.NAdam, decoupled_weight_decay=True),
-    defaults={"lr": 2e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01},
+    defaults={"lr": 2e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
+              "weight_decay": ADAMW_WEIGHT_DECAY},
     search_space={"lr": _ADAM_LR, "beta1": SearchRange(0.9, 0.996, complement=True),
                   "beta2": _BETA2, "eps": _ADAM_EPS, "weight_decay": _ADAM_WD},
     state_bytes_per_param=8,

@@ -29,6 +29,12 @@ def assert_exact_budget(client: Any, job: dict[str, Any]) -> list[dict[str, Any]
     return trials
 
 
+# Each real-process test costs 20-45 s, so to keep the suite inside its time budget only the
+# concurrency test below runs on both databases. The others each run on one: a SIGKILLed worker
+# and an API restart on SQLite (the embedded default, where a killed writer leaves a file lock),
+# the job flow with results, and cancel, on PostgreSQL. On the other database the same code
+# paths are covered by the API, lease and client tests.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_rosenbrock_and_digits_jobs_complete_with_a_stored_result(
         migrated_url: str, tmp_path: Path) -> None:
     with services(migrated_url, tmp_path, workers=1) as (api, _), api.client() as client:
@@ -68,6 +74,7 @@ def test_two_jobs_three_workers_exact_budgets(migrated_url: str, tmp_path: Path)
         assert len(all_workers) >= 2, "the trials should be shared among the workers"
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_killed_worker_trial_is_failed_retried_and_the_job_completes(
         migrated_url: str, tmp_path: Path) -> None:
     flags = ("--heartbeat-interval", "1", "--grace-period", "3")
@@ -101,8 +108,6 @@ def test_killed_worker_trial_is_failed_retried_and_the_job_completes(
         assert job["progress"]["retried"] == 1
 
 
-# Restart and cancel go through the same code on both databases; each runs on one of them to keep
-# the suite inside its time budget (the lease and concurrency tests above run on both).
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_restarting_the_api_mid_job_does_not_disturb_it(
         migrated_url: str, tmp_path: Path) -> None:

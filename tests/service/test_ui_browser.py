@@ -102,6 +102,7 @@ def shot(driver: Any, name: str) -> None:
         driver.save_screenshot(str(Path(folder) / f"{name}.png"))
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the UI is database-blind
 def test_dashboard_in_a_browser(browser: Any, migrated_url: str) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
