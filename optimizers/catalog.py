@@ -116,11 +116,6 @@ _GPT3 = "Brown et al. 2020, Language Models are Few-Shot Learners (GPT-3)"
 # Ranges shared by the Adam family (AlgoPerf baseline space; 1-beta searched on a log scale).
 _ADAM_LR = SearchRange(1e-4, 1e-2)
 _ADAM_WD = SearchRange(5e-3, 1.0)
-# AdamW's and NAdamW's decoupled weight decay: 0.1, not torch's 0.01 (the bottom of AlgoPerf's
-# 5e-3..1 range): GPT-3 and the AlgoPerf NAdamW baseline (0.08) train with about 0.1; on the
-# built-in workloads AdamW's is better or equal to 0.01 at the prior's lr (bench/lr_sweep.py
-# --weight-decay).
-ADAMW_WEIGHT_DECAY = 0.1
 _ADAM_EPS = SearchRange(1e-10, 1e-6)
 _BETA2 = SearchRange(0.99, 0.9999, complement=True)
 _SGD_MOMENTUM = SearchRange(0.7, 0.995, complement=True)
@@ -130,6 +125,11 @@ _ADAM_ORDER = ("lr", "beta1", "weight_decay", "eps", "beta2")
 # Decoupled weight decay second: its best value depends on the dataset size and the training length
 # (Loshchilov & Hutter 2019, normalised weight decay), beta1's default is robust.
 _DECOUPLED_ORDER = ("lr", "weight_decay", "beta1", "eps", "beta2")
+# AdamW's and NAdamW's decoupled weight decay: 0.1, not torch's 0.01 (the bottom of AlgoPerf's
+# 5e-3..1 range): GPT-3 and the AlgoPerf NAdamW baseline (0.08) train with about 0.1; on the
+# built-in workloads AdamW's is better or equal to 0.01 at the prior's lr (bench/lr_sweep.py
+# --weight-decay).
+_DECOUPLED_WEIGHT_DECAY = 0.1
 
 SGD = register(OptimizerSpec(
     name="sgd", family="sgd",
@@ -197,7 +197,7 @@ ADAMW = register(OptimizerSpec(
     when_to_use="AdamW: decoupled weight decay; the standard for Transformers and deep nets.",
     build=_torch_builder("adamw", torch.optim.AdamW),
     defaults={"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
-              "weight_decay": ADAMW_WEIGHT_DECAY},
+              "weight_decay": _DECOUPLED_WEIGHT_DECAY},
     search_space={"lr": _ADAM_LR, "beta1": SearchRange(0.5, 0.98, complement=True),
                   "beta2": _BETA2, "eps": _ADAM_EPS, "weight_decay": _ADAM_WD},
     state_bytes_per_param=8, references=(_LOSHCHILOV, _ALGOPERF, _GPT3),
@@ -208,7 +208,7 @@ NADAM = register(OptimizerSpec(
     when_to_use="NAdamW (Nesterov Adam, decoupled decay): the AlgoPerf baseline.",
     build=_torch_builder("nadam", torch.optim.NAdam, decoupled_weight_decay=True),
     defaults={"lr": 2e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
-              "weight_decay": ADAMW_WEIGHT_DECAY},
+              "weight_decay": _DECOUPLED_WEIGHT_DECAY},
     search_space={"lr": _ADAM_LR, "beta1": SearchRange(0.9, 0.996, complement=True),
                   "beta2": _BETA2, "eps": _ADAM_EPS, "weight_decay": _ADAM_WD},
     state_bytes_per_param=8,
