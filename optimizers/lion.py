@@ -48,8 +48,9 @@ class Lion(OptpilotOptimizer):
     * ``"fast"`` (default): the fastest path without compilation. On CPU a per-tensor loop on a
       scratch buffer kept across steps: ``c`` by ``lerp`` into the buffer, ``m`` by ``lerp_``
       towards ``c`` (``m + (1-b2)/(1-b1) * (c - m)``, the same value while ``c`` is in cache),
-      ``sign_`` in place, decay and signed step in one pass of torch's fused SGD kernel; on CUDA
-      the same with ``torch._foreach_*`` kernels (``foreach=`` overrides the choice).
+      ``sign_`` in place, decay and signed step in one pass of torch's fused SGD kernel; tensors
+      under ATen's grain size (biases) all together through ``torch._foreach_*`` ops. On CUDA
+      the ``torch._foreach_*`` ops for every tensor. ``foreach=`` overrides the choice.
     * ``"fused"``: opt-in; one generated loop per tensor from ``torch.compile`` (reads p, g, m
       once, writes p, m once). All groups compile together, once per structure (shapes, dtypes
       and devices of the parameters that have gradients) on the first step; hyperparameters are
@@ -133,6 +134,15 @@ class Lion(OptpilotOptimizer):
         grads: list[torch.Tensor],
         exp_avgs: list[torch.Tensor],
     ) -> None:
+        if self.foreach is None:
+            # Tensors below ATen's grain size (biases, norms) go through one foreach call per op:
+            # ATen loops over them in C++, where this loop pays ~20 us of Python dispatch per
+            # tensor (measured: 4-6% of the 16M-parameter benchmark step, 24 of its 48 tensors).
+            small = [i for i, p in enumerate(params) if p.numel() < PARALLEL_MIN_NUMEL]
+            if small:
+                large = [i for i, p in enumerate(params) if p.numel() >= PARALLEL_MIN_NUMEL]
+                self._foreach(group, *(_take(ts, small) for ts in (params, grads, exp_avgs)))
+                params, grads, exp_avgs = (_take(ts, large) for ts in (params, grads, exp_avgs))
         lr, wd = group["lr"], group["weight_decay"]
         b1, b2 = group["betas"]
         scratch = self._scratch
@@ -206,6 +216,10 @@ class Lion(OptpilotOptimizer):
         rows = [[g["lr"], g["betas"][0], g["betas"][1], g["weight_decay"]] for g, *_ in work]
         scalars = torch.tensor(rows, dtype=torch.float64, device=work[0][1][0].device)
         compiled_step(_lion_fused_body, key)(tensors, scalars)
+
+
+def _take(tensors: list[torch.Tensor], indices: list[int]) -> list[torch.Tensor]:
+    return [tensors[i] for i in indices]
 
 
 def _lion_fused_body(

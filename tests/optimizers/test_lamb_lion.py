@@ -193,9 +193,10 @@ def lion_builder(impl: Implementation, foreach: bool | None = None) -> Builder:
     return lambda groups: Lion(groups, implementation=impl, foreach=foreach)
 
 
-# (implementation, foreach) of the eager paths: reference, CPU loop, foreach kernels.
+# (implementation, foreach) of the eager paths: reference, CPU loop, foreach kernels, and the
+# default choice (on CPU: the loop for large tensors, foreach kernels for the small ones).
 EAGER: list[tuple[Implementation, bool | None]] = [
-    ("reference", None), ("fast", False), ("fast", True),
+    ("reference", None), ("fast", False), ("fast", True), ("fast", None),
 ]
 
 LAMB_VARIANTS: list[dict[str, Any]] = [
@@ -271,7 +272,7 @@ def test_lion_fast_matches_reference_in_fp32() -> None:
     grads = make_grads(STEPS)
     hp = {"lr": 1e-3, "weight_decay": 0.5}
     reference, _ = run(lion_builder("reference"), hp, LION_BIAS_HP, grads, dtype=torch.float32)
-    for foreach in (False, True):
+    for foreach in (False, True, None):
         fast, _ = run(lion_builder("fast", foreach), hp, LION_BIAS_HP, grads, dtype=torch.float32)
         assert_rel_close(fast, reference, 1e-5)
 
