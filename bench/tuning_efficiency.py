@@ -33,6 +33,11 @@ both goals hold: target reached within 15 trials, 5-trial gap within 2%.
     python -m bench.tuning_efficiency --methods prior --reuse \
         bench/results/tuning_efficiency.json.gz
     python -m bench.tuning_efficiency --report bench/results/tuning_efficiency.json.gz
+
+Values depend on the CPU, not only on the code: the same trial gives different values on AVX2 and
+AVX-512 machines wherever torch picks a different kernel (conv, LSTM, attention, Muon's
+matrices; measured: a digits-cnn winner 0.0216 on one, 0.0268 on the other), so every output
+records its machine and ``--reuse`` refuses a run measured on another one.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import logging
 import math
 import multiprocessing
 import os
+import platform
 import statistics
 import sys
 import time
@@ -328,6 +334,19 @@ def summary_table(summaries: Sequence[WorkloadSummary], n_trials: int) -> str:
     return "\n".join(lines)
 
 
+def machine() -> dict[str, str]:
+    """What a trial's value depends on besides the code and the seed."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return {"cpu": model, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__}
+
+
 def _json_float(value: float) -> float | str:
     return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
 
@@ -338,7 +357,8 @@ def to_json(args: argparse.Namespace, results: Sequence[TaskResult],
         "config": {"workloads": args.workloads, "seeds": args.seeds, "trials": args.trials,
                    "jobs": args.jobs, "pruner": "none", "wide_space": {
                        "lr": WIDE_LR, "weight_decay": WIDE_WEIGHT_DECAY,
-                       "one_minus_momentum": WIDE_ONE_MINUS_MOMENTUM}},
+                       "one_minus_momentum": WIDE_ONE_MINUS_MOMENTUM},
+                   "machine": machine()},
         "seconds": round(seconds, 1),
         "summary": [
             {"workload": s.workload, "target_tpe_median_best": s.target,
@@ -406,6 +426,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # Checked before anything trains: a mismatch should not cost a whole run.
+    reused = (load_results(args.reuse, args, skip=set(args.methods), same_machine=True)
+              if args.reuse else [])
     tasks = [] if args.report else [Task(m, w, s, args.trials) for w in args.workloads
                                      for s in range(args.seeds) for m in args.methods]
     if tasks:
@@ -428,10 +451,11 @@ def main(argv: list[str] | None = None) -> None:
                   f"{r.task.method} seed {r.task.seed}: best {_fmt(best)} ({r.seconds:.0f}s)",
                   file=sys.stderr, flush=True)
     seconds = time.monotonic() - started
-    if args.reuse:
-        results += load_results(args.reuse, args, skip=set(args.methods))
+    results += reused
     if args.report:
         results = load_results(args.report, args, skip=set())
+        print(f"{args.report}: measured on "
+              f"{read_run(args.report)['config'].get('machine', 'an unrecorded machine')}")
 
     summaries: list[WorkloadSummary] = []
     for w in args.workloads:
@@ -454,14 +478,27 @@ def main(argv: list[str] | None = None) -> None:
         print(f"raw curves written to {args.output}")
 
 
-def load_results(path: str, args: argparse.Namespace, skip: set[str]) -> list[TaskResult]:
-    """The studies of an earlier ``--output`` file for this run's workloads and seeds, except
-    those of the methods in ``skip``; its trial budget must be this run's."""
+def read_run(path: str) -> dict[str, Any]:
+    """An ``--output`` file (or its .json.gz)."""
     with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as f:
-        data = json.load(f)
+        data: dict[str, Any] = json.load(f)
+    return data
+
+
+def load_results(path: str, args: argparse.Namespace, skip: set[str],
+                 same_machine: bool = False) -> list[TaskResult]:
+    """The studies of an earlier ``--output`` file for this run's workloads and seeds, except
+    those of the methods in ``skip``; its trial budget must be this run's, and with
+    ``same_machine`` its machine this one."""
+    data = read_run(path)
     if data["config"]["trials"] != args.trials:
         raise SystemExit(f"--reuse: {path} ran {data['config']['trials']} trials per study, "
                          f"this run {args.trials}")
+    stored = data["config"].get("machine")
+    if same_machine and stored != machine():
+        raise SystemExit(f"--reuse: {path} was measured on {stored or 'an unrecorded machine'}, "
+                         f"this is {machine()}; trial values differ between CPUs, so run "
+                         "every method here instead (leave out --reuse)")
     out: list[TaskResult] = []
     for run in data["runs"]:
         if (run["method"] in skip or run["workload"] not in args.workloads
