@@ -20,6 +20,7 @@ from optimizers._fused import (
     compiled_step,
     group_by_device_dtype,
     state_dtype,
+    take,
     tensor_signature,
 )
 
@@ -75,8 +76,9 @@ class Lamb(OptpilotOptimizer):
     * ``"fast"`` (default): the fastest path without compilation. On CPU a per-tensor loop that
       works in place on scratch buffers kept across steps (the Adam direction comes from torch's
       one-pass fused AdamW kernel applied to a scratch tensor), so a steady-state step allocates
-      nothing; on CUDA ``torch._foreach_*`` kernels with ``torch._foreach_norm`` (``foreach=``
-      overrides the choice).
+      nothing; tensors under ATen's grain size (biases) all together through the
+      ``torch._foreach_*`` kernels. On CUDA those kernels, with ``torch._foreach_norm``, for every
+      tensor. ``foreach=`` overrides the choice.
     * ``"fused"``: opt-in; two generated loops per tensor (both norms, then the update while the
       tensor is still in cache) from ``torch.compile``. All groups compile together, once per
       structure (shapes, dtypes and devices of the parameters that have gradients, and each
@@ -159,10 +161,11 @@ class Lamb(OptpilotOptimizer):
                 self._reference(group, params, grads, states, clip)
             elif self.implementation == "fused":
                 fused.append((group, params, grads, states, clip))
-            elif self._use_foreach(params):
-                self._foreach(group, params, grads, states, clip)
             else:
-                self._loop(group, params, grads, states, clip)
+                batched, looped = self._fast_split(params)
+                for path, idx in ((self._foreach, batched), (self._loop, looped)):
+                    if idx:
+                        path(group, take(params, idx), take(grads, idx), take(states, idx), clip)
         if fused:
             self._fused(fused)
 

@@ -16,6 +16,7 @@ from optimizers._fused import (
     compiled_step,
     group_by_device_dtype,
     state_dtype,
+    take,
     tensor_signature,
 )
 
@@ -98,10 +99,11 @@ class Lion(OptpilotOptimizer):
                 self._reference(group, params, grads, exp_avgs)
             elif self.implementation == "fused":
                 fused.append((group, params, grads, exp_avgs))
-            elif self._use_foreach(params):
-                self._foreach(group, params, grads, exp_avgs)
             else:
-                self._loop(group, params, grads, exp_avgs)
+                batched, looped = self._fast_split(params)
+                for path, idx in ((self._foreach, batched), (self._loop, looped)):
+                    if idx:
+                        path(group, take(params, idx), take(grads, idx), take(exp_avgs, idx))
         if fused:
             self._fused(fused)
 
@@ -134,15 +136,6 @@ class Lion(OptpilotOptimizer):
         grads: list[torch.Tensor],
         exp_avgs: list[torch.Tensor],
     ) -> None:
-        if self.foreach is None:
-            # Tensors below ATen's grain size (biases, norms) go through one foreach call per op:
-            # ATen loops over them in C++, where this loop pays ~20 us of Python dispatch per
-            # tensor (measured: 4-6% of the 16M-parameter benchmark step, 24 of its 48 tensors).
-            small = [i for i, p in enumerate(params) if p.numel() < PARALLEL_MIN_NUMEL]
-            if small:
-                large = [i for i, p in enumerate(params) if p.numel() >= PARALLEL_MIN_NUMEL]
-                self._foreach(group, *(_take(ts, small) for ts in (params, grads, exp_avgs)))
-                params, grads, exp_avgs = (_take(ts, large) for ts in (params, grads, exp_avgs))
         lr, wd = group["lr"], group["weight_decay"]
         b1, b2 = group["betas"]
         scratch = self._scratch
@@ -216,10 +209,6 @@ class Lion(OptpilotOptimizer):
         rows = [[g["lr"], g["betas"][0], g["betas"][1], g["weight_decay"]] for g, *_ in work]
         scalars = torch.tensor(rows, dtype=torch.float64, device=work[0][1][0].device)
         compiled_step(_lion_fused_body, key)(tensors, scalars)
-
-
-def _take(tensors: list[torch.Tensor], indices: list[int]) -> list[torch.Tensor]:
-    return [tensors[i] for i in indices]
 
 
 def _lion_fused_body(

@@ -46,6 +46,19 @@ def test_shapes_cover_large_tensor_path() -> None:
     assert max(math.prod(s) for s in WEIGHT_SHAPES) >= PARALLEL_MIN_NUMEL
 
 
+@pytest.mark.parametrize("optimizer", [Lamb, Lion])
+def test_fast_path_on_cpu_batches_small_tensors_unless_told(optimizer: type[Lamb | Lion]) -> None:
+    weights, biases = make_params(torch.float32)
+    params = weights + biases  # (192, 192) is the only one at or above the grain size
+    large = [i for i, p in enumerate(params) if p.numel() >= PARALLEL_MIN_NUMEL]
+    small = [i for i in range(len(params)) if i not in large]
+    assert large == [3]
+    for foreach, expected in ((None, (small, large)), (False, ([], list(range(6)))),
+                              (True, (list(range(6)), []))):
+        opt = optimizer([torch.nn.Parameter(p) for p in params], foreach=foreach)
+        assert opt._fast_split(params) == expected
+
+
 def make_params(dtype: torch.dtype = torch.float64, seed: int = 0) -> tuple[Params, Params]:
     gen = torch.Generator().manual_seed(seed)
     weights = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in WEIGHT_SHAPES]
