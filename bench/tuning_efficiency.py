@@ -28,7 +28,7 @@ within the budget), (a)'s median 5-trial best and its relative gap to the target
 both goals hold: target reached within 15 trials, 5-trial gap within 2%.
 
     python -m bench.tuning_efficiency --quick
-    python -m bench.tuning_efficiency --output tuning_efficiency.json  # full: ~50 min, 2 procs
+    python -m bench.tuning_efficiency --output tuning_efficiency.json  # full: ~55 min, 2 procs
     python -m bench.tuning_efficiency --workloads digits-mlp,rosenbrock --seeds 3 --trials 20
     python -m bench.tuning_efficiency --methods prior --reuse \
         bench/results/tuning_efficiency.json.gz
@@ -347,6 +347,12 @@ def machine() -> dict[str, str]:
             "torch": torch.__version__}
 
 
+def machine_text(info: dict[str, str] | None) -> str:
+    if not info:
+        return "an unrecorded machine"
+    return f"{info['cpu']} ({info['cpu_capability']}, torch {info['torch']})"
+
+
 def _json_float(value: float) -> float | str:
     return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
 
@@ -455,7 +461,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.report:
         results = load_results(args.report, args, skip=set())
         print(f"{args.report}: measured on "
-              f"{read_run(args.report)['config'].get('machine', 'an unrecorded machine')}")
+              f"{machine_text(read_run(args.report)['config'].get('machine'))}")
 
     summaries: list[WorkloadSummary] = []
     for w in args.workloads:
@@ -496,8 +502,8 @@ def load_results(path: str, args: argparse.Namespace, skip: set[str],
                          f"this run {args.trials}")
     stored = data["config"].get("machine")
     if same_machine and stored != machine():
-        raise SystemExit(f"--reuse: {path} was measured on {stored or 'an unrecorded machine'}, "
-                         f"this is {machine()}; trial values differ between CPUs, so run "
+        raise SystemExit(f"--reuse: {path} was measured on {machine_text(stored)}, this is "
+                         f"{machine_text(machine())}; trial values differ between CPUs, so run "
                          "every method here instead (leave out --reuse)")
     out: list[TaskResult] = []
     for run in data["runs"]:

@@ -26,6 +26,7 @@ def test_report_prints_the_stored_runs_summary(capsys: pytest.CaptureFixture[str
     assert [line.split()[0] for line in summary.splitlines()[2:4]] == ["rosenbrock", "digits-mlp"]
     assert "targets met on" in summary
     assert "wall for" not in out  # nothing ran
+    assert "measured on AMD EPYC (AVX2, torch 2.13.0" in out.splitlines()[0]
 
 
 def test_report_rejects_a_different_trial_budget() -> None:
