@@ -4,9 +4,8 @@ The space is define-by-run: a categorical ``optimizer`` choice, then that optimi
 hyperparameters under namespaced names (``adamw.lr``) so conditional spaces stay valid as the
 catalog grows. How many hyperparameters are tuned follows the trial budget (Google's Deep
 Learning Tuning Playbook, REFERENCE.md), in each optimizer's ``tuning_order`` (the registry's: lr
-first; decoupled weight decay second for AdamW, NAdamW and RAdam, beta1 second for Adam); the
-rest stay at the prior's default. Betas and momentum
-are searched on ``1 - value`` (``adamw.one_minus_beta1``) on a log scale.
+first, then beta1 for the Adam family, momentum for SGD); the rest stay at the prior's default.
+Betas and momentum are searched on ``1 - value`` (``adamw.one_minus_beta1``) on a log scale.
 
 Learning rate: the searched lr range reaches ``LR_HEADROOM`` times above the prior's high end.
 The best constant lr of a model usually lies near its edge of stability (Cohen et al. 2021,
