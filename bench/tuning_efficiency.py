@@ -141,7 +141,7 @@ class TaskResult:
 # Worker side
 
 
-def _init_worker() -> None:
+def init_worker() -> None:
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     logging.getLogger("tuner.trial").setLevel(logging.ERROR)
@@ -173,7 +173,7 @@ def _clamp(value: float, low: float, high: float) -> float:
 
 def run_task(task: Task) -> TaskResult:
     """One study of ``task.n_trials`` trials, run to the end in this process."""
-    _init_worker()
+    init_worker()
     workload = get_workload(task.workload)
     started = time.monotonic()
     storage = optuna.storages.InMemoryStorage()
@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
     results: list[TaskResult] = []
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context,
-                             initializer=_init_worker) as pool:
+                             initializer=init_worker) as pool:
         futures: dict[Future[TaskResult], Task] = {pool.submit(run_task, t): t for t in tasks}
         for done, future in enumerate(as_completed(futures), start=1):
             r = future.result()
