@@ -25,10 +25,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-import optuna
-import torch
-
 import optimizers
+from bench.tuning_efficiency import init_worker
 from tuner.prior import recommend
 from tuner.workloads import TrialConfig, get_workload, workload_names
 
@@ -44,26 +42,26 @@ class Point:
     weight_decay: float | None = None  # None: the registry default
 
 
-def _init_worker() -> None:
-    torch.set_num_threads(1)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
+def final_value(workload: str, optimizer: str, hyperparameters: dict[str, float],
+                seed: int) -> float:
+    """The workload's final value for one configuration (inf when it diverged or failed)."""
+    try:
+        value = float(get_workload(workload).run(
+            TrialConfig(optimizer, hyperparameters, seed=seed), lambda epoch, value: None))
+    except ValueError:  # a hyperparameter outside the optimizer's accepted range
+        return math.inf
+    return value if math.isfinite(value) else math.inf
 
 
 def evaluate(point: Point) -> float:
     """The workload's final value at this point (inf when it diverged or failed)."""
-    workload = get_workload(point.workload)
     hps = dict(optimizers.get(point.optimizer).defaults)
     hps["lr"] = point.lr
     if point.weight_decay is not None and "weight_decay" in hps:
         hps["weight_decay"] = point.weight_decay
     if "aux_lr" in hps:
         hps["aux_lr"] = point.lr
-    try:
-        value = float(workload.run(TrialConfig(point.optimizer, hps, seed=point.seed),
-                                   lambda epoch, value: None))
-    except ValueError:  # lr outside the optimizer's accepted range
-        return math.inf
-    return value if math.isfinite(value) else math.inf
+    return final_value(point.workload, point.optimizer, hps, point.seed)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
               for lr in GRID for s in range(args.seeds)]
     started = time.monotonic()
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker) as pool:
+                             initializer=init_worker) as pool:
         values = list(pool.map(evaluate, points, chunksize=4))
     results = dict(zip(points, values, strict=True))
     rows = []

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 
 import optimizers
+from bench.lr_sweep import final_value
 from bench.tuning_efficiency import (
     GOAL_AT,
     GOAL_GAP,
@@ -39,14 +40,11 @@ from bench.tuning_efficiency import (
     STORED_RUN,
     init_worker,
     load_results,
-    machine,
-    machine_text,
     parse_args,
-    read_run,
     summarize,
 )
 from tuner.prior import recommend
-from tuner.workloads import TrialConfig, get_workload, workload_names
+from tuner.workloads import get_workload, workload_names
 
 Config = tuple[str, tuple[tuple[str, float], ...]]  # optimizer, sorted hyperparameters
 
@@ -76,14 +74,8 @@ def grid(workload: str) -> list[Config]:
 
 
 def evaluate(job: tuple[str, Config, int]) -> float:
-    """The final value of one configuration on one seed (inf when it diverged or failed)."""
     workload, (optimizer, hps), seed = job
-    try:
-        value = float(get_workload(workload).run(TrialConfig(optimizer, dict(hps), seed=seed),
-                                                 lambda epoch, value: None))
-    except (ValueError, RuntimeError):
-        return math.inf
-    return value if math.isfinite(value) else math.inf
+    return final_value(workload, optimizer, dict(hps), seed)
 
 
 def median_of_bests(values: Sequence[Sequence[float]], chosen: Sequence[int]) -> float:
@@ -122,11 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stored", default=STORED_RUN, help="tuning_efficiency run with (b)")
     args = p.parse_args(argv)
     run_args = parse_args(["--workloads", args.workload])
-    if read_run(args.stored)["config"].get("machine") != machine():
-        p.error(f"{args.stored} was measured on another machine; values differ between CPUs "
-                f"(this is {machine_text(machine())})")
-    summary = summarize(args.workload, load_results(args.stored, run_args, skip=set()),
-                        run_args.trials)
+    stored = load_results(args.stored, run_args, skip=set(), same_machine=True)
+    summary = summarize(args.workload, stored, run_args.trials)
     if summary.direction != "minimize":
         p.error("only workloads that minimise their metric are supported")
     target, seeds = summary.target, summary.n_seeds

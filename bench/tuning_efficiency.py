@@ -502,9 +502,9 @@ def load_results(path: str, args: argparse.Namespace, skip: set[str],
                          f"this run {args.trials}")
     stored = data["config"].get("machine")
     if same_machine and stored != machine():
-        raise SystemExit(f"--reuse: {path} was measured on {machine_text(stored)}, this is "
-                         f"{machine_text(machine())}; trial values differ between CPUs, so run "
-                         "every method here instead (leave out --reuse)")
+        raise SystemExit(f"{path} was measured on {machine_text(stored)}, this is "
+                         f"{machine_text(machine())}: trial values differ between CPUs, so "
+                         "compare only runs measured here (without --reuse, every method runs)")
     out: list[TaskResult] = []
     for run in data["runs"]:
         if (run["method"] in skip or run["workload"] not in args.workloads
