@@ -26,6 +26,8 @@ from typing import Any, ClassVar, Literal, TypeAlias, TypeVar, cast, get_args, o
 
 import torch
 
+from optimizers import _cpu_kernels
+
 Implementation: TypeAlias = Literal["reference", "fast", "fused"]
 IMPLEMENTATIONS: tuple[str, ...] = get_args(Implementation)
 ParamsT: TypeAlias = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
@@ -361,6 +363,20 @@ class OptpilotOptimizer(torch.optim.Optimizer):
             return [], every
         small = [i for i in every if params[i].numel() < PARALLEL_MIN_NUMEL]
         return small, [i for i in every if params[i].numel() >= PARALLEL_MIN_NUMEL]
+
+
+def cpu_kernel_split(*tensors: Sequence[torch.Tensor]) -> tuple[list[int], list[int]]:
+    """Indices that optpilot's C kernels run (every tensor of the index contiguous fp32 on CPU;
+    none when the kernels are disabled or cannot be built), and the rest, for torch.compile.
+    ``tensors``: parallel lists (params, grads, states)."""
+    every = list(range(len(tensors[0])))
+    if not _cpu_kernels.enabled():
+        return [], every
+    picked = [i for i in every if all(_cpu_kernels.eligible(ts[i]) for ts in tensors)]
+    if not picked or _cpu_kernels.load() is None:
+        return [], every
+    chosen = set(picked)
+    return picked, [i for i in every if i not in chosen]
 
 
 def take(values: Sequence[T], indices: Sequence[int]) -> list[T]:

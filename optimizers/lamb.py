@@ -7,6 +7,7 @@ from typing import Any, Literal, TypeAlias
 
 import torch
 
+from optimizers import _cpu_kernels
 from optimizers._fused import (
     PARALLEL_MIN_NUMEL,
     PER_TENSOR_LOCALITY,
@@ -18,6 +19,7 @@ from optimizers._fused import (
     check_flag,
     check_number,
     compiled_step,
+    cpu_kernel_split,
     group_by_device_dtype,
     state_dtype,
     take,
@@ -79,12 +81,16 @@ class Lamb(OptpilotOptimizer):
       nothing; tensors under ATen's grain size (biases) all together through the
       ``torch._foreach_*`` kernels. On CUDA those kernels, with ``torch._foreach_norm``, for every
       tensor. ``foreach=`` overrides the choice.
-    * ``"fused"``: opt-in; two generated loops per tensor (both norms, then the update while the
-      tensor is still in cache) from ``torch.compile``. All groups compile together, once per
-      structure (shapes, dtypes and devices of the parameters that have gradients, and each
-      group's static flags) on the first step: seconds to a minute on CPU, cached on disk by
-      inductor. Hyperparameters and bias corrections are passed as tensors, so schedules and the
-      step count never recompile.
+    * ``"fused"``: opt-in; a single-pass step per tensor. Contiguous fp32 tensors on CPU go
+      through optpilot's C kernel (:mod:`optimizers._cpu_kernels`, built with the system C
+      compiler on first use and cached): one OpenMP region per step; per tensor one pass updates
+      m and v, stores ``u`` in a scratch buffer and sums both norms, and a second pass over the
+      same thread's share, still in its cache, applies the update. Everything else (CUDA, other
+      dtypes, strided tensors) goes through ``torch.compile``: two generated loops per tensor
+      (both norms, then the update), all groups compiled together once per structure (shapes,
+      dtypes and devices of the parameters that have gradients, each group's static flags) on
+      the first step; hyperparameters and bias corrections are passed as tensors, so schedules
+      and the step count never recompile.
 
     References:
         You et al. 2020, "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes",
@@ -365,7 +371,57 @@ class Lamb(OptpilotOptimizer):
     # -- "fused": torch.compile'd step ----------------------------------------------------------
 
     def _fused(self, work: list[_GroupWork]) -> None:
-        """All groups in one compiled call (one compile per optimizer structure, not per group).
+        """Contiguous fp32 CPU tensors through optpilot's C kernel (``_cpu_kernels``), the rest
+        through one ``torch.compile``'d call for all groups (one compile per optimizer structure).
+        """
+        compiled: list[_GroupWork] = []
+        native: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor],
+                      list[torch.Tensor]] = ([], [], [], [])
+        hyper: list[float] = []
+        flags: list[int] = []
+        for group, params, grads, states, clip in work:
+            ms = [state["exp_avg"] for state in states]
+            vs = [state["exp_avg_sq"] for state in states]
+            picked, rest = cpu_kernel_split(params, grads, ms, vs)
+            if rest:
+                compiled.append(
+                    (group, take(params, rest), take(grads, rest), take(states, rest), clip)
+                )
+            if not picked:
+                continue
+            for out, ts in zip(native, (params, grads, ms, vs), strict=True):
+                out.extend(take(ts, picked))
+            clip_divisor = 1.0 if clip is None else float(clip)
+            flag = 0
+            if self._mode(group) == "trust":
+                flag = _cpu_kernels.TRUST_RATIO | (
+                    _cpu_kernels.TRUST_CLIP if group["trust_clip"] else 0
+                )
+            for i in picked:
+                hyper += [*self._fused_row(group, states[i]["step"]), clip_divisor]
+                flags.append(flag)
+        kernels = _cpu_kernels.load() if native[0] else None
+        if kernels is not None:
+            scratch = self._scratch.get(
+                "fused_update",
+                torch.Size([_cpu_kernels.scratch_numel(native[0], PARALLEL_MIN_NUMEL)]),
+                torch.float32,
+                torch.device("cpu"),
+            )
+            kernels.lamb(*native, hyper, flags, PARALLEL_MIN_NUMEL, scratch)
+        if compiled:
+            self._compiled(compiled)
+
+    def _fused_row(self, group: dict[str, Any], step: int) -> list[float]:
+        """``lr, b1, b2, eps, wd, 1/(1-b1**t), 1/sqrt(1-b2**t)`` of a tensor at step ``t``
+        (reciprocals: one division and one square root per element and pass)."""
+        bc1, bc2 = self._bias_corrections(group, step)
+        b1, b2 = group["betas"]
+        return [group["lr"], b1, b2, group["eps"], group["weight_decay"], 1.0 / bc1,
+                1.0 / math.sqrt(bc2)]  # fmt: skip
+
+    def _compiled(self, work: list[_GroupWork]) -> None:
+        """All groups in one compiled call.
 
         (Measured alternative, slower on CPU: large tensors one by one, a compiled pass storing
         ``u`` in a shared scratch buffer plus an eager ``addcmul_``; the call overhead and the
@@ -380,11 +436,7 @@ class Lamb(OptpilotOptimizer):
             tensors.append((params, grads, ms, vs))
             clips.append(clip)
             static.append((self._mode(group), bool(group["trust_clip"])))
-            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-            b1, b2 = group["betas"]
-            for state in states:
-                bc1, bc2 = self._bias_corrections(group, state["step"])
-                rows.append([lr, b1, b2, eps, wd, 1.0 / bc1, 1.0 / math.sqrt(bc2)])
+            rows += [self._fused_row(group, state["step"]) for state in states]
         key = (
             "lamb",
             tuple(tuple(tensor_signature(ts) for ts in group_ts) for group_ts in tensors),

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 
+from optimizers import _cpu_kernels
 from optimizers._fused import (
     PARALLEL_MIN_NUMEL,
     Implementation,
@@ -14,6 +15,7 @@ from optimizers._fused import (
     check_betas,
     check_number,
     compiled_step,
+    cpu_kernel_split,
     group_by_device_dtype,
     state_dtype,
     take,
@@ -22,6 +24,10 @@ from optimizers._fused import (
 
 __all__ = ["Lion"]
 
+# (group, params, grads, exp_avgs) of one parameter group.
+_GroupWork: TypeAlias = tuple[
+    dict[str, Any], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]
+]
 # Devices with a one-pass ``torch._fused_sgd_`` kernel (used by the fast loop, see ``Lion._loop``).
 _FUSED_SGD_DEVICES = frozenset({"cpu", "cuda"})
 
@@ -52,9 +58,11 @@ class Lion(OptpilotOptimizer):
       ``sign_`` in place, decay and signed step in one pass of torch's fused SGD kernel; tensors
       under ATen's grain size (biases) all together through ``torch._foreach_*`` ops. On CUDA
       the ``torch._foreach_*`` ops for every tensor. ``foreach=`` overrides the choice.
-    * ``"fused"``: opt-in; one generated loop per tensor from ``torch.compile`` (reads p, g, m
-      once, writes p, m once). All groups compile together, once per structure (shapes, dtypes
-      and devices of the parameters that have gradients) on the first step; hyperparameters are
+    * ``"fused"``: opt-in; one pass per tensor (reads p, g, m once, writes p, m once).
+      Contiguous fp32 tensors on CPU go through optpilot's C kernel (:mod:`optimizers._cpu_kernels`,
+      built with the system C compiler on first use and cached), everything else through one
+      ``torch.compile``'d call for all groups, compiled once per structure (shapes, dtypes and
+      devices of the parameters that have gradients) on the first step; hyperparameters are
       passed as tensors, so schedules never recompile.
 
     References:
@@ -88,8 +96,7 @@ class Lion(OptpilotOptimizer):
         )
 
     def _update(self) -> None:
-        fused: list[tuple[dict[str, Any], list[torch.Tensor], list[torch.Tensor],
-                          list[torch.Tensor]]] = []
+        fused: list[_GroupWork] = []
         for group in self.param_groups:
             params, grads, states = self._gather(group)
             if not params:
@@ -194,21 +201,42 @@ class Lion(OptpilotOptimizer):
 
     # -- "fused": torch.compile'd step ----------------------------------------------------------
 
-    @staticmethod
-    def _fused(
-        work: list[
-            tuple[dict[str, Any], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]
-        ],
-    ) -> None:
-        """All groups in one compiled call (one compile per optimizer structure)."""
-        tensors = [(params, grads, exp_avgs) for _, params, grads, exp_avgs in work]
-        key = (
-            "lion",
-            tuple(tuple(tensor_signature(ts) for ts in group_ts) for group_ts in tensors),
-        )
-        rows = [[g["lr"], g["betas"][0], g["betas"][1], g["weight_decay"]] for g, *_ in work]
-        scalars = torch.tensor(rows, dtype=torch.float64, device=work[0][1][0].device)
-        compiled_step(_lion_fused_body, key)(tensors, scalars)
+    def _fused(self, work: list[_GroupWork]) -> None:
+        """Contiguous fp32 CPU tensors through optpilot's C kernel (``_cpu_kernels``), the rest
+        through one ``torch.compile``'d call for all groups (one compile per optimizer structure).
+        """
+        compiled: list[_GroupWork] = []
+        native: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] = ([], [], [])
+        hyper: list[float] = []
+        for group, params, grads, exp_avgs in work:
+            picked, rest = cpu_kernel_split(params, grads, exp_avgs)
+            if rest:
+                rest_work = (group, take(params, rest), take(grads, rest), take(exp_avgs, rest))
+                compiled.append(rest_work)
+            for out, ts in zip(native, (params, grads, exp_avgs), strict=True):
+                out.extend(take(ts, picked))
+            hyper += _lion_row(group) * len(picked)
+        kernels = _cpu_kernels.load() if native[0] else None
+        if kernels is not None:
+            kernels.lion(*native, hyper, PARALLEL_MIN_NUMEL)
+        if compiled:
+            _compiled(compiled)
+
+
+def _lion_row(group: dict[str, Any]) -> list[float]:
+    return [group["lr"], group["betas"][0], group["betas"][1], group["weight_decay"]]
+
+
+def _compiled(work: list[_GroupWork]) -> None:
+    """All groups in one compiled call."""
+    tensors = [(params, grads, exp_avgs) for _, params, grads, exp_avgs in work]
+    key = (
+        "lion",
+        tuple(tuple(tensor_signature(ts) for ts in group_ts) for group_ts in tensors),
+    )
+    rows = [_lion_row(group) for group, *_ in work]
+    scalars = torch.tensor(rows, dtype=torch.float64, device=work[0][1][0].device)
+    compiled_step(_lion_fused_body, key)(tensors, scalars)
 
 
 def _lion_fused_body(

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import optimizers
-from optimizers import Lamb, Lion, _fused
+from optimizers import Lamb, Lion, _cpu_kernels, _fused
 from optimizers._fused import PARALLEL_MIN_NUMEL, Implementation
 
 # Mixed shapes; the last weight is large enough for the multi-threaded fast-path kernels
@@ -300,7 +300,23 @@ def test_lion_zero_momentum_and_gradient_only_decays() -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Fused (torch.compile) vs reference, fp32, 20 steps
+# Fused vs reference, fp32, 20 steps: optpilot's CPU kernels, and torch.compile (which runs
+# everything that the kernels do not: CUDA, other dtypes, strided tensors)
+
+FUSED_BACKENDS = [
+    pytest.param("cpu kernels", id="cpu-kernels"),
+    pytest.param("torch.compile", id="torch-compile", marks=pytest.mark.slow),
+]
+
+
+@pytest.fixture
+def fused_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Selects the backend of ``implementation="fused"`` for CPU fp32 tensors."""
+    backend: str = request.param
+    monkeypatch.setenv("OPTPILOT_CPU_KERNELS", "1" if backend == "cpu kernels" else "0")
+    if backend == "cpu kernels":
+        assert _cpu_kernels.load() is not None, "the CPU kernels must build on this machine"
+    return backend
 
 
 def lamb_fused_groups(weights: Params, biases: Params) -> list[dict[str, Any]]:
@@ -314,8 +330,8 @@ def lamb_fused_groups(weights: Params, biases: Params) -> list[dict[str, Any]]:
     ]
 
 
-@pytest.mark.slow
-def test_lamb_fused_matches_reference() -> None:
+@pytest.mark.parametrize("fused_backend", FUSED_BACKENDS, indirect=True)
+def test_lamb_fused_matches_reference(fused_backend: str) -> None:
     grads = make_grads(20)
     reference, _ = run(lamb_builder("reference"), {}, {}, grads, dtype=torch.float32,
                        grouping=lamb_fused_groups)
@@ -328,8 +344,8 @@ def test_lamb_fused_matches_reference() -> None:
     assert_rel_close(fused, expected, 1e-5)
 
 
-@pytest.mark.slow
-def test_lion_fused_matches_reference() -> None:
+@pytest.mark.parametrize("fused_backend", FUSED_BACKENDS, indirect=True)
+def test_lion_fused_matches_reference(fused_backend: str) -> None:
     grads = make_grads(20)
     hp = {"lr": 1e-3, "weight_decay": 0.5}
     reference, _ = run(lion_builder("reference"), hp, LION_BIAS_HP, grads, dtype=torch.float32)
@@ -338,10 +354,13 @@ def test_lion_fused_matches_reference() -> None:
 
 
 @pytest.mark.slow
-def test_fused_step_does_not_recompile_when_lr_or_step_change() -> None:
+def test_fused_step_does_not_recompile_when_lr_or_step_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Same group structures as the fused tests above: compiled once, then schedules run free."""
     import torch._dynamo
 
+    monkeypatch.setenv("OPTPILOT_CPU_KERNELS", "0")
     grads = make_grads(6)
     for build, hp, bias_hp, grouping in (
         (lamb_builder("fused"), {}, {}, lamb_fused_groups),
@@ -365,9 +384,10 @@ def test_fused_step_does_not_recompile_when_lr_or_step_change() -> None:
 # Trust ratio edge cases
 
 
-@pytest.mark.parametrize("impl", ["reference", "fast"])
-@pytest.mark.parametrize("foreach", [False, True])
-def test_lamb_trust_ratio_is_one_for_zero_norms(impl: Implementation, foreach: bool) -> None:
+@pytest.mark.parametrize(("impl", "foreach"), [*EAGER, ("fused", None)])
+def test_lamb_trust_ratio_is_one_for_zero_norms(
+    impl: Implementation, foreach: bool | None
+) -> None:
     n = 40000  # large enough for the multi-threaded kernels
     zero_param = torch.zeros(n, requires_grad=True)  # ||p|| = 0
     zero_grad = torch.full((n,), 3.0, requires_grad=True)  # u = 0 without decay
@@ -552,8 +572,8 @@ def test_load_state_dict_keeps_the_implementation(cls: type[Lamb] | type[Lion]) 
     assert (opt.implementation, opt.foreach) == ("reference", True)
 
 
-@pytest.mark.slow
-def test_state_dict_loads_into_fused() -> None:
+@pytest.mark.parametrize("fused_backend", FUSED_BACKENDS, indirect=True)
+def test_state_dict_loads_into_fused(fused_backend: str) -> None:
     for save, load, hp, bias_hp, grouping in (
         (lamb_builder("fast"), lamb_builder("fused"), {}, {}, lamb_fused_groups),
         (lion_builder("fast"), lion_builder("fused"), {"lr": 1e-3, "weight_decay": 0.5},

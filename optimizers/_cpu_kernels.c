@@ -1,0 +1,178 @@
+/* Fused LAMB and Lion steps for contiguous fp32 tensors on CPU (implementation="fused").
+ *
+ * Built and loaded by optimizers/_cpu_kernels.py (cc -O3 -march=native -fopenmp
+ * -ffp-contract=off, so every product and sum is rounded as in torch's eager kernels).
+ *
+ * One OpenMP parallel region per step. A tensor of at least `split_numel` elements is shared
+ * between the threads; smaller ones are handed out whole, one thread each.
+ *
+ * LAMB needs both norms of a tensor before it may update it, so a shared tensor takes two passes:
+ *   pass 1: m, v updated in place; u = Adam direction + wd * p stored in a scratch buffer; the
+ *           thread's share of ||p||^2 and ||u||^2 (float per 4096-element block, double across),
+ *           summed after a barrier in thread order (deterministic);
+ *   pass 2: p -= lr * ratio * u.
+ * Both passes use the same static schedule, so each thread reads back in pass 2 the part of p and
+ * u that it touched in pass 1, still in its own cache: DRAM sees p, g, m, v read once and p, m, v
+ * written once, as in AdamW. The scratch buffer (and the partial sums) alternate between two
+ * halves from one shared tensor to the next; the barrier between the passes of tensor k then
+ * guarantees that no thread still reads the half that tensor k+1 writes.
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+
+#define BLOCK 4096
+
+/* Per-tensor LAMB hyperparameters, 8 floats per tensor (see optimizers/_cpu_kernels.py). */
+enum { LR, B1, B2, EPS, WD, INV_BC1, INV_SQRT_BC2, CLIP_DIV, LAMB_HP };
+enum { TRUST_RATIO = 1, TRUST_CLIP = 2 };
+
+static inline float trust_ratio(double p_sq, double u_sq, int32_t flags) {
+  float ratio = (p_sq > 0 && u_sq > 0) ? (float)sqrt(p_sq / u_sq) : 1.0f;
+  if ((flags & TRUST_CLIP) && ratio > 1.0f) ratio = 1.0f;
+  return ratio;
+}
+
+void optpilot_lamb_step(int64_t n, float *const *params, const float *const *grads,
+                        float *const *exp_avgs, float *const *exp_avg_sqs,
+                        const int64_t *numels, const float *hyper, const int32_t *flags,
+                        int64_t split_numel, float *scratch, int64_t scratch_half,
+                        double *partials, int32_t threads) {
+#pragma omp parallel num_threads(threads)
+  {
+    int64_t shared_trust = 0; /* shared tensors with a trust ratio so far (scratch half) */
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t N = numels[t];
+      if (N < split_numel) continue;
+      const float *h = hyper + LAMB_HP * t;
+      const float lr = h[LR], b1 = h[B1], b2 = h[B2], eps = h[EPS], wd = h[WD];
+      const float ibc1 = h[INV_BC1], isbc2 = h[INV_SQRT_BC2], clip = h[CLIP_DIV];
+      const float c1 = 1.0f - b1, c2 = 1.0f - b2;
+      float *restrict p = params[t];
+      const float *restrict g = grads[t];
+      float *restrict m = exp_avgs[t];
+      float *restrict v = exp_avg_sqs[t];
+      if (!(flags[t] & TRUST_RATIO)) { /* plain Adam step: one pass */
+#pragma omp for simd schedule(static) nowait
+        for (int64_t i = 0; i < N; ++i) {
+          const float gi = g[i] / clip, x = p[i];
+          const float mi = m[i] + c1 * (gi - m[i]);
+          const float vi = b2 * v[i] + c2 * (gi * gi);
+          m[i] = mi;
+          v[i] = vi;
+          p[i] = x - lr * ((mi * ibc1) / (sqrtf(vi) * isbc2 + eps) + wd * x);
+        }
+        continue;
+      }
+      const int64_t half = shared_trust++ & 1;
+      float *restrict u = scratch + half * scratch_half;
+      double *partial = partials + half * 2 * threads; /* halves, like the scratch */
+      double p_sq = 0, u_sq = 0;
+#pragma omp for schedule(static) nowait
+      for (int64_t start = 0; start < N; start += BLOCK) {
+        const int64_t end = start + BLOCK < N ? start + BLOCK : N;
+        float block_p = 0, block_u = 0;
+#pragma omp simd reduction(+ : block_p, block_u)
+        for (int64_t i = start; i < end; ++i) {
+          const float gi = g[i] / clip, x = p[i];
+          const float mi = m[i] + c1 * (gi - m[i]);
+          const float vi = b2 * v[i] + c2 * (gi * gi);
+          m[i] = mi;
+          v[i] = vi;
+          const float ui = (mi * ibc1) / (sqrtf(vi) * isbc2 + eps) + wd * x;
+          u[i] = ui;
+          block_p += x * x;
+          block_u += ui * ui;
+        }
+        p_sq += block_p;
+        u_sq += block_u;
+      }
+      partial[2 * omp_get_thread_num()] = p_sq;
+      partial[2 * omp_get_thread_num() + 1] = u_sq;
+#pragma omp barrier
+      p_sq = u_sq = 0; /* summed in thread order: the same result on every run */
+      for (int32_t j = 0; j < omp_get_num_threads(); ++j) {
+        p_sq += partial[2 * j];
+        u_sq += partial[2 * j + 1];
+      }
+      const float k = lr * trust_ratio(p_sq, u_sq, flags[t]);
+#pragma omp for schedule(static) nowait
+      for (int64_t start = 0; start < N; start += BLOCK) {
+        const int64_t end = start + BLOCK < N ? start + BLOCK : N;
+#pragma omp simd
+        for (int64_t i = start; i < end; ++i) p[i] = p[i] - k * u[i];
+      }
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t N = numels[t];
+      if (N >= split_numel) continue;
+      const float *h = hyper + LAMB_HP * t;
+      const float lr = h[LR], b1 = h[B1], b2 = h[B2], eps = h[EPS], wd = h[WD];
+      const float ibc1 = h[INV_BC1], isbc2 = h[INV_SQRT_BC2], clip = h[CLIP_DIV];
+      const float c1 = 1.0f - b1, c2 = 1.0f - b2;
+      float *restrict p = params[t];
+      const float *restrict g = grads[t];
+      float *restrict m = exp_avgs[t];
+      float *restrict v = exp_avg_sqs[t];
+      double p_sq = 0, u_sq = 0;
+#pragma omp simd reduction(+ : p_sq, u_sq)
+      for (int64_t i = 0; i < N; ++i) {
+        const float gi = g[i] / clip, x = p[i];
+        const float mi = m[i] + c1 * (gi - m[i]);
+        const float vi = b2 * v[i] + c2 * (gi * gi);
+        m[i] = mi;
+        v[i] = vi;
+        const float ui = (mi * ibc1) / (sqrtf(vi) * isbc2 + eps) + wd * x;
+        p_sq += x * x;
+        u_sq += ui * ui;
+      }
+      const float k = (flags[t] & TRUST_RATIO) ? lr * trust_ratio(p_sq, u_sq, flags[t]) : lr;
+#pragma omp simd
+      for (int64_t i = 0; i < N; ++i) {
+        const float x = p[i];
+        p[i] = x - k * ((m[i] * ibc1) / (sqrtf(v[i]) * isbc2 + eps) + wd * x);
+      }
+    }
+  }
+}
+
+/* Per-tensor Lion hyperparameters, 4 floats per tensor. */
+enum { LION_LR, LION_B1, LION_B2, LION_WD, LION_HP };
+
+static inline void lion_tensor(int64_t start, int64_t end, float *restrict p,
+                               const float *restrict g, float *restrict m, const float *h) {
+  const float lr = h[LION_LR], b1 = h[LION_B1], b2 = h[LION_B2];
+  const float decay = 1.0f - lr * h[LION_WD], c1 = 1.0f - b1, c2 = 1.0f - b2;
+#pragma omp simd
+  for (int64_t i = start; i < end; ++i) {
+    const float mi = m[i], gi = g[i];
+    const float c = b1 * mi + c1 * gi;
+    const float sign = (float)(c > 0.0f) - (float)(c < 0.0f); /* torch.sign: NaN -> 0 */
+    p[i] = p[i] * decay - lr * sign;
+    m[i] = b2 * mi + c2 * gi;
+  }
+}
+
+void optpilot_lion_step(int64_t n, float *const *params, const float *const *grads,
+                        float *const *exp_avgs, const int64_t *numels, const float *hyper,
+                        int64_t split_numel, int32_t threads) {
+#pragma omp parallel num_threads(threads)
+  {
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t N = numels[t];
+      if (N < split_numel) continue;
+      /* no barrier: the tensors are independent */
+#pragma omp for schedule(static) nowait
+      for (int64_t start = 0; start < N; start += BLOCK) {
+        const int64_t end = start + BLOCK < N ? start + BLOCK : N;
+        lion_tensor(start, end, params[t], grads[t], exp_avgs[t], hyper + LION_HP * t);
+      }
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < n; ++t) {
+      if (numels[t] < split_numel)
+        lion_tensor(0, numels[t], params[t], grads[t], exp_avgs[t], hyper + LION_HP * t);
+    }
+  }
+}
