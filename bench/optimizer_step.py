@@ -6,10 +6,12 @@ state). Every round times one step of each candidate, in a rotating order, so th
 processes, thermal state) hits all of them alike; a row reports the median over the timed rounds
 and its ratio to ``torch.optim.AdamW(fused=True)`` measured in the same rounds.
 
-Besides the registry (``optimizers.create(name, params)`` with default hyperparameters), rows for
-optpilot's LAMB and Lion with ``implementation="reference"`` and ``"fused"`` (torch.compile; the
-compile happens in warm-up), and the LAMB/Lion of timm, pytorch_optimizer and lion-pytorch where
-importable (``pip install optpilot[bench]``).
+Besides the registry (``optimizers.create(name, params)`` with default hyperparameters; "lamb" and
+"lion" run optpilot's C kernels on these fp32 tensors), rows for optpilot's LAMB and Lion with
+``implementation="reference"``, ``"fused"`` (the same kernels on CPU; torch.compile with
+``OPTPILOT_CPU_KERNELS=0``, compiled in warm-up) and the default path's eager loop
+(``foreach=False``, what runs where the kernels cannot be built), and the LAMB/Lion of timm,
+pytorch_optimizer and lion-pytorch where importable (``pip install optpilot[bench]``).
 
     python -m bench.optimizer_step                 # full run (several minutes, muon is slow)
     python -m bench.optimizer_step --quick         # smoke run on 24 small layers
@@ -103,11 +105,12 @@ def _registry_builder(name: str) -> Callable[[list[torch.Tensor]], torch.optim.O
 
 
 def _own_builder(
-    cls: type[Lamb] | type[Lion], implementation: Implementation
+    cls: type[Lamb] | type[Lion], implementation: Implementation, foreach: bool | None = None
 ) -> Callable[[list[torch.Tensor]], torch.optim.Optimizer]:
     if cls is Lion:  # the registry's default weight decay, as the "lion" row uses
-        return lambda ps: Lion(ps, weight_decay=0.1, implementation=implementation)
-    return lambda ps: Lamb(ps, implementation=implementation)
+        return lambda ps: Lion(ps, weight_decay=0.1, implementation=implementation,
+                               foreach=foreach)
+    return lambda ps: Lamb(ps, implementation=implementation, foreach=foreach)
 
 
 def candidates(skip: set[str]) -> list[Candidate]:
@@ -117,6 +120,9 @@ def candidates(skip: set[str]) -> list[Candidate]:
     for impl in ("reference", "fused"):
         rows.append(Candidate(f"optpilot LAMB {impl}", _own_builder(Lamb, impl)))
         rows.append(Candidate(f"optpilot Lion {impl}", _own_builder(Lion, impl)))
+    # The default path's eager loop (what "lamb"/"lion" run where the C kernels cannot be built).
+    rows.append(Candidate("optpilot LAMB loop", _own_builder(Lamb, "fast", foreach=False)))
+    rows.append(Candidate("optpilot Lion loop", _own_builder(Lion, "fast", foreach=False)))
     rows += _peer_candidates()
     return [row for row in rows if row.name not in skip]
 

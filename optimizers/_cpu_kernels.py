@@ -11,8 +11,10 @@ The source is compiled on first use with the C compiler that torch.compile also 
 (``$CC``, else ``cc``), for this machine (``-march=native``), and cached in
 ``$OPTPILOT_KERNEL_CACHE`` (default ``~/.cache/optpilot/kernels``) under a name that hashes the
 source, the compiler, the flags and the CPU, so a cache shared between different machines stays
-correct. Set ``OPTPILOT_CPU_KERNELS=0`` to use torch.compile for CPU tensors too. Without a
-working compiler the fused step warns once and falls back to torch.compile.
+correct. The default ``"fast"`` implementation (with ``foreach=None``) uses the same kernels for
+those tensors when they can be built, and its eager loop otherwise. Set ``OPTPILOT_CPU_KERNELS=0``
+to use torch.compile (fused) and the eager loop (fast) for CPU tensors too. Without a working
+compiler both fall back the same way, with one warning per process.
 """
 
 from __future__ import annotations
@@ -193,24 +195,39 @@ def _pointers(tensors: Sequence[torch.Tensor]) -> ctypes.Array[ctypes.c_void_p]:
 
 
 @functools.cache
-def _load_once() -> CpuKernels | None:
+def _load_once() -> CpuKernels | str:
+    """The kernels, or why they cannot be built (tried once per process)."""
     try:
         return CpuKernels(build())
     except (OSError, RuntimeError) as exc:
-        warnings.warn(
-            f"optpilot: cannot build the CPU kernels of implementation='fused' ({exc}); "
-            "using torch.compile for CPU tensors instead",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+        return str(exc)
+
+
+_warned = False
+
+
+def load(*, warn: bool = True) -> CpuKernels | None:
+    """The kernels, built on first use; None when disabled or when they cannot be built (then,
+    with ``warn``, a RuntimeWarning once per process)."""
+    global _warned
+    if not enabled():
         return None
-
-
-def load() -> CpuKernels | None:
-    """The kernels, built on first use; None when disabled or when they cannot be built."""
-    return _load_once() if enabled() else None
+    kernels = _load_once()
+    if isinstance(kernels, CpuKernels):
+        return kernels
+    if warn and not _warned:
+        _warned = True
+        warnings.warn(
+            f"optpilot: cannot build the CPU kernels ({kernels}); implementation='fused' uses "
+            "torch.compile for CPU tensors instead, 'fast' its eager loop",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return None
 
 
 def reset() -> None:
-    """Forget the loaded kernels (the next ``load`` builds or finds them again)."""
+    """Forget the loaded kernels and the warning (the next ``load`` tries again)."""
+    global _warned
+    _warned = False
     _load_once.cache_clear()

@@ -75,12 +75,14 @@ class Lamb(OptpilotOptimizer):
     and share one ``state_dict`` layout, so a checkpoint of one loads into another:
 
     * ``"reference"``: the equations above, tensor by tensor, with temporaries. Slow; the oracle.
-    * ``"fast"`` (default): the fastest path without compilation. On CPU a per-tensor loop that
-      works in place on scratch buffers kept across steps (the Adam direction comes from torch's
-      one-pass fused AdamW kernel applied to a scratch tensor), so a steady-state step allocates
-      nothing; tensors under ATen's grain size (biases) all together through the
-      ``torch._foreach_*`` kernels. On CUDA those kernels, with ``torch._foreach_norm``, for every
-      tensor. ``foreach=`` overrides the choice.
+    * ``"fast"`` (default): the fastest path that needs no ``torch.compile``. On CPU, contiguous
+      fp32 tensors go through the fused path's C kernel (below) where it can be built; the rest
+      through a per-tensor loop that works in place on scratch buffers kept across steps (the
+      Adam direction comes from torch's one-pass fused AdamW kernel applied to a scratch
+      tensor), so a steady-state step allocates nothing, with tensors under ATen's grain size
+      (biases) all together through the ``torch._foreach_*`` kernels. On CUDA those kernels,
+      with ``torch._foreach_norm``, for every tensor. ``foreach=True``/``False`` forces the
+      foreach kernels or the loop for every tensor.
     * ``"fused"``: opt-in; a single-pass step per tensor. Contiguous fp32 tensors on CPU go
       through optpilot's C kernel (:mod:`optimizers._cpu_kernels`, built with the system C
       compiler on first use and cached): one OpenMP region per step; per tensor one pass updates
@@ -168,7 +170,14 @@ class Lamb(OptpilotOptimizer):
             elif self.implementation == "fused":
                 fused.append((group, params, grads, states, clip))
             else:
-                batched, looped = self._fast_split(params)
+                ms = [state["exp_avg"] for state in states]
+                vs = [state["exp_avg_sq"] for state in states]
+                kernel, batched, looped = self._fast_split(params, grads, ms, vs)
+                if kernel:  # all of them kernel-eligible: _fused runs them through the kernels
+                    fused.append(
+                        (group, take(params, kernel), take(grads, kernel), take(states, kernel),
+                         clip)
+                    )  # fmt: skip
                 for path, idx in ((self._foreach, batched), (self._loop, looped)):
                     if idx:
                         path(group, take(params, idx), take(grads, idx), take(states, idx), clip)

@@ -52,12 +52,14 @@ class Lion(OptpilotOptimizer):
     and share one ``state_dict`` layout:
 
     * ``"reference"``: the equations above, tensor by tensor, with temporaries.
-    * ``"fast"`` (default): the fastest path without compilation. On CPU a per-tensor loop on a
-      scratch buffer kept across steps: ``c`` by ``lerp`` into the buffer, ``m`` by ``lerp_``
-      towards ``c`` (``m + (1-b2)/(1-b1) * (c - m)``, the same value while ``c`` is in cache),
-      ``sign_`` in place, decay and signed step in one pass of torch's fused SGD kernel; tensors
-      under ATen's grain size (biases) all together through ``torch._foreach_*`` ops. On CUDA
-      the ``torch._foreach_*`` ops for every tensor. ``foreach=`` overrides the choice.
+    * ``"fast"`` (default): the fastest path that needs no ``torch.compile``. On CPU, contiguous
+      fp32 tensors go through the fused path's C kernel (below) where it can be built; the rest
+      through a per-tensor loop on a scratch buffer kept across steps: ``c`` by ``lerp`` into the
+      buffer, ``m`` by ``lerp_`` towards ``c`` (``m + (1-b2)/(1-b1) * (c - m)``, the same value
+      while ``c`` is in cache), ``sign_`` in place, decay and signed step in one pass of torch's
+      fused SGD kernel; tensors under ATen's grain size (biases) all together through
+      ``torch._foreach_*`` ops. On CUDA the ``torch._foreach_*`` ops for every tensor.
+      ``foreach=True``/``False`` forces the foreach ops or the loop for every tensor.
     * ``"fused"``: opt-in; one pass per tensor (reads p, g, m once, writes p, m once).
       Contiguous fp32 tensors on CPU go through optpilot's C kernel (:mod:`optimizers._cpu_kernels`,
       built with the system C compiler on first use and cached), everything else through one
@@ -107,7 +109,10 @@ class Lion(OptpilotOptimizer):
             elif self.implementation == "fused":
                 fused.append((group, params, grads, exp_avgs))
             else:
-                batched, looped = self._fast_split(params)
+                kernel, batched, looped = self._fast_split(params, grads, exp_avgs)
+                if kernel:  # all of them kernel-eligible: _fused runs them through the kernels
+                    fused.append((group, take(params, kernel), take(grads, kernel),
+                                  take(exp_avgs, kernel)))  # fmt: skip
                 for path, idx in ((self._foreach, batched), (self._loop, looped)):
                     if idx:
                         path(group, take(params, idx), take(grads, idx), take(exp_avgs, idx))

@@ -1,9 +1,10 @@
-"""optpilot's C kernels behind ``implementation="fused"`` on CPU: building, caching, falling back,
-and the multi-threaded paths (shared tensors, scratch halves, thread-ordered sums) against the
+"""optpilot's C kernels behind LAMB's and Lion's ``"fused"`` and default ``"fast"`` paths on CPU:
+building, caching, falling back, and the multi-threaded paths (shared tensors, scratch halves, thread-ordered sums) against the
 reference implementation."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,21 @@ def test_without_a_compiler_the_fused_step_warns_once_and_uses_torch_compile(
     with pytest.warns(RuntimeWarning, match="cannot build the CPU kernels.*no-such-cc"):
         assert cpu_kernel_split(params, params) == ([], [0])
     assert cpu_kernel_split(params, params) == ([], [0])  # no second attempt, no second warning
+
+
+def test_without_a_compiler_the_fast_path_quietly_keeps_its_eager_loop(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("OPTPILOT_KERNEL_CACHE", str(tmp_path / "empty"))
+    p = torch.ones(SHARED, requires_grad=True)
+    opt = Lion([p], lr=0.1)
+    p.grad = torch.ones(SHARED)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default path does not warn
+        opt.step()
+    assert opt._fast_split([p]) == ([], [], [0])  # the per-tensor loop
+    torch.testing.assert_close(p.detach(), torch.full((SHARED,), 0.9))
 
 
 def test_a_failing_compiler_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -47,16 +47,26 @@ def test_shapes_cover_large_tensor_path() -> None:
 
 
 @pytest.mark.parametrize("optimizer", [Lamb, Lion])
-def test_fast_path_on_cpu_batches_small_tensors_unless_told(optimizer: type[Lamb | Lion]) -> None:
+def test_fast_path_on_cpu_splits_between_kernels_foreach_and_loop(
+    optimizer: type[Lamb | Lion], monkeypatch: pytest.MonkeyPatch
+) -> None:
     weights, biases = make_params(torch.float32)
     params = weights + biases  # (192, 192) is the only one at or above the grain size
     large = [i for i, p in enumerate(params) if p.numel() >= PARALLEL_MIN_NUMEL]
     small = [i for i in range(len(params)) if i not in large]
     assert large == [3]
-    for foreach, expected in ((None, (small, large)), (False, ([], list(range(6)))),
-                              (True, (list(range(6)), []))):
+    every = list(range(6))
+    strided = [*params[:5], params[5].repeat(2)[::2]]  # stride 2: not kernel-eligible
+    for kernels, foreach, tensors, expected in (
+        ("1", None, params, (every, [], [])),
+        ("1", None, strided, ([0, 1, 2, 3, 4], [5], [])),
+        ("0", None, params, ([], small, large)),
+        ("1", False, params, ([], [], every)),
+        ("1", True, params, ([], every, [])),
+    ):
+        monkeypatch.setenv("OPTPILOT_CPU_KERNELS", kernels)
         opt = optimizer([torch.nn.Parameter(p) for p in params], foreach=foreach)
-        assert opt._fast_split(params) == expected
+        assert opt._fast_split(tensors) == expected
 
 
 def make_params(dtype: torch.dtype = torch.float64, seed: int = 0) -> tuple[Params, Params]:
@@ -206,8 +216,10 @@ def lion_builder(impl: Implementation, foreach: bool | None = None) -> Builder:
     return lambda groups: Lion(groups, implementation=impl, foreach=foreach)
 
 
-# (implementation, foreach) of the eager paths: reference, CPU loop, foreach kernels, and the
-# default choice (on CPU: the loop for large tensors, foreach kernels for the small ones).
+# (implementation, foreach) of the paths without torch.compile: reference, CPU loop, foreach
+# kernels, and the default choice. On CPU that is optpilot's C kernels for fp32 tensors, and for
+# others (the float64 of the paper tests, bf16) the loop for large tensors and the foreach kernels
+# for small ones.
 EAGER: list[tuple[Implementation, bool | None]] = [
     ("reference", None), ("fast", False), ("fast", True), ("fast", None),
 ]
@@ -257,7 +269,8 @@ def test_lamb_tolerance_detects_wrong_equations(bug: str) -> None:
 def test_lamb_fast_matches_reference_in_fp32() -> None:
     grads = make_grads(STEPS)
     reference, _ = run(lamb_builder("reference"), {}, LAMB_BIAS_HP, grads, dtype=torch.float32)
-    for foreach in (False, True):
+    assert _cpu_kernels.load() is not None  # foreach=None: the C kernels
+    for foreach in (False, True, None):
         fast, _ = run(lamb_builder("fast", foreach), {}, LAMB_BIAS_HP, grads, dtype=torch.float32)
         assert_rel_close(fast, reference, 1e-5)
 
@@ -285,6 +298,7 @@ def test_lion_fast_matches_reference_in_fp32() -> None:
     grads = make_grads(STEPS)
     hp = {"lr": 1e-3, "weight_decay": 0.5}
     reference, _ = run(lion_builder("reference"), hp, LION_BIAS_HP, grads, dtype=torch.float32)
+    assert _cpu_kernels.load() is not None  # foreach=None: the C kernels
     for foreach in (False, True, None):
         fast, _ = run(lion_builder("fast", foreach), hp, LION_BIAS_HP, grads, dtype=torch.float32)
         assert_rel_close(fast, reference, 1e-5)
