@@ -10,6 +10,8 @@
   (shapes, dtypes and devices of the tensors, static flags); hyperparameters and bias corrections
   are passed as tensors so that changing them (learning-rate schedules, the step count) never
   recompiles;
+* :func:`cpu_kernel_split`: which tensors optpilot's C kernels (:mod:`optimizers._cpu_kernels`)
+  can run;
 * :class:`OptpilotOptimizer`: the ``torch.optim.Optimizer`` base that ties these together
   (closures, sparse-gradient rejection, per-group validation, ``state_dict`` loading that keeps
   the state dtype, pickling of the implementation choice).

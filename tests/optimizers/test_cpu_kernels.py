@@ -1,6 +1,6 @@
 """optpilot's C kernels behind LAMB's and Lion's ``"fused"`` and default ``"fast"`` paths on CPU:
-building, caching, falling back, and the multi-threaded paths (shared tensors, scratch halves, thread-ordered sums) against the
-reference implementation."""
+building, caching, falling back, and the multi-threaded paths (shared tensors, scratch halves,
+thread-ordered sums) against the reference implementation."""
 
 from __future__ import annotations
 
