@@ -23,8 +23,12 @@
 
 #define BLOCK 4096
 
-/* Per-tensor LAMB hyperparameters, 8 floats per tensor (see optimizers/_cpu_kernels.py). */
-enum { LR, B1, B2, EPS, WD, INV_BC1, INV_SQRT_BC2, CLIP_DIV, LAMB_HP };
+/* Per-tensor LAMB hyperparameters, as optimizers/_cpu_kernels.py lays them out. */
+typedef struct {
+  float lr, b1, b2, eps, wd;
+  float inv_bc1, inv_sqrt_bc2; /* 1/(1-b1^t), 1/sqrt(1-b2^t); 1 without bias correction */
+  float clip;                  /* the gradient divisor, max(1, ||g|| / max_grad_norm), or 1 */
+} LambHyper;
 enum { TRUST_RATIO = 1, TRUST_CLIP = 2 };
 
 static inline float trust_ratio(double p_sq, double u_sq, int32_t flags) {
@@ -33,9 +37,22 @@ static inline float trust_ratio(double p_sq, double u_sq, int32_t flags) {
   return ratio;
 }
 
+/* The bias-corrected Adam direction of the moments m, v. */
+static inline float adam_direction(const LambHyper *h, float m, float v) {
+  return (m * h->inv_bc1) / (sqrtf(v) * h->inv_sqrt_bc2 + h->eps);
+}
+
+/* Moves *m and *v with the gradient g; returns u = the Adam direction + wd * x. */
+static inline float lamb_moments(const LambHyper *h, float g, float x, float *m, float *v) {
+  const float gc = g / h->clip;
+  *m = *m + (1.0f - h->b1) * (gc - *m);
+  *v = h->b2 * *v + (1.0f - h->b2) * (gc * gc);
+  return adam_direction(h, *m, *v) + h->wd * x;
+}
+
 void optpilot_lamb_step(int64_t n, float *const *params, const float *const *grads,
                         float *const *exp_avgs, float *const *exp_avg_sqs,
-                        const int64_t *numels, const float *hyper, const int32_t *flags,
+                        const int64_t *numels, const LambHyper *hyper, const int32_t *flags,
                         int64_t split_numel, float *scratch, int64_t scratch_half,
                         double *partials, int32_t threads) {
 #pragma omp parallel num_threads(threads)
@@ -44,24 +61,14 @@ void optpilot_lamb_step(int64_t n, float *const *params, const float *const *gra
     for (int64_t t = 0; t < n; ++t) {
       const int64_t N = numels[t];
       if (N < split_numel) continue;
-      const float *h = hyper + LAMB_HP * t;
-      const float lr = h[LR], b1 = h[B1], b2 = h[B2], eps = h[EPS], wd = h[WD];
-      const float ibc1 = h[INV_BC1], isbc2 = h[INV_SQRT_BC2], clip = h[CLIP_DIV];
-      const float c1 = 1.0f - b1, c2 = 1.0f - b2;
+      const LambHyper h = hyper[t]; /* a local copy: no aliasing with the tensors */
       float *restrict p = params[t];
       const float *restrict g = grads[t];
       float *restrict m = exp_avgs[t];
       float *restrict v = exp_avg_sqs[t];
       if (!(flags[t] & TRUST_RATIO)) { /* plain Adam step: one pass */
 #pragma omp for simd schedule(static) nowait
-        for (int64_t i = 0; i < N; ++i) {
-          const float gi = g[i] / clip, x = p[i];
-          const float mi = m[i] + c1 * (gi - m[i]);
-          const float vi = b2 * v[i] + c2 * (gi * gi);
-          m[i] = mi;
-          v[i] = vi;
-          p[i] = x - lr * ((mi * ibc1) / (sqrtf(vi) * isbc2 + eps) + wd * x);
-        }
+        for (int64_t i = 0; i < N; ++i) p[i] -= h.lr * lamb_moments(&h, g[i], p[i], &m[i], &v[i]);
         continue;
       }
       const int64_t half = shared_trust++ & 1;
@@ -74,15 +81,10 @@ void optpilot_lamb_step(int64_t n, float *const *params, const float *const *gra
         float block_p = 0, block_u = 0;
 #pragma omp simd reduction(+ : block_p, block_u)
         for (int64_t i = start; i < end; ++i) {
-          const float gi = g[i] / clip, x = p[i];
-          const float mi = m[i] + c1 * (gi - m[i]);
-          const float vi = b2 * v[i] + c2 * (gi * gi);
-          m[i] = mi;
-          v[i] = vi;
-          const float ui = (mi * ibc1) / (sqrtf(vi) * isbc2 + eps) + wd * x;
-          u[i] = ui;
+          const float x = p[i];
+          u[i] = lamb_moments(&h, g[i], x, &m[i], &v[i]);
           block_p += x * x;
-          block_u += ui * ui;
+          block_u += u[i] * u[i];
         }
         p_sq += block_p;
         u_sq += block_u;
@@ -95,7 +97,7 @@ void optpilot_lamb_step(int64_t n, float *const *params, const float *const *gra
         p_sq += partial[2 * j];
         u_sq += partial[2 * j + 1];
       }
-      const float k = lr * trust_ratio(p_sq, u_sq, flags[t]);
+      const float k = h.lr * trust_ratio(p_sq, u_sq, flags[t]);
 #pragma omp for schedule(static) nowait
       for (int64_t start = 0; start < N; start += BLOCK) {
         const int64_t end = start + BLOCK < N ? start + BLOCK : N;
@@ -107,10 +109,7 @@ void optpilot_lamb_step(int64_t n, float *const *params, const float *const *gra
     for (int64_t t = 0; t < n; ++t) {
       const int64_t N = numels[t];
       if (N >= split_numel) continue;
-      const float *h = hyper + LAMB_HP * t;
-      const float lr = h[LR], b1 = h[B1], b2 = h[B2], eps = h[EPS], wd = h[WD];
-      const float ibc1 = h[INV_BC1], isbc2 = h[INV_SQRT_BC2], clip = h[CLIP_DIV];
-      const float c1 = 1.0f - b1, c2 = 1.0f - b2;
+      const LambHyper h = hyper[t];
       float *restrict p = params[t];
       const float *restrict g = grads[t];
       float *restrict m = exp_avgs[t];
@@ -118,20 +117,15 @@ void optpilot_lamb_step(int64_t n, float *const *params, const float *const *gra
       double p_sq = 0, u_sq = 0;
 #pragma omp simd reduction(+ : p_sq, u_sq)
       for (int64_t i = 0; i < N; ++i) {
-        const float gi = g[i] / clip, x = p[i];
-        const float mi = m[i] + c1 * (gi - m[i]);
-        const float vi = b2 * v[i] + c2 * (gi * gi);
-        m[i] = mi;
-        v[i] = vi;
-        const float ui = (mi * ibc1) / (sqrtf(vi) * isbc2 + eps) + wd * x;
+        const float x = p[i], ui = lamb_moments(&h, g[i], x, &m[i], &v[i]);
         p_sq += x * x;
         u_sq += ui * ui;
       }
-      const float k = (flags[t] & TRUST_RATIO) ? lr * trust_ratio(p_sq, u_sq, flags[t]) : lr;
+      const float k = (flags[t] & TRUST_RATIO) ? h.lr * trust_ratio(p_sq, u_sq, flags[t]) : h.lr;
 #pragma omp simd
       for (int64_t i = 0; i < N; ++i) {
         const float x = p[i];
-        p[i] = x - k * ((m[i] * ibc1) / (sqrtf(v[i]) * isbc2 + eps) + wd * x);
+        p[i] = x - k * (adam_direction(&h, m[i], v[i]) + h.wd * x);
       }
     }
   }

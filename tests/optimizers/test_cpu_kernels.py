@@ -149,21 +149,20 @@ def _lion_groups(params: list[torch.Tensor]) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("threads", [2, 3])
-def test_lamb_kernel_matches_reference_and_repeats_exactly(threads: int) -> None:
+@pytest.mark.parametrize(("cls", "grouping"), [(Lamb, _lamb_groups), (Lion, _lion_groups)],
+                         ids=["lamb", "lion"])  # fmt: skip
+def test_kernels_match_reference_and_repeat_exactly(
+    cls: type[Lamb] | type[Lion], grouping: Any, threads: int
+) -> None:
+    """The default path (foreach=None) and the fused path both run the kernels here."""
     assert _cpu_kernels.load() is not None
-    fused = _run(lambda g: Lamb(g, implementation="fused"), _lamb_groups, threads=threads)
-    reference = _run(lambda g: Lamb(g, implementation="reference"), _lamb_groups)
+    reference = _run(lambda g: cls(g, implementation="reference"), grouping)
+    fused = _run(lambda g: cls(g, implementation="fused"), grouping, threads=threads)
     assert_rel_close(fused, reference, 1e-5)
-    again = _run(lambda g: Lamb(g, implementation="fused"), _lamb_groups, threads=threads)
+    fast = _run(lambda g: cls(g), grouping, threads=threads)
+    assert all(torch.equal(a, b) for a, b in zip(fused, fast, strict=True))
+    again = _run(lambda g: cls(g, implementation="fused"), grouping, threads=threads)
     assert all(torch.equal(a, b) for a, b in zip(fused, again, strict=True))
-
-
-@pytest.mark.parametrize("threads", [2, 3])
-def test_lion_kernel_matches_reference(threads: int) -> None:
-    assert _cpu_kernels.load() is not None
-    fused = _run(lambda g: Lion(g, implementation="fused"), _lion_groups, threads=threads)
-    reference = _run(lambda g: Lion(g, implementation="reference"), _lion_groups)
-    assert_rel_close(fused, reference, 1e-5)
 
 
 def test_lion_kernel_treats_nan_like_torch_sign() -> None:
