@@ -367,6 +367,27 @@ def test_lion_fused_matches_reference(fused_backend: str) -> None:
     assert_rel_close(fused, reference, 1e-5)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("impl", ["fast", "fused"])
+def test_cuda_paths_match_the_cpu_reference(impl: Implementation) -> None:
+    """On CUDA, "fast" runs the foreach kernels and "fused" torch.compile (Triton)."""
+    grads = make_grads(20)
+    for build, grouping in (
+        (lamb_builder, lamb_fused_groups),
+        (lion_builder, lambda w, b: [{"params": w, "lr": 1e-3, "weight_decay": 0.5},
+                                     {"params": b, **LION_BIAS_HP}]),
+    ):  # fmt: skip
+        reference, _ = run(build("reference"), {}, {}, grads, dtype=torch.float32,
+                           grouping=grouping)  # fmt: skip
+        weights, biases = make_params(torch.float32)
+        on_gpu = ([w.cuda() for w in weights], [b.cuda() for b in biases])
+        cuda_grads = [[g.cuda() for g in step] for step in grads]
+        actual, _ = run(build(impl), {}, {}, cuda_grads, dtype=torch.float32, params=on_gpu,
+                        grouping=grouping)  # fmt: skip
+        assert all(p.is_cuda for p in actual)
+        assert_rel_close([p.cpu() for p in actual], reference, 1e-5)
+
+
 @pytest.mark.slow
 def test_fused_step_does_not_recompile_when_lr_or_step_change(
     monkeypatch: pytest.MonkeyPatch,
