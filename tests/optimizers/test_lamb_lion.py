@@ -266,12 +266,19 @@ def test_lamb_tolerance_detects_wrong_equations(bug: str) -> None:
     assert not rel_close(actual, paper_lamb(groups, grads, bug=bug), RTOL)
 
 
-def test_lamb_fast_matches_reference_in_fp32() -> None:
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+@pytest.mark.parametrize("flags", LAMB_VARIANTS, ids=lambda f: ",".join(f) or "paper")
+def test_lamb_fast_matches_reference_in_fp32(flags: dict[str, Any], weight_decay: float) -> None:
+    """fp32 runs the C kernels with foreach=None (the paper tests above are float64, which the
+    kernels leave to the eager paths)."""
     grads = make_grads(STEPS)
-    reference, _ = run(lamb_builder("reference"), {}, LAMB_BIAS_HP, grads, dtype=torch.float32)
-    assert _cpu_kernels.load() is not None  # foreach=None: the C kernels
+    weight_hp = {"weight_decay": weight_decay}
+    reference, _ = run(lamb_builder("reference", **flags), weight_hp, LAMB_BIAS_HP, grads,
+                       dtype=torch.float32)  # fmt: skip
+    assert _cpu_kernels.load() is not None
     for foreach in (False, True, None):
-        fast, _ = run(lamb_builder("fast", foreach), {}, LAMB_BIAS_HP, grads, dtype=torch.float32)
+        fast, _ = run(lamb_builder("fast", foreach, **flags), weight_hp, LAMB_BIAS_HP, grads,
+                      dtype=torch.float32)  # fmt: skip
         assert_rel_close(fast, reference, 1e-5)
 
 
