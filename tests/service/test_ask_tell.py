@@ -22,7 +22,9 @@ from tests.service.processes import ROOT, Api, wait_for
 
 pytestmark = pytest.mark.slow
 
-LEASE_S = 2.0
+# Short enough to watch leases expire, long enough that a loaded 2-core CI machine stalling the
+# API for a second or two does not expire a lease that heartbeats keep alive (seen at 2 s).
+LEASE_S = 5.0
 API_ENV = {"OPTPILOT_LEASE_S": str(LEASE_S), "OPTPILOT_REAP_INTERVAL_S": "0.5"}
 TASK = {"model_family": "mlp", "num_parameters": 20_000}
 
