@@ -1,4 +1,4 @@
-/* Fused LAMB and Lion steps for contiguous fp32 tensors on CPU (implementation="fused").
+/* LAMB and Lion steps for contiguous fp32 tensors on CPU (the "fused" and default "fast" paths).
  *
  * Built and loaded by optimizers/_cpu_kernels.py (cc -O3 -march=native -fopenmp
  * -ffp-contract=off, so every product and sum is rounded as in torch's eager kernels).

@@ -147,6 +147,7 @@ class CpuKernels:
         """One LAMB step. ``hyper``: ``LAMB_HYPERPARAMETERS`` floats per tensor; ``scratch``: a
         contiguous fp32 buffer of at least ``scratch_numel(params, split_numel)`` elements."""
         n = len(params)
+        _check_rows(hyper, LAMB_HYPERPARAMETERS, n)
         half = scratch.numel() // 2
         if any(p.numel() >= split_numel and p.numel() > half for p in params):
             raise ValueError("scratch is smaller than twice the largest shared tensor")
@@ -169,6 +170,7 @@ class CpuKernels:
         split_numel: int,
     ) -> None:
         n = len(params)
+        _check_rows(hyper, LION_HYPERPARAMETERS, n)
         self._lion(
             n, _pointers(params), _pointers(grads), _pointers(exp_avgs),
             (ctypes.c_int64 * n)(*(p.numel() for p in params)),
@@ -181,6 +183,13 @@ def scratch_numel(params: Sequence[torch.Tensor], split_numel: int) -> int:
     """Elements of the LAMB scratch buffer: two halves, each as large as the largest tensor that
     the threads share."""
     return 2 * max((p.numel() for p in params if p.numel() >= split_numel), default=0)
+
+
+def _check_rows(hyper: Sequence[float], per_tensor: int, n: int) -> None:
+    """The kernels read ``per_tensor`` floats for each of the ``n`` tensors: no more, no less."""
+    if len(hyper) != per_tensor * n:
+        raise ValueError(f"expected {per_tensor} hyperparameters per tensor for {n} tensors, "
+                         f"got {len(hyper)}")
 
 
 def _wrote(tensors: Sequence[torch.Tensor]) -> None:

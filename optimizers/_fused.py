@@ -375,6 +375,18 @@ class OptpilotOptimizer(torch.optim.Optimizer):
         return kernel, small, [i for i in rest if params[i].numel() >= PARALLEL_MIN_NUMEL]
 
 
+    def _step_paths(
+        self, *tensors: Sequence[torch.Tensor]
+    ) -> tuple[list[int], list[int], list[int], list[int]]:
+        """Indices for each path of a ``"fast"`` or ``"fused"`` step: (optpilot's CPU kernels,
+        foreach kernels, per-tensor loop, torch.compile). ``tensors``: parallel lists (params,
+        grads, states)."""
+        if self.implementation == "fused":
+            kernel, rest = cpu_kernel_split(*tensors)
+            return kernel, [], [], rest
+        return (*self._fast_split(*tensors), [])
+
+
 def cpu_kernel_split(
     *tensors: Sequence[torch.Tensor], warn: bool = True
 ) -> tuple[list[int], list[int]]:

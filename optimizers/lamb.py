@@ -19,7 +19,6 @@ from optimizers._fused import (
     check_flag,
     check_number,
     compiled_step,
-    cpu_kernel_split,
     group_by_device_dtype,
     state_dtype,
     take,
@@ -157,7 +156,8 @@ class Lamb(OptpilotOptimizer):
     def _update(self) -> None:
         gathered = [self._gather(group) for group in self.param_groups]
         clips = self._clip_divisors(gathered)
-        fused: list[_GroupWork] = []
+        kernel_work: list[_GroupWork] = []
+        compiled_work: list[_GroupWork] = []
         for group, (params, grads, states), clip in zip(
             self.param_groups, gathered, clips, strict=True
         ):
@@ -167,22 +167,22 @@ class Lamb(OptpilotOptimizer):
                 state["step"] += 1
             if self.implementation == "reference":
                 self._reference(group, params, grads, states, clip)
-            elif self.implementation == "fused":
-                fused.append((group, params, grads, states, clip))
-            else:
-                ms = [state["exp_avg"] for state in states]
-                vs = [state["exp_avg_sq"] for state in states]
-                kernel, batched, looped = self._fast_split(params, grads, ms, vs)
-                if kernel:  # all of them kernel-eligible: _fused runs them through the kernels
-                    fused.append(
-                        (group, take(params, kernel), take(grads, kernel), take(states, kernel),
-                         clip)
-                    )  # fmt: skip
-                for path, idx in ((self._foreach, batched), (self._loop, looped)):
-                    if idx:
-                        path(group, take(params, idx), take(grads, idx), take(states, idx), clip)
-        if fused:
-            self._fused(fused)
+                continue
+            ms = [state["exp_avg"] for state in states]
+            vs = [state["exp_avg_sq"] for state in states]
+            kernel, batched, looped, compiled = self._step_paths(params, grads, ms, vs)
+            for work, idx in ((kernel_work, kernel), (compiled_work, compiled)):
+                if idx:
+                    work.append(
+                        (group, take(params, idx), take(grads, idx), take(states, idx), clip)
+                    )
+            for path, idx in ((self._foreach, batched), (self._loop, looped)):
+                if idx:
+                    path(group, take(params, idx), take(grads, idx), take(states, idx), clip)
+        if kernel_work:
+            self._kernels(kernel_work)
+        if compiled_work:
+            self._compiled(compiled_work)
 
     def _clip_divisors(
         self, gathered: list[tuple[list[torch.Tensor], list[torch.Tensor], list[dict[str, Any]]]]
@@ -377,49 +377,37 @@ class Lamb(OptpilotOptimizer):
             if low:
                 torch._foreach_copy_(ps, xs)
 
-    # -- "fused": torch.compile'd step ----------------------------------------------------------
+    # -- "fused" (and "fast" on CPU): optpilot's C kernel; torch.compile for other tensors ----
 
-    def _fused(self, work: list[_GroupWork]) -> None:
-        """Contiguous fp32 CPU tensors through optpilot's C kernel (``_cpu_kernels``), the rest
-        through one ``torch.compile``'d call for all groups (one compile per optimizer structure).
-        """
-        compiled: list[_GroupWork] = []
+    def _kernels(self, work: list[_GroupWork]) -> None:
+        """All groups' tensors in one call of optpilot's C kernel (``_cpu_kernels``)."""
         native: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor],
                       list[torch.Tensor]] = ([], [], [], [])
         hyper: list[float] = []
         flags: list[int] = []
         for group, params, grads, states, clip in work:
-            ms = [state["exp_avg"] for state in states]
-            vs = [state["exp_avg_sq"] for state in states]
-            picked, rest = cpu_kernel_split(params, grads, ms, vs)
-            if rest:
-                compiled.append(
-                    (group, take(params, rest), take(grads, rest), take(states, rest), clip)
-                )
-            if not picked:
-                continue
-            for out, ts in zip(native, (params, grads, ms, vs), strict=True):
-                out.extend(take(ts, picked))
+            native[0].extend(params)
+            native[1].extend(grads)
+            native[2].extend(state["exp_avg"] for state in states)
+            native[3].extend(state["exp_avg_sq"] for state in states)
             clip_divisor = 1.0 if clip is None else float(clip)
             flag = 0
             if self._mode(group) == "trust":
                 flag = _cpu_kernels.TRUST_RATIO | (
                     _cpu_kernels.TRUST_CLIP if group["trust_clip"] else 0
                 )
-            for i in picked:
-                hyper += [*self._fused_row(group, states[i]["step"]), clip_divisor]
+            for state in states:
+                hyper += [*self._fused_row(group, state["step"]), clip_divisor]
                 flags.append(flag)
-        kernels = _cpu_kernels.load() if native[0] else None
-        if kernels is not None:
-            scratch = self._scratch.get(
-                "fused_update",
-                torch.Size([_cpu_kernels.scratch_numel(native[0], PARALLEL_MIN_NUMEL)]),
-                torch.float32,
-                torch.device("cpu"),
-            )
-            kernels.lamb(*native, hyper, flags, PARALLEL_MIN_NUMEL, scratch)
-        if compiled:
-            self._compiled(compiled)
+        kernels = _cpu_kernels.load()
+        assert kernels is not None  # _step_paths picks tensors for the kernels once loaded
+        scratch = self._scratch.get(
+            "fused_update",
+            torch.Size([_cpu_kernels.scratch_numel(native[0], PARALLEL_MIN_NUMEL)]),
+            torch.float32,
+            torch.device("cpu"),
+        )
+        kernels.lamb(*native, hyper, flags, PARALLEL_MIN_NUMEL, scratch)
 
     def _fused_row(self, group: dict[str, Any], step: int) -> list[float]:
         """``lr, b1, b2, eps, wd, 1/(1-b1**t), 1/sqrt(1-b2**t)`` of a tensor at step ``t``

@@ -15,7 +15,6 @@ from optimizers._fused import (
     check_betas,
     check_number,
     compiled_step,
-    cpu_kernel_split,
     group_by_device_dtype,
     state_dtype,
     take,
@@ -98,7 +97,8 @@ class Lion(OptpilotOptimizer):
         )
 
     def _update(self) -> None:
-        fused: list[_GroupWork] = []
+        kernel_work: list[_GroupWork] = []
+        compiled_work: list[_GroupWork] = []
         for group in self.param_groups:
             params, grads, states = self._gather(group)
             if not params:
@@ -106,18 +106,18 @@ class Lion(OptpilotOptimizer):
             exp_avgs = [state["exp_avg"] for state in states]
             if self.implementation == "reference":
                 self._reference(group, params, grads, exp_avgs)
-            elif self.implementation == "fused":
-                fused.append((group, params, grads, exp_avgs))
-            else:
-                kernel, batched, looped = self._fast_split(params, grads, exp_avgs)
-                if kernel:  # all of them kernel-eligible: _fused runs them through the kernels
-                    fused.append((group, take(params, kernel), take(grads, kernel),
-                                  take(exp_avgs, kernel)))  # fmt: skip
-                for path, idx in ((self._foreach, batched), (self._loop, looped)):
-                    if idx:
-                        path(group, take(params, idx), take(grads, idx), take(exp_avgs, idx))
-        if fused:
-            self._fused(fused)
+                continue
+            kernel, batched, looped, compiled = self._step_paths(params, grads, exp_avgs)
+            for work, idx in ((kernel_work, kernel), (compiled_work, compiled)):
+                if idx:
+                    work.append((group, take(params, idx), take(grads, idx), take(exp_avgs, idx)))
+            for path, idx in ((self._foreach, batched), (self._loop, looped)):
+                if idx:
+                    path(group, take(params, idx), take(grads, idx), take(exp_avgs, idx))
+        if kernel_work:
+            _kernels(kernel_work)
+        if compiled_work:
+            _compiled(compiled_work)
 
     # -- "reference": the paper's equations -----------------------------------------------------
 
@@ -204,28 +204,21 @@ class Lion(OptpilotOptimizer):
             if low:
                 torch._foreach_copy_(ps, xs)
 
-    # -- "fused": torch.compile'd step ----------------------------------------------------------
 
-    def _fused(self, work: list[_GroupWork]) -> None:
-        """Contiguous fp32 CPU tensors through optpilot's C kernel (``_cpu_kernels``), the rest
-        through one ``torch.compile``'d call for all groups (one compile per optimizer structure).
-        """
-        compiled: list[_GroupWork] = []
-        native: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] = ([], [], [])
-        hyper: list[float] = []
-        for group, params, grads, exp_avgs in work:
-            picked, rest = cpu_kernel_split(params, grads, exp_avgs)
-            if rest:
-                rest_work = (group, take(params, rest), take(grads, rest), take(exp_avgs, rest))
-                compiled.append(rest_work)
-            for out, ts in zip(native, (params, grads, exp_avgs), strict=True):
-                out.extend(take(ts, picked))
-            hyper += _lion_row(group) * len(picked)
-        kernels = _cpu_kernels.load() if native[0] else None
-        if kernels is not None:
-            kernels.lion(*native, hyper, PARALLEL_MIN_NUMEL)
-        if compiled:
-            _compiled(compiled)
+# -- "fused" (and "fast" on CPU): optpilot's C kernel; torch.compile for other tensors ----------
+
+
+def _kernels(work: list[_GroupWork]) -> None:
+    """All groups' tensors in one call of optpilot's C kernel (``_cpu_kernels``)."""
+    kernels = _cpu_kernels.load()
+    assert kernels is not None  # _step_paths picks tensors for the kernels once loaded
+    kernels.lion(
+        [p for _, params, _, _ in work for p in params],
+        [g for _, _, grads, _ in work for g in grads],
+        [m for _, _, _, exp_avgs in work for m in exp_avgs],
+        [h for group, params, _, _ in work for h in _lion_row(group) * len(params)],
+        PARALLEL_MIN_NUMEL,
+    )
 
 
 def _lion_row(group: dict[str, Any]) -> list[float]:

@@ -83,6 +83,17 @@ def test_a_failing_compiler_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert not any((tmp_path / "cache").iterdir())  # nothing half-written is left behind
 
 
+def test_kernels_refuse_a_wrong_number_of_hyperparameters() -> None:
+    kernels = _cpu_kernels.load()
+    assert kernels is not None
+    p = [torch.zeros(8)]
+    with pytest.raises(ValueError, match="4 hyperparameters per tensor"):
+        kernels.lion(p, p, p, [1e-4, 0.9, 0.99], PARALLEL_MIN_NUMEL)
+    with pytest.raises(ValueError, match="8 hyperparameters per tensor"):
+        kernels.lamb(p, p, p, p, [1e-3] * 9, [1], PARALLEL_MIN_NUMEL, torch.empty(0))
+    assert torch.equal(p[0], torch.zeros(8))  # nothing ran
+
+
 def test_environment_switch_and_eligibility(monkeypatch: pytest.MonkeyPatch) -> None:
     contiguous = torch.zeros(6, 5)
     strided = torch.zeros(5, 6).t()
