@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 Handler = Callable[[argparse.Namespace], int]
@@ -46,6 +47,13 @@ def _count(text: str) -> int:
     if not math.isfinite(value) or value != int(value):
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
     return int(value)
+
+
+def _fine_tuning_kind(text: str) -> str:
+    if text not in ("full", "parameter_efficient"):
+        raise argparse.ArgumentTypeError(
+            f"expected full or parameter_efficient, got {text!r}")
+    return text
 
 
 def _names(text: str) -> list[str]:
@@ -76,7 +84,7 @@ def cmd_optimizers(args: argparse.Namespace) -> int:
         print(json.dumps([
             {"name": s.name, "family": s.family, "when_to_use": s.when_to_use,
              "defaults": dict(s.defaults), "state_bytes_per_param": s.state_bytes_per_param,
-             "search_space": {k: vars(v) for k, v in s.search_space.items()},
+             "search_space": {k: v.as_dict() for k, v in s.search_space.items()},
              "references": list(s.references)}
             for s in optimizers.specs()
         ], indent=2))
@@ -117,7 +125,8 @@ def cmd_workloads(args: argparse.Namespace) -> int:
 TASK_FLAGS: dict[str, str] = {
     "family": "model_family", "task_type": "task_type", "params": "num_parameters",
     "layers": "num_layers", "dataset_size": "dataset_size", "batch_size": "batch_size",
-    "sparse": "sparse_features", "fine_tuning": "fine_tuning", "devices": "num_devices",
+    "sparse": "sparse_features", "fine_tuning": "fine_tuning",
+    "frozen_params": "frozen_parameters", "devices": "num_devices",
     "memory_gb": "memory_budget_gb", "precision": "precision",
 }
 
@@ -147,8 +156,17 @@ def render_recommendation(recommendation: Any, console: Console) -> None:
             table.add_row(hp, f"{p.default:.4g}", f"{p.low:.4g}", f"{p.high:.4g}", scale)
         console.print(table)
         for line in c.rationale:
-            console.print(f"   - {line}")
-        console.print(f"   [dim]references: {'; '.join(c.references)}[/dim]\n")
+            console.print(f"   - {escape(line)}")
+        for e in c.evidence:
+            source = e.citation if e.source == "published" else f"job {e.job_id}"
+            lr = "-" if e.lr is None else f"{e.lr:.3g}"
+            carried = "" if e.lr_for_task is None else f" (here: {e.lr_for_task:.3g})"
+            batch = f", batch {e.batch_size}" if e.batch_size else ""
+            console.print(escape(f"   evidence ({e.source}, similarity {e.similarity:.2f}): "
+                                 f"{e.label}: {e.optimizer} lr {lr}{carried}{batch}; {source}"),
+                          style="dim")
+        console.print(escape(f"   references: {'; '.join(c.references)}"), style="dim")
+        console.print()
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
@@ -156,7 +174,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
     task = task_from_args(args)
     try:
-        recommendation = recommend(task, top_k=args.top_k)
+        recommendation = recommend(task, top_k=args.top_k,
+                                   evidence=() if args.no_evidence else None)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     if args.json:
@@ -670,7 +689,12 @@ def _add_task_flags(p: argparse.ArgumentParser, required: bool) -> None:
     g.add_argument("--dataset-size", type=_count, help="training examples")
     g.add_argument("--batch-size", type=_count, help="global batch size")
     g.add_argument("--sparse", action="store_true", help="sparse features / embeddings")
-    g.add_argument("--fine-tuning", action="store_true", help="starts from pretrained weights")
+    g.add_argument("--fine-tuning", nargs="?", const=True, type=_fine_tuning_kind,
+                   metavar="KIND",
+                   help="starts from pretrained weights; KIND: full or parameter_efficient "
+                   "(adapters, LoRA); alone: full unless --frozen-params exceeds --params")
+    g.add_argument("--frozen-params", type=_count,
+                   help="pretrained parameters kept frozen (with --fine-tuning), e.g. 7e9")
     g.add_argument("--devices", type=_count, help="accelerators used together")
     g.add_argument("--memory-gb", type=float, help="accelerator memory per device (GB)")
     g.add_argument("--precision", help="fp32 (default), bf16, fp16")
@@ -694,6 +718,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_flags(p, required=True)
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print the recommendation as JSON")
+    p.add_argument("--no-evidence", action="store_true",
+                   help="the rules alone: no published trainings move the ranking or the lrs")
     p.set_defaults(handler=cmd_recommend)
 
     p = sub.add_parser("tune", help="tune a workload in this process (no server)")

@@ -21,7 +21,9 @@ from pydantic import (
     model_validator,
 )
 
+from optimizers import SearchRange
 from service import jsonsafe
+from tuner.evidence.records import Evidence
 from tuner.task import MAX_PARAMETERS, ModelFamily, TaskDescription, TaskType
 
 T = TypeVar("T")
@@ -115,14 +117,6 @@ class RecommendationRequest(RequestModel):
     top_k: int = Field(default=3, ge=1, le=MAX_TOP_K, description="How many candidates.")
 
 
-class HyperparameterPriorOut(ResponseModel):
-    default: OutFloat
-    low: OutFloat
-    high: OutFloat
-    log: bool
-    complement: bool = False
-
-
 class MemoryOut(ResponseModel):
     state_bytes: int | None = None
     total_bytes: int | None = None
@@ -134,10 +128,16 @@ class MemoryOut(ResponseModel):
 class CandidateOut(ResponseModel):
     optimizer: str
     score: OutFloat = Field(description="Prior probability; scores sum to at most 1.")
-    hyperparameters: dict[str, HyperparameterPriorOut]
+    hyperparameters: dict[str, SearchRange] = Field(
+        description="Per hyperparameter: where to start (default) and where to search.")
     memory: MemoryOut
     rationale: list[str]
     references: list[str]
+    evidence: list[Evidence] = Field(
+        default_factory=list,
+        description="The most similar published trainings (and past jobs) that moved this "
+                    "candidate, most similar first; empty in recommendations stored before "
+                    "evidence existed.")
 
 
 class RecommendationOut(ResponseModel):
@@ -187,19 +187,16 @@ class Listing(BaseModel, Generic[T]):
     total: int
 
 
-class SearchRangeOut(ResponseModel):
-    low: OutFloat
-    high: OutFloat
-    log: bool
-    complement: bool
-
-
 class OptimizerOut(ResponseModel):
     name: str
     family: str
     when_to_use: str
     defaults: dict[str, OutFloat]
-    search_space: dict[str, SearchRangeOut]
+    search_space: Annotated[
+        dict[str, SearchRange],
+        PlainSerializer(lambda space: {hp: r.as_dict() for hp, r in space.items()},
+                        return_type=dict[str, dict[str, Any]]),
+    ] = Field(description="Search ranges (the starting values are in defaults).")
     state_bytes_per_param: OutFloat
     references: list[str]
     tuning_order: list[str] = Field(default_factory=list)

@@ -1,83 +1,89 @@
 """The prior: ``recommend(task)`` ranks optimizers and gives each a hyperparameter prior.
 
-This is the one place that turns a ``TaskDescription`` into a ``Recommendation`` (DESIGN.md's
-response contract; the service adds ``id`` and ``created_at``). The rules themselves are data, in
-``tuner.rules`` (thresholds, base weights and the ``RULES`` table); this module applies them:
+This is the one place that turns a ``TaskDescription`` into a ``Recommendation`` (the service adds
+``id`` and ``created_at``). The rules themselves are data, in ``tuner.rules`` (thresholds, base
+weights, the ``RULES`` table and the evidence constants); this module applies them, in four steps:
 
-* score: ``BASE_WEIGHTS`` times every applicable rule's factor, normalised over every registered
-  optimizer (so the returned scores sum to at most 1), ranked by score then name;
-* hyperparameters: the registry's defaults and search space, changed by the rules' adjustments,
-  then clamped into ``HYPERPARAMETER_BOUNDS`` with ``low <= default <= high``;
-* memory: parameters and gradients at the task's precision plus fp32 optimizer state, per device
-  under plain data parallelism (nothing sharded); ``fits`` is null without a budget;
-* rationale: the optimizer's ``when_to_use``, then one line per rule that changed its score or a
-  value, naming the change; references: the optimizer's, then those rules'.
+1. rules: ``BASE_WEIGHTS`` times every applicable rule's factor, normalised over every registered
+   optimizer into the rules' probabilities; hyperparameters start from the registry's defaults
+   and search space and are changed by the rules' adjustments, then clamped into
+   ``HYPERPARAMETER_BOUNDS`` with ``low <= default <= high``;
+2. evidence (``tuner.evidence``): every record of the evidence pool (default: the published
+   trainings) whose task is similar enough gets a weight in (0, 1]. Scores become
+   ``(1 - b) * rules + b * share``, where ``share`` is the optimizer's part of the total weight
+   ``W`` and ``b = W / (W + EVIDENCE_SCORE_PSEUDOCOUNT)``. A candidate's lr default moves towards
+   the weighted geometric mean of the lrs its records used, each first carried to this task by
+   the rules' own laws (``lr * rules_lr(this task) / rules_lr(record's task)``), by
+   ``m = w / (w + EVIDENCE_LR_PSEUDOCOUNT)``; its range moves with it;
+3. memory: parameters and gradients at the task's precision plus fp32 optimizer state, per device,
+   sharded over ``num_devices`` (ZeRO-3/FSDP, stated as an assumption); ``fits`` is null without a
+   budget. Every candidate that fits ranks above every one that does not, and scores follow;
+4. rationale: the optimizer's ``when_to_use``, then one line per rule or evidence step that changed
+   its score or a value, naming the change; references: the optimizer's, then those rules'.
 
-Pure and deterministic; per-optimizer base data (ranges, rule factors) is cached and values are
-only computed for the returned candidates: about 0.1 ms a call with top_k=3.
+Pure and deterministic; per-optimizer base data is cached, as are the rules' lrs for the
+evidence's tasks; values are only computed for the returned candidates.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 import optimizers
-from optimizers.registry import HYPERPARAMETER_BOUNDS, OptimizerSpec
+from optimizers.registry import HYPERPARAMETER_BOUNDS, OptimizerSpec, SearchRange
+from tuner.evidence.records import (
+    Evidence,
+    EvidencePool,
+    EvidenceRecord,
+    Scored,
+    published_pool,
+)
 from tuner.rules import (
     BASE_REFERENCE,
     BASE_WEIGHTS,
     DEFAULT_BASE_WEIGHT,
+    EVIDENCE_LR_PSEUDOCOUNT,
+    EVIDENCE_PER_CANDIDATE,
+    EVIDENCE_SCORE_PSEUDOCOUNT,
+    LR_GROUP_DISCOUNT,
+    MEMORY_PENALTY,
     RULES,
     Derive,
     MemoryUse,
     Rule,
     Scale,
     SetRange,
+    lr_group,
     memory_use,
 )
 from tuner.task import TaskDescription
 
 __all__ = [
     "Candidate",
+    "Evidence",
     "HyperparameterPrior",
     "MemoryEstimate",
     "Recommendation",
     "recommend",
+    "rules_lr",
 ]
+
+HyperparameterPrior = SearchRange
+"""A candidate's prior for one hyperparameter: the registry's ``SearchRange`` with its default."""
 
 # --------------------------------------------------------------------------------------------
 # Response models
 # --------------------------------------------------------------------------------------------
 
 
-class HyperparameterPrior(BaseModel):
-    """Where to start (``default``) and where to search (``low``..``high``) for one hyperparameter.
-
-    ``complement`` means the range is searched on ``1 - value`` (betas, momentum)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    default: float
-    low: float
-    high: float
-    log: bool
-    complement: bool = False
-
-    @model_validator(mode="after")
-    def _ordered(self) -> HyperparameterPrior:
-        if not self.low <= self.default <= self.high:
-            raise ValueError(f"need low <= default <= high, got {self.low}, {self.default}, "
-                             f"{self.high}")
-        if self.log and (self.low <= 0 or (self.complement and self.high >= 1)):
-            raise ValueError("a log range must stay positive")
-        return self
-
-
 class MemoryEstimate(BaseModel):
-    """Bytes per device: ``total`` = parameters + gradients (task precision) + fp32 state."""
+    """Bytes per device: ``total`` = parameters + gradients (task precision) + fp32 state,
+    sharded over the task's devices (see the candidate's memory rationale)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -91,10 +97,15 @@ class Candidate(BaseModel):
 
     optimizer: str
     score: float = Field(ge=0.0, le=1.0)
-    hyperparameters: dict[str, HyperparameterPrior]
+    hyperparameters: dict[str, SearchRange]
     memory: MemoryEstimate
     rationale: list[str] = Field(min_length=1)
     references: list[str] = Field(min_length=1)
+    evidence: list[Evidence] = Field(
+        default_factory=list,
+        description="The most similar trainings that used this optimizer (or, for the lr, one "
+                    "of its lr group), most similar first.",
+    )
 
 
 class Recommendation(BaseModel):
@@ -105,11 +116,10 @@ class Recommendation(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------
-# Engine
+# Rules
 # --------------------------------------------------------------------------------------------
 
-# name -> (default, low, high, log, complement); lists so adjustments can update them in place.
-_Priors = dict[str, list[float]]
+_Priors = dict[str, SearchRange]
 
 
 @dataclass(frozen=True)
@@ -118,7 +128,7 @@ class _Base:
 
     spec: OptimizerSpec
     weight: float
-    hyperparameters: tuple[tuple[str, float, float, float, bool, bool], ...]
+    hyperparameters: tuple[tuple[str, SearchRange], ...]
     line: str
     references: tuple[str, ...]
     # Aligned with RULES: the row's score factor for this optimizer, and whether the row can
@@ -146,8 +156,7 @@ def _base(spec: OptimizerSpec) -> _Base:
             notes.append(f"{hp} default {default:g} is off the log scale, so the prior starts "
                          f"at the range's low end {r.low:.3g}")
             default = r.low
-        default, low, high = _finalize(hp, default, r.low, r.high, r.log, r.complement)
-        hps.append((hp, default, low, high, r.log, r.complement))
+        hps.append((hp, _finalize(hp, r, default, r.low, r.high)))
     line = spec.when_to_use + "".join(f" ({note})" for note in notes)
     refs = tuple(dict.fromkeys((*spec.references, BASE_REFERENCE)))
     base = _Base(
@@ -169,38 +178,42 @@ def _inside(hp: str) -> tuple[float, float]:
     return lo, hi
 
 
-def _finalize(
-    hp: str, default: float, low: float, high: float, log: bool, complement: bool
-) -> tuple[float, float, float]:
-    """Clamp into validity (positive on a log scale, below 1 when searched as 1 - value) and
-    widen the range so that ``low <= default <= high``."""
+def _finalize(hp: str, scale: SearchRange, default: float, low: float,
+              high: float) -> SearchRange:
+    """``scale``'s range with these values, clamped into validity (positive on a log scale,
+    below 1 when searched as 1 - value) and widened so that ``low <= default <= high``."""
     lo, hi = _inside(hp)
-    if log:
+    if scale.log:
         lo = max(lo, math.ulp(0.0))
-        if complement:
+        if scale.complement:
             hi = min(hi, math.nextafter(1.0, 0.0))
     default, low, high = (min(hi, max(lo, v)) for v in (default, low, high))
-    return default, min(low, default), max(high, default)
+    return scale.starting_at(default, min(low, default), max(high, default))
 
 
-def _describe(hp: str, before: list[float], after: list[float]) -> str:
-    return (f"{hp} {before[0]:.3g} -> {after[0]:.3g} "
-            f"in [{after[1]:.3g}, {after[2]:.3g}]")
+def _describe(hp: str, before: SearchRange, after: SearchRange) -> str:
+    return (f"{hp} {before.default:.3g} -> {after.default:.3g} "
+            f"in [{after.low:.3g}, {after.high:.3g}]")
 
 
-def _apply(
-    priors: dict[str, _Priors], name: str, hp: str, values: tuple[float, float, float],
-) -> str | None:
-    """Set ``name``'s ``hp`` prior to ``values`` (finalized); return the change, if any."""
-    entry = priors[name].get(hp)
-    if entry is None:
+def _set(priors: _Priors, hp: str, values: tuple[float, float, float]) -> str | None:
+    """Set ``hp``'s prior to ``values`` = (default, low, high), finalized; the change, if any."""
+    before = priors.get(hp)
+    if before is None:
         return None
-    default, low, high = _finalize(hp, *values, bool(entry[3]), bool(entry[4]))
-    if (default, low, high) == tuple(entry[:3]):
+    after = _finalize(hp, before, *values)
+    if after == before:
         return None
-    before = list(entry)
-    entry[0], entry[1], entry[2] = default, low, high
-    return _describe(hp, before, entry)
+    priors[hp] = after
+    return _describe(hp, before, after)
+
+
+def _scale(priors: _Priors, hp: str, factor: float) -> str | None:
+    p = priors.get(hp)
+    if p is None or p.default is None:
+        return None
+    change = _set(priors, hp, (p.default * factor, p.low * factor, p.high * factor))
+    return f"{change} (x{factor:.3g})" if change else None
 
 
 def _effects(
@@ -208,29 +221,205 @@ def _effects(
 ) -> list[str]:
     """Apply ``rule``'s (non-derived or derived) adjustments to optimizer ``name``."""
     out: list[str] = []
+    mine = priors[name]
     for adj in rule.adjust:
         if name not in adj.optimizers or isinstance(adj, Derive) != derived:
             continue
+        change: str | None
         if isinstance(adj, Scale):
             f = adj.factor(task)
             for hp in adj.hyperparameters:
-                entry = priors[name].get(hp)
-                if entry is not None:
-                    change = _apply(priors, name, hp, (entry[0] * f, entry[1] * f, entry[2] * f))
-                    if change:
-                        out.append(f"{change} (x{f:.3g})")
+                change = _scale(mine, hp, f)
+                if change:
+                    out.append(change)
         elif isinstance(adj, SetRange):
-            change = _apply(priors, name, adj.hyperparameter, adj.value(task))
+            change = _set(mine, adj.hyperparameter, adj.value(task))
             if change:
                 out.append(change)
         else:
             source = priors.get(adj.source, {}).get(adj.hyperparameter)
-            if source is not None:
-                values = (source[0] * adj.default, source[1] * adj.low, source[2] * adj.high)
-                change = _apply(priors, name, adj.hyperparameter, values)
+            if source is not None and source.default is not None:
+                values = (source.default * adj.default, source.low * adj.low,
+                          source.high * adj.high)
+                change = _set(mine, adj.hyperparameter, values)
                 if change:
                     out.append(change)
     return out
+
+
+@dataclass(frozen=True)
+class _RulesResult:
+    """The rules applied to one task: unnormalised weights and, per optimizer, the fired rows
+    that touch it (in table order)."""
+
+    task: TaskDescription
+    weights: dict[str, float]
+    rows: dict[str, tuple[int, ...]]
+
+    def values(self, names: Iterable[str]) -> tuple[dict[str, _Priors], dict[tuple[str, int],
+                                                                             list[str]]]:
+        """Hyperparameter priors for ``names`` (and the optimizers they derive values from),
+        with each row's changes in words."""
+        bases = {spec.name: _base(spec) for spec in optimizers.specs()}
+        needed = dict.fromkeys(names)
+        for name in list(needed):
+            for i in self.rows[name]:
+                for adj in RULES[i].adjust:
+                    if isinstance(adj, Derive) and name in adj.optimizers and adj.source in bases:
+                        needed.setdefault(adj.source)
+        priors = {name: dict(bases[name].hyperparameters) for name in needed}
+        effects: dict[tuple[str, int], list[str]] = {}
+        for derived in (False, True):
+            for name in needed:
+                for i in self.rows[name]:
+                    out = effects.setdefault((name, i), [])
+                    factor = bases[name].factors[i]
+                    if not derived and factor != 1.0:
+                        out.append(f"score x{factor:g}")
+                    out += _effects(RULES[i], self.task, name, priors, derived)
+        return priors, effects
+
+
+def _apply_rules(task: TaskDescription) -> _RulesResult:
+    fired = [i for i, rule in enumerate(RULES) if rule.applies(task)]
+    weights: dict[str, float] = {}
+    rows: dict[str, tuple[int, ...]] = {}
+    for spec in optimizers.specs():
+        b = _base(spec)
+        weight = b.weight
+        mine: list[int] = []
+        for i in fired:
+            if not b.touches[i]:
+                continue
+            only_for = RULES[i].only_for
+            if only_for is not None and not only_for(task, spec):
+                continue
+            weight *= b.factors[i]
+            mine.append(i)
+        weights[spec.name] = weight
+        rows[spec.name] = tuple(mine)
+    return _RulesResult(task, weights, rows)
+
+
+@functools.lru_cache(maxsize=16_384)
+def rules_lr(task: TaskDescription, optimizer: str) -> float | None:
+    """The rules' lr default for ``optimizer`` on ``task`` (no evidence); None without an lr.
+
+    Carries an lr between tasks: what the rules' size, batch and fine-tuning laws say changes
+    from one task to the other."""
+    priors, _ = _apply_rules(task).values([optimizer])
+    lr = priors[optimizer].get("lr")
+    return None if lr is None else lr.default
+
+
+# --------------------------------------------------------------------------------------------
+# Evidence
+# --------------------------------------------------------------------------------------------
+
+
+def _carried_lr(task: TaskDescription, optimizer: str, record: EvidenceRecord) -> float | None:
+    """The record's lr carried to ``task``: times the rules' lr ratio between the two tasks."""
+    if record.lr is None:
+        return None
+    here = rules_lr(task, optimizer)
+    there = rules_lr(record.task, record.optimizer)
+    if here is None or there is None:
+        return None
+    return record.lr * here / there
+
+
+def _cite(scored: Scored, lr_for_task: float | None) -> Evidence:
+    r = scored.record
+    return Evidence(
+        source=r.source, citation=r.citation, job_id=r.job_id, label=r.label,
+        similarity=round(scored.similarity, 4), weight=round(scored.weight, 4),
+        optimizer=r.optimizer, lr=r.lr, batch_size=r.task.batch_size, outcome=r.outcome,
+        lr_for_task=lr_for_task,
+    )
+
+
+def _used(record: EvidenceRecord) -> str:
+    batch = f", batch {record.task.batch_size}" if record.task.batch_size else ""
+    lr = f" at lr {record.lr:.3g}" if record.lr is not None else ""
+    where = record.citation if record.citation is not None else f"job {record.job_id}"
+    return f"{record.label} ({where}) used {record.optimizer}{lr}{batch}"
+
+
+@dataclass(frozen=True)
+class _EvidenceScores:
+    """The evidence step on scores: blend ``b`` and each optimizer's share of the weight."""
+
+    scored: list[Scored]
+    total_weight: float
+    blend: float
+    share: dict[str, float]
+    count: dict[str, int]
+
+    @classmethod
+    def of(cls, scored: list[Scored], names: Iterable[str]) -> _EvidenceScores:
+        known = set(names)
+        scored = [s for s in scored if s.record.optimizer in known]
+        total = math.fsum(s.weight for s in scored)
+        weight_of: dict[str, float] = {}
+        count: dict[str, int] = {}
+        for s in scored:
+            weight_of[s.record.optimizer] = weight_of.get(s.record.optimizer, 0.0) + s.weight
+            count[s.record.optimizer] = count.get(s.record.optimizer, 0) + 1
+        share = {name: w / total for name, w in weight_of.items()} if total > 0 else {}
+        blend = total / (total + EVIDENCE_SCORE_PSEUDOCOUNT)
+        return cls(scored, total, blend, share, count)
+
+    def line(self, name: str, before: float, after: float) -> str:
+        used = self.count.get(name, 0)
+        return (f"evidence: {len(self.scored)} similar training(s), total weight "
+                f"{self.total_weight:.2f}, blend b = W/(W+{EVIDENCE_SCORE_PSEUDOCOUNT:g}) = "
+                f"{self.blend:.2f}; {used} used {name} (share {self.share.get(name, 0.0):.2f}) "
+                f"[score {before:.3g} -> {after:.3g}]")
+
+
+def _lr_evidence(
+    task: TaskDescription, name: str, priors: _Priors, scored: list[Scored]
+) -> tuple[list[Evidence], list[str]]:
+    """Move ``name``'s lr prior towards its similar records' carried lrs; the evidence entries
+    and the rationale lines."""
+    group = lr_group(name)
+    entries: list[Evidence] = []
+    closest: Scored | None = None
+    logs: list[tuple[float, float]] = []  # (weight, log carried lr)
+    for s in scored:
+        r = s.record
+        if r.optimizer != name and lr_group(r.optimizer) != group:
+            continue
+        closest = closest or s
+        carried = _carried_lr(task, name, r)
+        if len(entries) < EVIDENCE_PER_CANDIDATE:
+            entries.append(_cite(s, carried))
+        if carried is not None:
+            w = s.weight * (1.0 if r.optimizer == name else LR_GROUP_DISCOUNT)
+            logs.append((w, math.log(carried)))
+    lines: list[str] = []
+    if closest is not None:
+        lines.append(f"closest {closest.record.source}: {_used(closest.record)} (similarity "
+                     f"{closest.similarity:.2f})")
+    lr = priors.get("lr")
+    if logs and lr is not None and lr.default is not None:
+        total = math.fsum(w for w, _ in logs)
+        target = math.exp(math.fsum(w * x for w, x in logs) / total)
+        m = total / (total + EVIDENCE_LR_PSEUDOCOUNT)
+        factor = math.exp(m * (math.log(target) - math.log(lr.default)))
+        change = _scale(priors, "lr", factor)
+        if change:
+            lines.append(
+                f"lr from evidence: {len(logs)} similar training(s)' lrs carried to this task by "
+                f"the rules' laws, weighted geometric mean {target:.3g} (weight {total:.2f}, "
+                f"move m = w/(w+{EVIDENCE_LR_PSEUDOCOUNT:g}) = {m:.2f} of the way in log) "
+                f"[{change}]")
+    return entries, lines
+
+
+# --------------------------------------------------------------------------------------------
+# Engine
+# --------------------------------------------------------------------------------------------
 
 
 def _line(rule: Rule, task: TaskDescription, mem: MemoryUse, effects: list[str]) -> str:
@@ -239,87 +428,96 @@ def _line(rule: Rule, task: TaskDescription, mem: MemoryUse, effects: list[str])
 
 
 def _memory_line(task: TaskDescription, mem: MemoryUse) -> str:
-    return (f"memory: {mem.total_gb:.3g} GB per device fits the {task.memory_budget_gb:g} GB "
-            f"budget (params + grads in {task.precision}, fp32 state; plain data parallel over "
-            f"{task.num_devices} device(s), nothing sharded; activations not counted)")
+    verdict = {True: f"fits the {task.memory_budget_gb:g} GB budget", None: "no budget given",
+               False: f"does not fit the {task.memory_budget_gb:g} GB budget"}[mem.fits]
+    return (f"memory: {mem.total_gb:.3g} GB per device, {verdict} (params + grads in "
+            f"{task.precision}, fp32 state; {mem.layout}; activations not counted)")
 
 
-def recommend(task: TaskDescription, top_k: int = 3) -> Recommendation:
+def _pool(evidence: EvidencePool | Iterable[EvidenceRecord] | None) -> EvidencePool:
+    if evidence is None:
+        return published_pool()
+    if isinstance(evidence, EvidencePool):
+        return evidence
+    return EvidencePool(evidence)
+
+
+def recommend(
+    task: TaskDescription,
+    top_k: int = 3,
+    evidence: EvidencePool | Iterable[EvidenceRecord] | None = None,
+) -> Recommendation:
     """Rank every registered optimizer for ``task`` and return the ``top_k`` best as candidates.
+
+    ``evidence`` is the pool of past trainings that may move scores and lrs: None for the
+    shipped published trainings, an empty pool for the rules alone, or any records (published
+    or the service's own jobs, weighed alike by similarity).
 
     Raises ``ValueError`` unless ``1 <= top_k <= len(optimizers.names())``.
     """
     specs = optimizers.specs()
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= len(specs):
         raise ValueError(f"top_k: must be an integer in 1..{len(specs)}, got {top_k!r}")
-    bases = {spec.name: _base(spec) for spec in specs}
-    fired = [i for i, rule in enumerate(RULES) if rule.applies(task)]
+    pool = _pool(evidence)
+    rules = _apply_rules(task)
+    names = [spec.name for spec in specs]
 
-    # Scores: every optimizer, since they are normalised over the whole catalog.
-    weights: dict[str, float] = {}
-    rows: dict[str, list[int]] = {}  # the fired rules that touch each optimizer, in table order
-    for name, b in bases.items():
-        weight = b.weight
-        mine: list[int] = []
-        for i in fired:
-            if not b.touches[i]:
-                continue
-            only_for = RULES[i].only_for
-            if only_for is not None and not only_for(task, b.spec):
-                continue
-            weight *= b.factors[i]
-            mine.append(i)
-        weights[name] = weight
-        rows[name] = mine
-    total = math.fsum(weights.values())
-    ranked = sorted(weights, key=lambda n: (-weights[n], n))[:top_k]
+    # 1. The rules' probabilities, over the whole catalog.
+    rule_total = math.fsum(rules.weights.values())
+    rule_p = {name: rules.weights[name] / rule_total for name in names}
 
-    # Values: only for the returned candidates and the optimizers they derive values from.
-    needed = dict.fromkeys(ranked)
-    for name in ranked:
-        for i in rows[name]:
-            for adj in RULES[i].adjust:
-                if isinstance(adj, Derive) and name in adj.optimizers and adj.source in bases:
-                    needed.setdefault(adj.source)
-    priors: dict[str, _Priors] = {
-        name: {hp: [d, lo, hi, float(lg), float(c)]
-               for hp, d, lo, hi, lg, c in bases[name].hyperparameters}
-        for name in needed
-    }
-    effects: dict[tuple[str, int], list[str]] = {}
-    for derived in (False, True):
-        for name in needed:
-            for i in rows[name]:
-                out = effects.setdefault((name, i), [])
-                if not derived and bases[name].factors[i] != 1.0:
-                    out.append(f"score x{bases[name].factors[i]:g}")
-                out += _effects(RULES[i], task, name, priors, derived)
+    # 2. Evidence on scores.
+    scored = pool.scored(task) if len(pool) else []
+    ev = _EvidenceScores.of(scored, names)
+    blended = {name: (1 - ev.blend) * rule_p[name] + ev.blend * ev.share.get(name, 0.0)
+               for name in names}
+    score = dict(blended)
 
+    # 3. Memory: every candidate that fits ranks above every one that does not.
+    mems = {spec.name: memory_use(task, spec) for spec in specs}
+    fitting = [score[n] for n in names if mems[n].fits is not False]
+    failing = [score[n] for n in names if mems[n].fits is False]
+    demote = 1.0
+    if fitting and failing and max(failing) >= MEMORY_PENALTY * min(fitting):
+        demote = MEMORY_PENALTY * min(fitting) / max(failing)
+        for n in names:
+            if mems[n].fits is False:
+                score[n] *= demote
+    total = math.fsum(score.values())
+    final = {n: score[n] / total for n in names}
+    ranked = sorted(names, key=lambda n: (mems[n].fits is False, -final[n], n))[:top_k]
+
+    # 4. Values and words, for the returned candidates only.
+    priors, effects = rules.values(ranked)
     candidates: list[Candidate] = []
     for name in ranked:
-        base = bases[name]
-        mem = memory_use(task, base.spec)
+        base = _base(optimizers.get(name))
+        mem = mems[name]
         lines = [base.line]
         refs = list(base.references)
-        for i in rows[name]:
+        for i in rules.rows[name]:
             if effects[name, i]:
                 rule = RULES[i]
                 lines.append(_line(rule, task, mem, effects[name, i]))
                 if rule.reference not in refs:
                     refs.append(rule.reference)
-        if mem.fits:
+        if ev.blend > 0:
+            lines.append(ev.line(name, rule_p[name], blended[name]))
+        entries, lr_lines = _lr_evidence(task, name, priors[name], ev.scored)
+        lines += lr_lines
+        if mem.fits is False and demote != 1.0:
+            lines.append(f"does not fit while others do: ranked below every candidate that "
+                         f"fits [score x{demote:.3g}]")
+        if mem.fits or (mem.fits is None and task.num_devices > 1):
             lines.append(_memory_line(task, mem))
         candidates.append(Candidate(
             optimizer=name,
-            score=min(1.0, weights[name] / total),
-            hyperparameters={
-                hp: HyperparameterPrior(default=v[0], low=v[1], high=v[2], log=bool(v[3]),
-                                        complement=bool(v[4]))
-                for hp, v in priors[name].items()
-            },
+            score=min(1.0, final[name]),
+            hyperparameters=priors[name],
             memory=MemoryEstimate(state_bytes=mem.state_bytes, total_bytes=mem.total_bytes,
                                   fits=mem.fits),
             rationale=lines,
             references=refs,
+            evidence=entries,
         ))
     return Recommendation(task=task, candidates=candidates)

@@ -81,10 +81,32 @@ GPT3_LR_TABLE: Final[tuple[tuple[float, float], ...]] = (
 )
 
 ADAM_FAMILY: Final = frozenset({"adam", "adamw", "nadam", "radam"})
+MOMENTUM_SGD: Final = frozenset({"sgd_momentum", "nesterov"})
 # Per-coordinate adaptive steps (lr is a step size per coordinate, as in Adam).
 ADAPTIVE: Final = ADAM_FAMILY | {"lamb", "rmsprop", "adagrad"}
 SGD_FAMILY: Final = frozenset({"sgd", "sgd_momentum", "nesterov"})
 SIMPLE_FAMILIES: Final = frozenset({"linear", "mlp"})
+
+# Evidence (tuner.prior, tuner.evidence): how far similar past trainings move a recommendation.
+# The pseudocounts are how much total evidence weight it takes to move scores (and lrs) half-way
+# from the rules to the evidence; measured on the published table, leave-one-out
+# (bench/recommend_accuracy.py --sweep).
+EVIDENCE_SCORE_PSEUDOCOUNT: Final = 1.0
+EVIDENCE_LR_PSEUDOCOUNT: Final = 0.5
+# An lr used by another optimizer of the same lr group (Adam and AdamW; SGD momentum and
+# Nesterov) counts with this share of its weight.
+LR_GROUP_DISCOUNT: Final = 0.5
+EVIDENCE_PER_CANDIDATE: Final = 3  # evidence entries shown per candidate
+
+
+def lr_group(optimizer: str) -> str:
+    """Optimizers whose lrs mean the same step size: Adam's family, momentum SGD."""
+    if optimizer in ADAM_FAMILY:
+        return "adam"
+    if optimizer in MOMENTUM_SGD:
+        return "momentum_sgd"
+    return optimizer
+
 
 # --------------------------------------------------------------------------------------------
 # Derived quantities the rules read
@@ -93,12 +115,14 @@ SIMPLE_FAMILIES: Final = frozenset({"linear", "mlp"})
 
 @dataclass(frozen=True)
 class MemoryUse:
-    """Per-device bytes for one optimizer: parameters and gradients at the task's precision,
-    optimizer state in fp32, plain data parallel (every device holds everything; not sharded)."""
+    """Per-device bytes for one optimizer: parameters (trainable and frozen) and gradients
+    (trainable only) at the task's precision, optimizer state in fp32. With several devices all
+    three are assumed sharded evenly over them (ZeRO stage 3 / FSDP); on one device nothing is."""
 
     state_bytes: int
     total_bytes: int
     budget_bytes: float | None
+    devices: int
 
     @property
     def fits(self) -> bool | None:
@@ -112,21 +136,33 @@ class MemoryUse:
     def excess_gb(self) -> float:
         return 0.0 if self.budget_bytes is None else (self.total_bytes - self.budget_bytes) / GB
 
+    @property
+    def layout(self) -> str:
+        """The sharding assumption, in words."""
+        if self.devices == 1:
+            return "one device, nothing sharded"
+        return (f"parameters, gradients and optimizer state assumed sharded over "
+                f"{self.devices} devices, ZeRO-3/FSDP style")
+
 
 def memory_use(task: TaskDescription, spec: OptimizerSpec) -> MemoryUse:
-    n = task.num_parameters
-    state = spec.state_bytes(n)
-    total = 2 * n * PRECISION_BYTES[task.precision] + state
+    per = PRECISION_BYTES[task.precision]
+    state = spec.state_bytes(task.num_parameters)
+    total = (task.total_parameters + task.num_parameters) * per + state
+    devices = task.num_devices
     budget = None if task.memory_budget_gb is None else task.memory_budget_gb * GB
-    return MemoryUse(state, total, budget)
+    return MemoryUse(-(-state // devices), -(-total // devices), budget, devices)
 
 
 def adam_state_exceeds_budget(task: TaskDescription) -> bool:
-    """Parameters + gradients + Adam's two fp32 moments do not fit one device's budget."""
+    """Parameters + gradients + Adam's two fp32 moments do not fit one device's budget (sharded
+    over the devices, as ``memory_use`` assumes)."""
     if task.memory_budget_gb is None:
         return False
-    per_param = 2 * PRECISION_BYTES[task.precision] + ADAM_STATE_BYTES
-    return task.num_parameters * per_param > task.memory_budget_gb * GB
+    per = PRECISION_BYTES[task.precision]
+    total = ((task.total_parameters + task.num_parameters) * per
+             + ADAM_STATE_BYTES * task.num_parameters)
+    return total / task.num_devices > task.memory_budget_gb * GB
 
 
 def gpt3_lr(num_parameters: int) -> float:
@@ -388,7 +424,7 @@ RULES: Final[tuple[Rule, ...]] = (
         only_for=lambda t, spec: memory_use(t, spec).fits is False,
         weights={"*": MEMORY_PENALTY},
         rationale="does not fit: {mem.total_gb:.3g} GB per device (params + grads in "
-                  "{t.precision}, fp32 state; plain data parallel, nothing sharded) exceeds the "
+                  "{t.precision}, fp32 state; {mem.layout}) exceeds the "
                   "{t.memory_budget_gb:g} GB budget by {mem.excess_gb:.3g} GB",
         reference="Rajbhandari et al. 2020, ZeRO: Memory Optimizations Toward Training Trillion "
                   "Parameter Models",

@@ -39,7 +39,7 @@ from typing import Any
 import optuna
 
 import optimizers
-from optimizers.registry import HYPERPARAMETER_BOUNDS
+from optimizers.registry import HYPERPARAMETER_BOUNDS, SearchRange
 
 OPTIMIZER_PARAM = "optimizer"
 COMPLEMENT_PREFIX = "one_minus_"
@@ -51,22 +51,14 @@ LADDER_CANDIDATES = 3  # the top candidates that get an lr ladder
 
 
 @dataclass(frozen=True)
-class Range:
-    default: float
-    low: float
-    high: float
-    log: bool = True
-    complement: bool = False
-
-
-@dataclass(frozen=True)
 class PlannedOptimizer:
-    """One candidate of the plan: fixed values for every hyperparameter, ranges for the tuned."""
+    """One candidate of the plan: fixed values for every hyperparameter, ranges (each with its
+    default) for the tuned."""
 
     name: str
     score: float
     defaults: Mapping[str, float]
-    tuned: Mapping[str, Range]
+    tuned: Mapping[str, SearchRange]
 
 
 def tuned_count(trials_per_optimizer: float) -> int:
@@ -87,13 +79,14 @@ class SearchPlan:
     @classmethod
     def build(
         cls,
-        candidates: Sequence[tuple[str, float, Mapping[str, Mapping[str, Any]]]],
+        candidates: Sequence[tuple[str, float, Mapping[str, SearchRange | Mapping[str, Any]]]],
         n_trials: int,
         lr_headroom: float = LR_HEADROOM,
     ) -> SearchPlan:
-        """Plan from ``(optimizer, score, {hp: {default, low, high, log, complement}})`` triples,
-        ranked best first. Hyperparameters without a range keep the registry default. The lr
-        range is searched up to ``lr_headroom`` times above the prior's high end (1: as given)."""
+        """Plan from ``(optimizer, score, {hp: prior})`` triples, ranked best first; a prior is a
+        ``SearchRange`` with its default (or its fields as a mapping). Hyperparameters without a
+        prior keep the registry default. The lr range is searched up to ``lr_headroom`` times
+        above the prior's high end (1: as given)."""
         if not candidates:
             raise ValueError("optimizers: a search plan needs at least one candidate")
         if not lr_headroom >= 1.0:
@@ -104,15 +97,17 @@ class SearchPlan:
         for name, score, priors in candidates:
             spec = optimizers.get(name)
             defaults = dict(spec.defaults)
-            ranges: dict[str, Range] = {}
-            for hp, prior in priors.items():
-                defaults[hp] = float(prior["default"])
-                high = float(prior["high"])
-                if hp == "lr" and not prior.get("complement", False):
-                    high = max(high, min(high * lr_headroom, lr_max))
-                ranges[hp] = Range(float(prior["default"]), float(prior["low"]), high,
-                                   bool(prior.get("log", True)),
-                                   bool(prior.get("complement", False)))
+            ranges: dict[str, SearchRange] = {}
+            for hp, given in priors.items():
+                prior = given if isinstance(given, SearchRange) else SearchRange(**given)
+                if prior.default is None:
+                    raise ValueError(f"{name}.{hp}: a prior needs a default")
+                defaults[hp] = prior.default
+                if hp == "lr" and not prior.complement:
+                    prior = prior.starting_at(prior.default,
+                                              high=max(prior.high,
+                                                       min(prior.high * lr_headroom, lr_max)))
+                ranges[hp] = prior
             order = [hp for hp in spec.tuning_order if hp in ranges]
             order += [hp for hp in ranges if hp not in order]
             keep = order[: tuned_count(share)]
@@ -151,7 +146,7 @@ class SearchPlan:
         candidate = self.candidate(name)
         params: dict[str, Any] = {OPTIMIZER_PARAM: name}
         for hp, rng in candidate.tuned.items():
-            value = min(max(values.get(hp, rng.default), rng.low), rng.high)
+            value = min(max(values.get(hp, candidate.defaults[hp]), rng.low), rng.high)
             if rng.complement:
                 params[f"{name}.{COMPLEMENT_PREFIX}{hp}"] = 1.0 - value
             else:
@@ -182,8 +177,9 @@ class SearchPlan:
             lr = c.tuned.get("lr")
             if lr is None:
                 continue
-            value = min(max(lr.default * factor, lr.low), lr.high)
-            if not math.isclose(value, lr.default):
+            default = c.defaults["lr"]
+            value = min(max(default * factor, lr.low), lr.high)
+            if not math.isclose(value, default):
                 points.append(self.params_for(c.name, {**c.defaults, "lr": value}))
         return points
 
@@ -192,7 +188,7 @@ class SearchPlan:
     def to_json(self) -> str:
         return json.dumps([
             {"name": c.name, "score": c.score, "defaults": dict(c.defaults),
-             "tuned": {hp: vars(r) for hp, r in c.tuned.items()}}
+             "tuned": {hp: r.as_dict() for hp, r in c.tuned.items()}}
             for c in self.candidates
         ])
 
@@ -200,6 +196,6 @@ class SearchPlan:
     def from_json(cls, text: str) -> SearchPlan:
         return cls(tuple(
             PlannedOptimizer(item["name"], item["score"], item["defaults"],
-                             {hp: Range(**r) for hp, r in item["tuned"].items()})
+                             {hp: SearchRange(**r) for hp, r in item["tuned"].items()})
             for item in json.loads(text)
         ))

@@ -1,10 +1,17 @@
-"""The task description: what a user tells optpilot about their model and training (DESIGN.md)."""
+"""The task description: what a user tells optpilot about their model and training.
+
+``fine_tuning`` takes ``false``, ``true``, ``"full"`` or ``"parameter_efficient"``: ``true`` is
+full fine-tuning unless ``frozen_parameters`` says most of the model stays frozen (adapters, LoRA,
+prompt tuning train a small set on a large frozen model); ``fine_tuning_kind`` is the resolved
+kind. ``num_parameters`` counts the trainable parameters; ``frozen_parameters`` the pretrained ones
+that stay frozen (they still take memory, but no gradients and no optimizer state).
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 ModelFamily = Literal["linear", "mlp", "cnn", "rnn", "transformer", "gnn", "other"]
 TaskType = Literal[
@@ -12,12 +19,21 @@ TaskType = Literal[
     "reinforcement_learning", "other",
 ]
 Precision = Literal["fp32", "bf16", "fp16"]
+FineTuningKind = Literal["full", "parameter_efficient"]
 
 # Generous upper bounds: far beyond any real training run, small enough to keep arithmetic exact.
 MAX_PARAMETERS = 10**15
 MAX_COUNT = 10**13
 
 PositiveCount = Annotated[int, Field(ge=1, le=MAX_COUNT)]
+FINE_TUNING_VALUES = (False, True, "full", "parameter_efficient")
+
+
+def _fine_tuning_value(value: object) -> object:
+    """One clear error for anything but the four accepted values (no 1/0 or "yes")."""
+    if not any(value is v if isinstance(v, bool) else value == v for v in FINE_TUNING_VALUES):
+        raise ValueError('must be true, false, "full" or "parameter_efficient"')
+    return value
 
 
 class TaskDescription(BaseModel):
@@ -47,7 +63,17 @@ class TaskDescription(BaseModel):
         default=None, description="Global batch, in examples or sequences."
     )
     sparse_features: bool = Field(default=False, description="Embedding-heavy / sparse gradients.")
-    fine_tuning: bool = Field(default=False, description="Starts from pretrained weights.")
+    fine_tuning: Annotated[bool | FineTuningKind, BeforeValidator(_fine_tuning_value)] = Field(
+        default=False,
+        description="Starts from pretrained weights: true (full, unless frozen_parameters says "
+                    "most of the model is frozen), \"full\" or \"parameter_efficient\" "
+                    "(adapters, LoRA: few trainable parameters on a large frozen model).",
+    )
+    frozen_parameters: int | None = Field(
+        default=None, ge=0, le=MAX_PARAMETERS,
+        description="Pretrained parameters kept frozen (not counted in num_parameters); they "
+                    "take memory but no gradients or optimizer state. Only with fine_tuning.",
+    )
     num_devices: int = Field(
         default=1, ge=1, le=1_000_000, description="Accelerators used together."
     )
@@ -56,3 +82,27 @@ class TaskDescription(BaseModel):
         description="Accelerator memory per device, in GB.",
     )
     precision: Precision = Field(default="fp32", description="Parameter/gradient precision.")
+
+    @field_validator("frozen_parameters")
+    @classmethod
+    def _frozen_means_fine_tuning(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value and info.data.get("fine_tuning", True) is False:
+            raise ValueError("frozen pretrained parameters mean fine-tuning: set fine_tuning "
+                             "(true, \"full\" or \"parameter_efficient\")")
+        return value
+
+    @property
+    def fine_tuning_kind(self) -> FineTuningKind | None:
+        """None (training from scratch), ``"full"`` or ``"parameter_efficient"``; plain ``true``
+        is parameter-efficient when more parameters stay frozen than are trained."""
+        if self.fine_tuning is False:
+            return None
+        if self.fine_tuning is True:
+            frozen = self.frozen_parameters or 0
+            return "parameter_efficient" if frozen > self.num_parameters else "full"
+        return self.fine_tuning
+
+    @property
+    def total_parameters(self) -> int:
+        """Trainable plus frozen parameters: the whole model held in memory."""
+        return self.num_parameters + (self.frozen_parameters or 0)

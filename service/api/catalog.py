@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path
 import optimizers
 from optimizers import OptimizerSpec
 from service.errors import ProblemError, problem_responses
-from service.schemas import Listing, Name, OptimizerOut, SearchRangeOut, WorkloadOut
+from service.schemas import Listing, Name, OptimizerOut, WorkloadOut
 from tuner.workloads import Workload, workloads
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
@@ -21,10 +21,7 @@ def optimizer_out(spec: OptimizerSpec) -> OptimizerOut:
         family=spec.family,
         when_to_use=spec.when_to_use,
         defaults=dict(spec.defaults),
-        search_space={
-            hp: SearchRangeOut(low=r.low, high=r.high, log=r.log, complement=r.complement)
-            for hp, r in spec.search_space.items()
-        },
+        search_space=dict(spec.search_space),
         state_bytes_per_param=spec.state_bytes_per_param,
         references=list(spec.references),
         tuning_order=list(spec.tuning_order),
