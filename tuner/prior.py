@@ -428,8 +428,9 @@ def _line(rule: Rule, task: TaskDescription, mem: MemoryUse, effects: list[str])
 
 
 def _memory_line(task: TaskDescription, mem: MemoryUse) -> str:
-    verdict = {True: f"fits the {task.memory_budget_gb:g} GB budget", None: "no budget given",
-               False: f"does not fit the {task.memory_budget_gb:g} GB budget"}[mem.fits]
+    budget = task.memory_budget_gb
+    verdict = ("no budget given" if budget is None else
+               f"{'fits' if mem.fits else 'does not fit'} the {budget:g} GB budget")
     return (f"memory: {mem.total_gb:.3g} GB per device, {verdict} (params + grads in "
             f"{task.precision}, fp32 state; {mem.layout}; activations not counted)")
 

@@ -14,25 +14,35 @@ Every rule that changes a candidate's score or a value adds its ``rationale`` (a
 template over ``t``, the task, and ``mem``, the candidate's ``MemoryUse``) and its ``reference``
 to that candidate, followed by the numbers it changed.
 
-Thresholds (the user's rules, REFERENCE.md's evidence):
+The rules, in table order (``docs/recommendations.md`` explains each with its source; the
+published-trainings benchmark, ``bench/recommend_accuracy.py``, scores them):
 
-* small/simple: not rnn/transformer and < 1e5 parameters, or a linear/mlp model under 1e6
-  parameters with <= 1e5 examples (or unknown): SGD with momentum first, Adam second.
-* general: everything else that triggers no rule (e.g. a 5e6-parameter CNN or MLP): Adam.
-* very deep (>= 32 layers) or transformer: AdamW.        * rnn: RMSProp (Adam a close second).
+* small/simple: < 1e5 parameters (not rnn, transformer or gnn), or a linear/mlp model under 1e6
+  parameters with <= 1e5 examples (or unknown), supervised: SGD with momentum first, Adam second.
+* general: everything else that triggers no rule (e.g. a 5e6-parameter MLP): Adam.
+* convolutional networks trained supervised (classification, detection, ...), at any depth: SGD
+  with momentum (Nesterov second), lr 0.1 at batch 256 scaled linearly with the batch.
+* very deep (>= 32 layers, not convolutional) or transformer: AdamW.
+* rnn: RMSProp (Adam a close second).      * graph networks: Adam, lr 0.01.
+* reinforcement learning: Adam (RMSProp second), lr 3e-4 whatever the size or batch.
+* image generation (GANs, diffusion; generation by a non-sequence model): Adam, lr 2e-4,
+  beta1 0.5.
 * massive (>= 1e9 parameters, pretraining): LAMB; when Adam-family parameters + gradients + state
-  exceed ``memory_budget_gb`` (per device, plain data parallel: nothing sharded): Adafactor, Lion,
+  exceed ``memory_budget_gb`` per device (sharded over ``num_devices``): Adafactor, Lion,
   SGD momentum.
 * large global batch (>= 8192): LAMB and Lion, Adam-family kept.   * sparse features: Adagrad.
-* fine-tuning: AdamW with lr 2e-5 in [5e-6, 1e-4].
+* full fine-tuning: AdamW with lr 2e-5 in [5e-6, 1e-4]; other optimizers' lrs x0.1.
+  Parameter-efficient fine-tuning (adapters, LoRA): AdamW with lr 3e-4 in [3e-5, 3e-3].
 * lr vs size (transformers/LMs >= 1e8 parameters): GPT-3's table, log-log interpolated.
-* small models (< ~2.5e7 parameters, not fine-tuning): Adam-family, LAMB, RMSProp and Adagrad lr
-  x (2.5e7/N)^0.318, GPT-3's power law extended below its table, at most x100.
-* lr vs batch (batch above 256, not fine-tuning): sqrt for Adam/LAMB, linear for SGD, factor at
-  most 16. Batches below 256 keep the reference lr: on the built-in workloads (batch 32-128,
-  ``bench/lr_sweep.py``) the best lr did not fall with the batch.
+* small models (< ~2.5e7 parameters, supervised from scratch, not recurrent): Adam-family, LAMB,
+  RMSProp and Adagrad lr x (2.5e7/N)^0.318, GPT-3's power law extended below its table; together
+  with the batch factor at most x``SMALL_MODEL_LR_MAX_FACTOR``.
+* lr vs batch (batch above 256; not for the fixed lr bands of fine-tuning, RL, image generation
+  and graphs): linear for SGD up to x32 (batch 8192), square root for LAMB up to x16, square
+  root for the Adam family up to x2. Batches below 256 keep the reference lr: on the built-in
+  workloads (batch 32-128, ``bench/lr_sweep.py``) the best lr did not fall with the batch.
 * Lion: lr = AdamW's / 5 (range /10../3), weight decay = AdamW's x 5 (range x3..x10).
-* does not fit the memory budget: score x0.01.
+* does not fit the memory budget: score x0.01, and below every candidate that fits.
 """
 
 from __future__ import annotations
@@ -51,14 +61,23 @@ from tuner.task import TaskDescription
 # Thresholds and constants (change the numbers here)
 # --------------------------------------------------------------------------------------------
 
-TINY_PARAMETERS: Final = 100_000  # below this any non-recurrent, non-Transformer model is "small"
+# Below this a supervised model (not recurrent, Transformer or graph) is "small".
+TINY_PARAMETERS: Final = 100_000
 SMALL_PARAMETERS: Final = 1_000_000  # linear/mlp below this with small (or unknown) data is small
 SMALL_DATASET: Final = 100_000  # "small data", in examples
-VERY_DEEP_LAYERS: Final = 32
+VERY_DEEP_LAYERS: Final = 32  # not for convolutional networks: ResNets train with SGD at any depth
 MASSIVE_PARAMETERS: Final = 1_000_000_000
 LARGE_BATCH: Final = 8192
 REFERENCE_BATCH: Final = 256  # batch at which the registry's (and GPT-3's) lrs are read
-BATCH_FACTOR_MAX: Final = 16.0
+# Batch factors, each capped: SGD linear up to batch 8192 (Goyal et al. 2017 kept ResNet-50's
+# accuracy with linear scaling up to 8k); LAMB square root up to x16 (You et al. 2020 scaled
+# BERT's lr by the square root up to 32k-64k); the Adam family square root up to x2: large-batch
+# Adam/AdamW trainings in the published table (ViT at 4096, DeiT/Swin at 1024, GPT-3 and LLaMA
+# at 500-2000 sequences) used lrs within 2-3x of the small-batch ones (bench/recommend_accuracy.py
+# --laws prints the ratios).
+SGD_BATCH_FACTOR_MAX: Final = 32.0
+LAMB_BATCH_FACTOR_MAX: Final = 16.0
+ADAM_BATCH_FACTOR_MAX: Final = 2.0
 LM_SCALING_PARAMETERS: Final = 100_000_000  # GPT-3 lr table applies from here up
 # GPT-3's table is a power law, lr ~ N ** -0.318 (6e-4 at 125M to 6e-5 at 175B); extended below the
 # table it reaches the registry's Adam default (1e-3) at about 2.5e7 parameters. Smaller models
@@ -68,6 +87,20 @@ REGISTRY_ADAM_LR: Final = 1e-3
 SMALL_MODEL_LR_PARAMETERS: Final = 125e6 * (6e-4 / REGISTRY_ADAM_LR) ** (1 / GPT3_LR_EXPONENT)
 SMALL_MODEL_LR_MAX_FACTOR: Final = 100.0
 FINE_TUNING_LR: Final = (2e-5, 5e-6, 1e-4)  # default, low, high (BERT: 2e-5 .. 5e-5)
+# Adapters and LoRA train new low-rank/bottleneck weights on a frozen model at 1e-4 .. 1e-3 (Hu et
+# al. 2021, LoRA, Tables 9-11: 2e-4 .. 5e-4; Houlsby et al. 2019: 1e-4 .. 1e-3; Dettmers et al.
+# 2023, QLoRA: 1e-4 .. 2e-4): the geometric middle of that band, and a decade either side.
+PEFT_LR: Final = (3e-4, 3e-5, 3e-3)
+# Policy/value networks: Adam at 3e-4 (Schulman et al. 2017, PPO; Haarnoja et al. 2018, SAC;
+# DQN's RMSProp at 2.5e-4), whatever the network's size or batch.
+RL_LR: Final = (3e-4, 3e-5, 3e-3)
+# GANs and diffusion models: Adam at 1e-4 .. 2e-3 (Radford et al. 2016, DCGAN: 2e-4, beta1 0.5;
+# Karras et al. 2019: 1e-3 .. 2e-3, beta1 0; Ho et al. 2020, DDPM: 2e-4 .. 2e-5).
+IMAGE_GENERATION_LR: Final = (2e-4, 2e-5, 2e-3)
+IMAGE_GENERATION_BETA1: Final = (0.5, 0.01, 0.9)
+# Graph networks: Adam at 0.01 (Kipf & Welling 2017, GCN; Velickovic et al. 2018, GAT: 0.005 ..
+# 0.01), full-batch on small graphs.
+GRAPH_LR: Final = (1e-2, 1e-3, 1e-1)
 MEMORY_PENALTY: Final = 0.01  # score factor for a candidate that does not fit the budget
 
 GB: Final = 1e9  # memory_budget_gb is in decimal gigabytes
@@ -185,15 +218,52 @@ def small_model_lr_factor(task: TaskDescription) -> float:
     return min(SMALL_MODEL_LR_MAX_FACTOR, max(1.0, float(ratio**GPT3_LR_EXPONENT)))
 
 
-def batch_factor(task: TaskDescription, power: float) -> float:
-    """(batch / REFERENCE_BATCH) ** power for batches above the reference, at most
-    ``BATCH_FACTOR_MAX``; 1 at or below it."""
+def batch_factor(task: TaskDescription, power: float, cap: float) -> float:
+    """(batch / REFERENCE_BATCH) ** power for batches above the reference, at most ``cap``;
+    1 at or below it."""
     ratio = (task.batch_size or REFERENCE_BATCH) / REFERENCE_BATCH
-    return min(BATCH_FACTOR_MAX, max(1.0, float(ratio**power)))
+    return min(cap, max(1.0, float(ratio**power)))
+
+
+def adam_batch_factor(task: TaskDescription) -> float:
+    """The Adam family's square-root batch factor, at most ``ADAM_BATCH_FACTOR_MAX`` and so
+    that with the small-model rise it stays within ``SMALL_MODEL_LR_MAX_FACTOR``."""
+    factor = batch_factor(task, 0.5, ADAM_BATCH_FACTOR_MAX)
+    if rises_with_small_size(task):
+        factor = min(factor, SMALL_MODEL_LR_MAX_FACTOR / small_model_lr_factor(task))
+    return factor
+
+
+def is_reinforcement_learning(t: TaskDescription) -> bool:
+    return t.task_type == "reinforcement_learning"
+
+
+def is_image_generation(t: TaskDescription) -> bool:
+    """Generation by a non-sequence model: GANs, diffusion U-Nets (not language models)."""
+    return t.task_type == "generation" and t.model_family not in ("transformer", "rnn")
+
+
+def is_convolutional_supervised(t: TaskDescription) -> bool:
+    """A CNN trained on labels (classification, detection, segmentation, regression)."""
+    return t.model_family == "cnn" and not (
+        is_reinforcement_learning(t) or is_image_generation(t))
+
+
+def is_graph(t: TaskDescription) -> bool:
+    return t.model_family == "gnn" and not is_reinforcement_learning(t)
+
+
+def has_lr_band(t: TaskDescription) -> bool:
+    """Kinds of training whose published lrs sit in a band of their own, which the size and
+    batch laws do not move: fine-tuning, RL, image generation, graph networks."""
+    return bool(t.fine_tuning) or is_reinforcement_learning(t) or is_image_generation(t) or (
+        is_graph(t))
 
 
 def is_small_problem(t: TaskDescription) -> bool:
-    if t.model_family in ("rnn", "transformer"):
+    if t.model_family in ("rnn", "transformer", "gnn"):
+        return False
+    if is_reinforcement_learning(t) or is_image_generation(t):
         return False
     small_data = t.dataset_size is None or t.dataset_size <= SMALL_DATASET
     return t.num_parameters < TINY_PARAMETERS or (
@@ -203,7 +273,14 @@ def is_small_problem(t: TaskDescription) -> bool:
 
 def is_lm_scale(t: TaskDescription) -> bool:
     lm_like = t.model_family == "transformer" or t.task_type in ("language_modeling", "generation")
-    return lm_like and t.num_parameters >= LM_SCALING_PARAMETERS and not t.fine_tuning
+    return lm_like and t.num_parameters >= LM_SCALING_PARAMETERS and not has_lr_band(t)
+
+
+def rises_with_small_size(t: TaskDescription) -> bool:
+    """Supervised training from scratch of a small non-recurrent model (the sequence-lstm
+    workload's RMSProp diverged at the rise's lr: recurrent nets keep the reference lr)."""
+    return (t.num_parameters < SMALL_MODEL_LR_PARAMETERS and t.model_family != "rnn"
+            and not has_lr_band(t))
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,6 +350,8 @@ class Rule:
 _SCHMIDT = "Schmidt et al. 2021, Descending through a Crowded Valley"
 _NADO = "Nado et al. 2021, A Large Batch Optimizer Reality Check"
 _GPT3 = "Brown et al. 2020, Language Models are Few-Shot Learners (GPT-3), Table 2.1"
+_GOYAL = "Goyal et al. 2017, Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour"
+_HE = "He et al. 2016, Deep Residual Learning for Image Recognition"
 
 # Unnormalised prior before any rule: Adam is the general default (Kingma & Ba 2015), AdamW and
 # SGD momentum strong seconds; Schmidt et al. 2021 found no optimizer dominates, so none is zero.
@@ -295,6 +374,16 @@ RULES: Final[tuple[Rule, ...]] = (
         reference="Wilson et al. 2017, The Marginal Value of Adaptive Gradient Methods",
     ),
     Rule(
+        name="convolutional",
+        applies=is_convolutional_supervised,
+        weights={"sgd_momentum": 6.0, "nesterov": 3.0, "adam": 0.5, "adamw": 0.75,
+                 "lamb": 0.5, "lion": 0.5},
+        rationale="convolutional network trained on labels: SGD with (Nesterov) momentum, lr 0.1 "
+                  f"at batch {REFERENCE_BATCH} scaled linearly with the batch, is how ResNets, "
+                  "VGG and detectors are trained, at any depth",
+        reference=_GOYAL,
+    ),
+    Rule(
         name="transformer",
         applies=lambda t: t.model_family == "transformer",
         weights={"adamw": 4.0, "nadam": 1.5, "lamb": 1.5, "lion": 1.5, "adafactor": 1.5,
@@ -306,11 +395,11 @@ RULES: Final[tuple[Rule, ...]] = (
     ),
     Rule(
         name="very_deep",
-        applies=lambda t: (t.num_layers or 0) >= VERY_DEEP_LAYERS,
+        applies=lambda t: (t.num_layers or 0) >= VERY_DEEP_LAYERS and t.model_family != "cnn",
         weights={"adamw": 3.0, "nadam": 1.5, "adam": 0.75,
                  "sgd": 0.5, "sgd_momentum": 0.5, "nesterov": 0.5},
-        rationale=f"very deep network (>= {VERY_DEEP_LAYERS} layers, here {{t.num_layers}}): "
-                  "AdamW (NAdamW is the AlgoPerf baseline)",
+        rationale=f"very deep network (>= {VERY_DEEP_LAYERS} layers, here {{t.num_layers}}, not "
+                  "convolutional): AdamW (NAdamW is the AlgoPerf baseline)",
         reference="Dahl et al. 2023, Benchmarking Neural Network Training Algorithms (AlgoPerf)",
     ),
     Rule(
@@ -320,6 +409,38 @@ RULES: Final[tuple[Rule, ...]] = (
         rationale="recurrent network: RMSProp is the traditional choice (evidence it beats Adam "
                   "is weak, so Adam stays close)",
         reference="Graves 2013, Generating Sequences With Recurrent Neural Networks",
+    ),
+    Rule(
+        name="graph",
+        applies=is_graph,
+        weights={"adam": 2.0, "sgd": 0.5, "sgd_momentum": 0.5, "nesterov": 0.5},
+        adjust=(SetRange(ADAM_FAMILY, "lr", lambda t: GRAPH_LR),),
+        rationale="graph network: Adam at lr 0.01, full-batch on small graphs, whatever the "
+                  "model's size",
+        reference="Kipf & Welling 2017, Semi-Supervised Classification with Graph Convolutional "
+                  "Networks",
+    ),
+    Rule(
+        name="reinforcement_learning",
+        applies=is_reinforcement_learning,
+        weights={"adam": 3.0, "rmsprop": 4.0, "adamw": 0.5, "sgd": 0.25, "sgd_momentum": 0.25,
+                 "nesterov": 0.25, "lamb": 0.5, "lion": 0.5},
+        adjust=(SetRange(ADAM_FAMILY | {"rmsprop"}, "lr", lambda t: RL_LR),),
+        rationale="reinforcement learning: policy and value networks train with Adam at about "
+                  "3e-4 (RMSProp in older work), whatever their size or batch",
+        reference="Schulman et al. 2017, Proximal Policy Optimization Algorithms",
+    ),
+    Rule(
+        name="image_generation",
+        applies=is_image_generation,
+        weights={"adam": 3.0, "rmsprop": 2.0, "sgd": 0.25, "sgd_momentum": 0.25,
+                 "nesterov": 0.25, "lamb": 0.5},
+        adjust=(SetRange(ADAM_FAMILY, "lr", lambda t: IMAGE_GENERATION_LR),
+                SetRange(ADAM_FAMILY, "beta1", lambda t: IMAGE_GENERATION_BETA1)),
+        rationale="image generation (GANs, diffusion): Adam with a low lr (1e-4 .. 2e-3) and a "
+                  "low beta1 for adversarial training (0 .. 0.5; diffusion keeps 0.9)",
+        reference="Radford et al. 2016, Unsupervised Representation Learning with Deep "
+                  "Convolutional GANs (DCGAN)",
     ),
     Rule(
         name="massive_model",
@@ -336,7 +457,8 @@ RULES: Final[tuple[Rule, ...]] = (
         applies=adam_state_exceeds_budget,
         weights={"adafactor": 6.0, "lion": 3.0, "sgd_momentum": 3.0},
         rationale="Adam-family parameters + gradients + fp32 state exceed {t.memory_budget_gb:g} "
-                  "GB per device: memory-light optimizers (factored or single state)",
+                  "GB per device ({mem.layout}): memory-light optimizers (factored or single "
+                  "state)",
         reference="Shazeer & Stern 2018, Adafactor: Adaptive Learning Rates with Sublinear "
                   "Memory Cost",
     ),
@@ -359,7 +481,7 @@ RULES: Final[tuple[Rule, ...]] = (
     ),
     Rule(
         name="fine_tuning",
-        applies=lambda t: t.fine_tuning,
+        applies=lambda t: t.fine_tuning_kind == "full",
         weights={"adamw": 3.0, "lamb": 0.3, "muon": 0.3, "lion": 0.5, "adafactor": 0.5},
         adjust=(SetRange(ADAM_FAMILY, "lr", lambda t: FINE_TUNING_LR),),
         rationale="fine-tuning pretrained weights: AdamW with a small lr (1e-5 .. 5e-5 for "
@@ -368,12 +490,21 @@ RULES: Final[tuple[Rule, ...]] = (
     ),
     Rule(
         name="fine_tuning_lr_other",
-        applies=lambda t: t.fine_tuning,
+        applies=lambda t: t.fine_tuning_kind == "full",
         adjust=(Scale(SGD_FAMILY | {"rmsprop", "adagrad", "adafactor", "lamb"}, ("lr",),
                       lambda t: 0.1),
                 Scale(frozenset({"muon"}), ("lr", "aux_lr"), lambda t: 0.1)),
         rationale="fine-tuning: lr about 10x below training from scratch",
         reference="Kornblith et al. 2019, Do Better ImageNet Models Transfer Better?",
+    ),
+    Rule(
+        name="parameter_efficient_fine_tuning",
+        applies=lambda t: t.fine_tuning_kind == "parameter_efficient",
+        weights={"adamw": 3.0, "lamb": 0.3, "muon": 0.3, "lion": 0.5},
+        adjust=(SetRange(ADAM_FAMILY, "lr", lambda t: PEFT_LR),),
+        rationale="parameter-efficient fine-tuning (adapters, LoRA: new weights on a frozen "
+                  "model): AdamW at 1e-4 .. 1e-3, a decade above full fine-tuning",
+        reference="Hu et al. 2021, LoRA: Low-Rank Adaptation of Large Language Models",
     ),
     Rule(
         name="lr_vs_model_size",
@@ -388,26 +519,32 @@ RULES: Final[tuple[Rule, ...]] = (
     ),
     Rule(
         name="small_model_lr",
-        applies=lambda t: t.num_parameters < SMALL_MODEL_LR_PARAMETERS and not t.fine_tuning,
+        applies=rises_with_small_size,
         adjust=(Scale(ADAPTIVE, ("lr",), small_model_lr_factor),),
         rationale=f"small model ({{t.num_parameters:.3g}} parameters): adaptive lr rises as "
                   f"size falls, GPT-3's power law (lr ~ N^-{GPT3_LR_EXPONENT:.2f}) extended below "
                   f"{SMALL_MODEL_LR_PARAMETERS:.2g} parameters, where it meets the default; at "
                   f"most x{SMALL_MODEL_LR_MAX_FACTOR:g} (measured on the built-in workloads: "
-                  "bench/lr_sweep.py)",
+                  "bench/lr_sweep.py); not for recurrent nets",
         reference=_GPT3,
     ),
     Rule(
         name="lr_vs_batch_size",
         applies=lambda t: t.batch_size is not None and t.batch_size > REFERENCE_BATCH
-        and not t.fine_tuning,
-        adjust=(Scale(ADAM_FAMILY | {"lamb"}, ("lr",), lambda t: batch_factor(t, 0.5)),
-                Scale(SGD_FAMILY, ("lr",), lambda t: batch_factor(t, 1.0))),
-        rationale=f"batch {{t.batch_size}} above the reference {REFERENCE_BATCH}: lr scaled by "
-                  f"the square root (Adam/LAMB) or linearly (SGD), at most x{BATCH_FACTOR_MAX:g} "
-                  "(smaller batches keep the reference lr: measured on the built-in workloads, "
-                  "bench/lr_sweep.py)",
-        reference="Goyal et al. 2017 (linear, SGD); Malladi et al. 2022 (square root, Adam)",
+        and not has_lr_band(t),
+        adjust=(Scale(ADAM_FAMILY, ("lr",), adam_batch_factor),
+                Scale(frozenset({"lamb"}), ("lr",),
+                      lambda t: batch_factor(t, 0.5, LAMB_BATCH_FACTOR_MAX)),
+                Scale(SGD_FAMILY, ("lr",),
+                      lambda t: batch_factor(t, 1.0, SGD_BATCH_FACTOR_MAX))),
+        rationale=f"batch {{t.batch_size}} above the reference {REFERENCE_BATCH}: lr scaled "
+                  f"linearly for SGD (at most x{SGD_BATCH_FACTOR_MAX:g}), by the square root for "
+                  f"LAMB (at most x{LAMB_BATCH_FACTOR_MAX:g}) and the Adam family (at most "
+                  f"x{ADAM_BATCH_FACTOR_MAX:g}, and x{SMALL_MODEL_LR_MAX_FACTOR:g} with the "
+                  "small-model rise); smaller batches keep the reference lr (measured on the "
+                  "built-in workloads, bench/lr_sweep.py)",
+        reference="Goyal et al. 2017 (linear, SGD); Malladi et al. 2022 (square root, Adam); "
+                  "You et al. 2020 (square root, LAMB)",
     ),
     Rule(
         name="lion_from_adamw",

@@ -1,0 +1,290 @@
+"""How often does ``recommend()`` agree with the published record? Leave-one-out on the table.
+
+Every row of the published-trainings table (``tuner/evidence/published.csv``) is asked of
+``tuner.prior.recommend`` as a new user would ask it: through the task description's documented
+fields only (``PublishedTraining.task_fields()``: no fine-tuning kind, no frozen parameters;
+``--view full`` adds them). Each row is scored twice, leave-one-out: with the nearest-evidence
+step over the table less that row (a row never counts as evidence for itself) and with the
+rules alone (an empty evidence pool). Measured per row:
+
+* top-1: the first candidate is the optimizer the authors used;
+* top-3: it is among the first three candidates;
+* lr within 3x (the target's figure), over the rows whose top-1 is right: the first candidate's
+  lr default is within a factor 3 of the published peak lr, and the published lr lies inside the
+  candidate's lr range;
+* lr within 3x (top-3), over the rows whose top-3 is right: the same test on the candidate of
+  the published optimizer, wherever it ranks among the three;
+* lr within 3x (any rank), over every row: the same test on the published optimizer's candidate
+  in the full ranking (how good the lr prior is even when the ranking is not).
+
+Printed: overall figures against the targets, one table per domain and per kind of training,
+the rows the recommendation gets wrong, and ``recommend()`` latency with and without evidence
+(p50/p99 over every row's task, the two interleaved in one run). ``--sweep`` re-scores with other
+evidence pseudocounts (how the ones in ``tuner.rules`` were chosen).
+
+    python -m bench.recommend_accuracy                 # figures, tables, misses, latency
+    python -m bench.recommend_accuracy --sweep         # pseudocount sweep
+    python -m bench.recommend_accuracy --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import optimizers
+from tuner import rules
+from tuner.evidence.published import PublishedTraining, published_trainings
+from tuner.evidence.records import EMPTY_POOL, EvidencePool, published_pool, published_record_task
+from tuner.prior import Candidate, recommend
+from tuner.task import TaskDescription
+
+View = Literal["design", "full"]
+LR_TOLERANCE = 3.0
+
+# Targets, leave-one-out (top-1, top-3, lr within 3x where top-1 is right).
+TARGETS: dict[str, tuple[float, float, float]] = {
+    "evidence": (0.80, 0.95, 0.75),
+    "rules": (0.70, 0.90, 0.65),
+}
+
+
+@dataclass(frozen=True)
+class RowResult:
+    id: str
+    domain: str
+    kind: str
+    published: str
+    published_lr: float
+    ranked: tuple[str, ...]  # top 3
+    lr_first: float | None  # the first candidate's lr default
+    lr_published_candidate: float | None  # the published optimizer's candidate's lr default
+    lr_ok_first: bool
+    lr_ok_top3: bool
+    lr_ok_any: bool
+
+    @property
+    def top1(self) -> bool:
+        return self.ranked[0] == self.published
+
+    @property
+    def top3(self) -> bool:
+        return self.published in self.ranked
+
+
+def lr_ok(candidate: Candidate, published_lr: float) -> bool:
+    """Within ``LR_TOLERANCE`` of the published lr, which lies inside the candidate's range."""
+    prior = candidate.hyperparameters.get("lr")
+    if prior is None or prior.default is None:
+        return False
+    ratio = prior.default / published_lr
+    return 1 / LR_TOLERANCE <= ratio <= LR_TOLERANCE and prior.contains(published_lr)
+
+
+def query(row: PublishedTraining, view: View) -> TaskDescription:
+    if view == "full":
+        return published_record_task(row)
+    return TaskDescription.model_validate(row.task_fields())
+
+
+def score_row(row: PublishedTraining, pool: EvidencePool, view: View) -> RowResult:
+    task = query(row, view)
+    rec = recommend(task, top_k=len(optimizers.names()), evidence=pool)
+    by_name = {c.optimizer: c for c in rec.candidates}
+    ranked = tuple(c.optimizer for c in rec.candidates[:3])
+    first = rec.candidates[0]
+    mine = by_name.get(row.optimizer)
+    ok_any = mine is not None and lr_ok(mine, row.lr)
+    first_lr = first.hyperparameters["lr"].default if "lr" in first.hyperparameters else None
+    mine_lr = (mine.hyperparameters["lr"].default
+               if mine is not None and "lr" in mine.hyperparameters else None)
+    return RowResult(
+        row.id, row.domain, row.kind, row.optimizer, row.lr, ranked, first_lr, mine_lr,
+        lr_ok_first=ranked[0] == row.optimizer and lr_ok(first, row.lr),
+        lr_ok_top3=row.optimizer in ranked and ok_any,
+        lr_ok_any=ok_any,
+    )
+
+
+def evaluate(rows: Sequence[PublishedTraining], use_evidence: bool, view: View = "design",
+             pool: EvidencePool | None = None) -> list[RowResult]:
+    """Every row, leave-one-out (with evidence: the pool less that row)."""
+    full = published_pool() if pool is None else pool
+    return [score_row(row, full.without(row.id) if use_evidence else EMPTY_POOL, view)
+            for row in rows]
+
+
+@dataclass(frozen=True)
+class Figures:
+    rows: int
+    top1: float
+    top3: float
+    lr_first: float  # over rows with top-1 right (the target's figure)
+    lr_top3: float  # over rows with top-3 right
+    lr_any: float  # over every row
+
+    @classmethod
+    def of(cls, results: Iterable[RowResult]) -> Figures:
+        rs = list(results)
+
+        def share(hits: Iterable[bool], over: int) -> float:
+            return sum(hits) / over if over else math.nan
+
+        n1 = sum(r.top1 for r in rs)
+        n3 = sum(r.top3 for r in rs)
+        return cls(
+            len(rs), share((r.top1 for r in rs), len(rs)), share((r.top3 for r in rs), len(rs)),
+            share((r.lr_ok_first for r in rs), n1), share((r.lr_ok_top3 for r in rs), n3),
+            share((r.lr_ok_any for r in rs), len(rs)),
+        )
+
+    def meets(self, targets: tuple[float, float, float]) -> bool:
+        return (self.top1 >= targets[0] and self.top3 >= targets[1]
+                and self.lr_first >= targets[2])
+
+
+def _pct(x: float) -> str:
+    return "   -" if math.isnan(x) else f"{100 * x:3.0f}%"
+
+
+def table(title: str, groups: dict[str, tuple[list[RowResult], list[RowResult]]]) -> str:
+    head = (f"{title:<22} {'rows':>4} | with evidence: top1 top3 lr@1 lr@3 lr@any"
+            f" | rules alone: top1 top3 lr@1 lr@3 lr@any")
+    lines = [head, "-" * len(head)]
+    for name, (with_ev, alone) in groups.items():
+        a, b = Figures.of(with_ev), Figures.of(alone)
+        lines.append(
+            f"{name:<22} {a.rows:>4} |                {_pct(a.top1)} {_pct(a.top3)} "
+            f"{_pct(a.lr_first)} {_pct(a.lr_top3)} {_pct(a.lr_any):>6} |              "
+            f"{_pct(b.top1)} {_pct(b.top3)} {_pct(b.lr_first)} {_pct(b.lr_top3)} "
+            f"{_pct(b.lr_any):>6}")
+    return "\n".join(lines)
+
+
+def grouped(with_ev: list[RowResult], alone: list[RowResult],
+            key: Callable[[RowResult], str]) -> dict[str, tuple[list[RowResult], list[RowResult]]]:
+    out: dict[str, tuple[list[RowResult], list[RowResult]]] = {}
+    for a, b in zip(with_ev, alone, strict=True):
+        pair = out.setdefault(key(a), ([], []))
+        pair[0].append(a)
+        pair[1].append(b)
+    return dict(sorted(out.items()))
+
+
+def misses(results: list[RowResult], label: str) -> str:
+    lines = [f"misses ({label}): row, published optimizer @ lr -> top 3, first lr, "
+             f"published optimizer's lr"]
+    for r in results:
+        if r.top1 and r.lr_ok_first:
+            continue
+        first = "-" if r.lr_first is None else f"{r.lr_first:.3g}"
+        mine = "-" if r.lr_published_candidate is None else f"{r.lr_published_candidate:.3g}"
+        flag = ("top1" if not r.top1 else "lr  ")
+        lines.append(f"  {flag} {r.id:<34} {r.published:>12} @ {r.published_lr:<8.3g} -> "
+                     f"{','.join(r.ranked):<34} {first:>8} {mine:>8}")
+    return "\n".join(lines)
+
+
+def latency(tasks: Sequence[TaskDescription], repeats: int) -> dict[str, dict[str, float]]:
+    """p50/p99 of recommend(top_k=3) per call, with and without evidence, interleaved."""
+    pool = published_pool()
+    for t in tasks:  # warm the caches (rules' lrs for the table's tasks, base data)
+        recommend(t, evidence=pool)
+        recommend(t, evidence=EMPTY_POOL)
+    samples: dict[str, list[float]] = {"evidence": [], "rules": []}
+    for _ in range(repeats):
+        for t in tasks:
+            for label, p in (("evidence", pool), ("rules", EMPTY_POOL)):
+                start = time.perf_counter()
+                recommend(t, evidence=p)
+                samples[label].append(time.perf_counter() - start)
+    out = {}
+    for label, xs in samples.items():
+        xs.sort()
+        out[label] = {"p50_ms": 1e3 * statistics.median(xs),
+                      "p99_ms": 1e3 * xs[min(len(xs) - 1, int(0.99 * len(xs)))]}
+    return out
+
+
+def run(view: View = "design") -> tuple[list[RowResult], list[RowResult]]:
+    rows = published_trainings()
+    return evaluate(rows, True, view), evaluate(rows, False, view)
+
+
+def sweep(view: View) -> str:
+    """Re-score with other pseudocounts (module constants swapped for the run)."""
+    rows = published_trainings()
+    lines = ["score pseudocount, lr pseudocount -> top1 top3 lr@1 lr@any (with evidence)"]
+    saved = (rules.EVIDENCE_SCORE_PSEUDOCOUNT, rules.EVIDENCE_LR_PSEUDOCOUNT)
+    import tuner.prior as prior
+
+    try:
+        for s in (0.25, 0.5, 1.0, 2.0, 4.0):
+            for lr_count in (0.25, 0.5, 1.0, 2.0):
+                prior.EVIDENCE_SCORE_PSEUDOCOUNT = s  # type: ignore[misc]
+                prior.EVIDENCE_LR_PSEUDOCOUNT = lr_count  # type: ignore[misc]
+                f = Figures.of(evaluate(rows, True, view))
+                lines.append(f"  {s:5g} {lr_count:5g} -> {_pct(f.top1)} {_pct(f.top3)} "
+                             f"{_pct(f.lr_first)} {_pct(f.lr_any)}")
+    finally:
+        prior.EVIDENCE_SCORE_PSEUDOCOUNT, prior.EVIDENCE_LR_PSEUDOCOUNT = saved  # type: ignore[misc]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--view", choices=["design", "full"], default="design",
+                   help="design: the documented task fields only (default); full: with the "
+                   "fine-tuning kind and frozen parameters")
+    p.add_argument("--sweep", action="store_true", help="evidence pseudocount sweep")
+    p.add_argument("--repeats", type=int, default=20, help="latency: calls per task and mode")
+    p.add_argument("--json", help="write every row's result and the figures here")
+    args = p.parse_args(argv)
+    view: View = args.view
+    if args.sweep:
+        print(sweep(view))
+        return
+    with_ev, alone = run(view)
+    overall = {"evidence": Figures.of(with_ev), "rules": Figures.of(alone)}
+    n = len(with_ev)
+    print(f"{n} published trainings, leave-one-out, task fields: {view}\n")
+    for label, f in overall.items():
+        t = TARGETS[label]
+        verdict = "met" if f.meets(t) else "NOT met"
+        print(f"{label:>8}: top-1 {_pct(f.top1)} (target {t[0]:.0%}), top-3 {_pct(f.top3)} "
+              f"(target {t[1]:.0%}), lr within 3x where top-1 is right {_pct(f.lr_first)} "
+              f"(target {t[2]:.0%}) -> {verdict}; lr within 3x where top-3 is right "
+              f"{_pct(f.lr_top3)}, at any rank {_pct(f.lr_any)}")
+    print()
+    print(table("domain", grouped(with_ev, alone, lambda r: r.domain)))
+    print()
+    print(table("kind", grouped(with_ev, alone, lambda r: r.kind)))
+    print()
+    print(misses(with_ev, "with evidence"))
+    print()
+    print(misses(alone, "rules alone"))
+    print()
+    tasks = [query(row, view) for row in published_trainings()]
+    lat = latency(tasks, args.repeats)
+    ratio = lat["evidence"]["p50_ms"] / lat["rules"]["p50_ms"]
+    print(f"latency of recommend(top_k=3), {len(tasks)} tasks x {args.repeats}, interleaved: "
+          f"with evidence p50 {lat['evidence']['p50_ms']:.3f} ms, p99 "
+          f"{lat['evidence']['p99_ms']:.3f} ms; rules alone p50 {lat['rules']['p50_ms']:.3f} "
+          f"ms, p99 {lat['rules']['p99_ms']:.3f} ms (evidence/rules p50 {ratio:.2f}x)")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"view": view,
+                       "figures": {k: asdict(v) for k, v in overall.items()},
+                       "latency": lat,
+                       "with_evidence": [asdict(r) for r in with_ev],
+                       "rules_alone": [asdict(r) for r in alone]}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
