@@ -21,6 +21,7 @@ from tuner.rules import (
     GPT3_LR_TABLE,
     MEMORY_PENALTY,
     RULES,
+    SGD_BATCH_FACTOR_MAX,
     SMALL_MODEL_LR_PARAMETERS,
     Derive,
     gpt3_lr,
@@ -41,11 +42,12 @@ def task(**fields: Any) -> TaskDescription:
 
 
 def top(t: TaskDescription, k: int = 3) -> list[str]:
-    return [c.optimizer for c in recommend(t, top_k=k).candidates]
+    """The rules' ranking (no evidence: these tests pin the rules themselves)."""
+    return [c.optimizer for c in recommend(t, top_k=k, evidence=()).candidates]
 
 
 def by_name(t: TaskDescription) -> dict[str, Candidate]:
-    return {c.optimizer: c for c in recommend(t, top_k=ALL).candidates}
+    return {c.optimizer: c for c in recommend(t, top_k=ALL, evidence=()).candidates}
 
 
 def lr(c: Candidate) -> float:
@@ -62,8 +64,10 @@ CANONICAL: list[tuple[str, dict[str, Any], str]] = [
     ("small linear", {"model_family": "linear", "num_parameters": 500_000,
                       "dataset_size": 50_000}, "sgd_momentum"),
     ("general mlp", {"model_family": "mlp", "num_parameters": 5_000_000}, "adam"),
-    ("general cnn", {"model_family": "cnn", "num_parameters": 5_000_000,
-                     "dataset_size": 1_000_000, "batch_size": 256}, "adam"),
+    # Convolutional networks trained on labels take SGD momentum at any depth (Goyal et al.
+    # 2017; He et al. 2016): the published record, not Adam's general default.
+    ("cnn classifier", {"model_family": "cnn", "num_parameters": 5_000_000,
+                        "dataset_size": 1_000_000, "batch_size": 256}, "sgd_momentum"),
     ("general other", {"model_family": "other", "num_parameters": 5_000_000}, "adam"),
     ("125M transformer", {"model_family": "transformer", "task_type": "language_modeling",
                           "num_parameters": 125_000_000, "num_layers": 12, "batch_size": 512},
@@ -71,7 +75,7 @@ CANONICAL: list[tuple[str, dict[str, Any], str]] = [
     ("60-layer net", {"model_family": "other", "num_parameters": 20_000_000, "num_layers": 60},
      "adamw"),
     ("60-layer cnn", {"model_family": "cnn", "num_parameters": 20_000_000, "num_layers": 60},
-     "adamw"),
+     "sgd_momentum"),
     ("lstm", {"model_family": "rnn", "num_parameters": 20_000_000, "num_layers": 2}, "rmsprop"),
     ("10B, large budget", {"model_family": "transformer", "num_parameters": 10_000_000_000,
                            "memory_budget_gb": 1000, "precision": "bf16"}, "lamb"),
@@ -81,13 +85,21 @@ CANONICAL: list[tuple[str, dict[str, Any], str]] = [
                       "sparse_features": True}, "adagrad"),
     ("fine-tuning bert", {"model_family": "transformer", "num_parameters": 110_000_000,
                           "fine_tuning": True, "batch_size": 32}, "adamw"),
+    ("lora", {"model_family": "transformer", "num_parameters": 4_000_000,
+              "frozen_parameters": 7_000_000_000, "fine_tuning": True}, "adamw"),
+    ("rl policy", {"model_family": "mlp", "task_type": "reinforcement_learning",
+                   "num_parameters": 10_000, "batch_size": 64}, "adam"),
+    ("gan", {"model_family": "cnn", "task_type": "generation", "num_parameters": 6_000_000,
+             "batch_size": 128}, "adam"),
+    ("gcn", {"model_family": "gnn", "num_parameters": 20_000, "num_layers": 2}, "adam"),
 ]
 
 
+@pytest.mark.parametrize("evidence", [None, ()], ids=["with evidence", "rules alone"])
 @pytest.mark.parametrize(("fields", "expected"), [(f, e) for _, f, e in CANONICAL],
                          ids=[n for n, _, _ in CANONICAL])
-def test_canonical_top1(fields: dict[str, Any], expected: str) -> None:
-    assert top(task(**fields))[0] == expected
+def test_canonical_top1(fields: dict[str, Any], expected: str, evidence: tuple[()] | None) -> None:
+    assert recommend(task(**fields), evidence=evidence).candidates[0].optimizer == expected
 
 
 def test_small_problem_has_adam_as_safe_second() -> None:
@@ -96,8 +108,8 @@ def test_small_problem_has_adam_as_safe_second() -> None:
 
 
 def test_small_and_general_thresholds_are_both_reachable() -> None:
-    assert top(task(model_family="cnn", num_parameters=99_999))[0] == "sgd_momentum"
-    assert top(task(model_family="cnn", num_parameters=100_000))[0] == "adam"
+    assert top(task(model_family="other", num_parameters=99_999))[0] == "sgd_momentum"
+    assert top(task(model_family="other", num_parameters=100_000))[0] == "adam"
     assert top(task(model_family="mlp", num_parameters=999_999, dataset_size=100_000))[0] == (
         "sgd_momentum")
     assert top(task(model_family="mlp", num_parameters=999_999, dataset_size=100_001))[0] == (
@@ -185,7 +197,8 @@ def test_batch_scaling_sqrt_for_adam_linear_for_sgd() -> None:
     assert math.isclose(lr(big["lamb"]) / lr(ref["lamb"]), 2.0)
     assert math.isclose(lr(big["sgd_momentum"]) / lr(ref["sgd_momentum"]), 4.0)
     clamped = by_name(task(model_family="mlp", num_parameters=5_000_000, batch_size=10**9))
-    assert math.isclose(lr(clamped["sgd_momentum"]) / lr(ref["sgd_momentum"]), 16.0)
+    assert math.isclose(lr(clamped["sgd_momentum"]) / lr(ref["sgd_momentum"]),
+                        SGD_BATCH_FACTOR_MAX)
     # below the reference batch the lr stays (measured: bench/lr_sweep.py)
     small = by_name(task(model_family="mlp", num_parameters=5_000_000, batch_size=32))
     for name in ("adam", "lamb", "sgd_momentum"):
@@ -230,7 +243,7 @@ def test_json_shape_matches_contract() -> None:
     assert data["task"]["num_parameters"] == 124_000_000
     cand = data["candidates"][0]
     assert set(cand) == {"optimizer", "score", "hyperparameters", "memory", "rationale",
-                         "references"}
+                         "references", "evidence"}
     assert set(cand["hyperparameters"]["lr"]) == {"default", "low", "high", "log", "complement"}
     assert set(cand["memory"]) == {"state_bytes", "total_bytes", "fits"}
     assert Recommendation.model_validate(data) == rec
