@@ -39,7 +39,6 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 import optimizers
-from tuner import rules
 from tuner.evidence.published import PublishedTraining, published_trainings
 from tuner.evidence.records import EMPTY_POOL, EvidencePool, published_pool, published_record_task
 from tuner.prior import Candidate, recommend
@@ -218,22 +217,24 @@ def run(view: View = "design") -> tuple[list[RowResult], list[RowResult]]:
 
 
 def sweep(view: View) -> str:
-    """Re-score with other pseudocounts (module constants swapped for the run)."""
-    rows = published_trainings()
-    lines = ["score pseudocount, lr pseudocount -> top1 top3 lr@1 lr@any (with evidence)"]
-    saved = (rules.EVIDENCE_SCORE_PSEUDOCOUNT, rules.EVIDENCE_LR_PSEUDOCOUNT)
+    """Re-score with other pseudocounts (``tuner.prior``'s constants swapped for the run)."""
     import tuner.prior as prior
 
+    rows = published_trainings()
+    lines = ["score pseudocount, lr pseudocount -> top1 top3 lr@1 lr@any (with evidence)"]
+    names = ("EVIDENCE_SCORE_PSEUDOCOUNT", "EVIDENCE_LR_PSEUDOCOUNT")
+    saved = [getattr(prior, name) for name in names]
     try:
-        for s in (0.25, 0.5, 1.0, 2.0, 4.0):
+        for score_count in (0.25, 0.5, 1.0, 2.0, 4.0):
             for lr_count in (0.25, 0.5, 1.0, 2.0):
-                prior.EVIDENCE_SCORE_PSEUDOCOUNT = s  # type: ignore[misc]
-                prior.EVIDENCE_LR_PSEUDOCOUNT = lr_count  # type: ignore[misc]
+                for name, value in zip(names, (score_count, lr_count), strict=True):
+                    setattr(prior, name, value)
                 f = Figures.of(evaluate(rows, True, view))
-                lines.append(f"  {s:5g} {lr_count:5g} -> {_pct(f.top1)} {_pct(f.top3)} "
-                             f"{_pct(f.lr_first)} {_pct(f.lr_any)}")
+                lines.append(f"  {score_count:5g} {lr_count:5g} -> {_pct(f.top1)} "
+                             f"{_pct(f.top3)} {_pct(f.lr_first)} {_pct(f.lr_any)}")
     finally:
-        prior.EVIDENCE_SCORE_PSEUDOCOUNT, prior.EVIDENCE_LR_PSEUDOCOUNT = saved  # type: ignore[misc]
+        for name, value in zip(names, saved, strict=True):
+            setattr(prior, name, value)
     return "\n".join(lines)
 
 

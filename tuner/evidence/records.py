@@ -21,6 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tuner.evidence.published import PublishedTraining, published_trainings
 from tuner.evidence.similarity import TaskKey, key_similarity, weight
 from tuner.task import TaskDescription
 
@@ -127,12 +128,9 @@ class EvidencePool:
 EMPTY_POOL = EvidencePool(())
 
 
-def published_record_task(row: object) -> TaskDescription:
+def published_record_task(row: PublishedTraining) -> TaskDescription:
     """A published row's task with everything the row knows (the fine-tuning kind and frozen
     parameters too, beyond the plain ``fine_tuning`` flag)."""
-    from tuner.evidence.published import PublishedTraining
-
-    assert isinstance(row, PublishedTraining)
     fields = row.task_fields()
     if row.fine_tuning is not None:
         fields["fine_tuning"] = row.fine_tuning
@@ -144,8 +142,6 @@ def published_record_task(row: object) -> TaskDescription:
 @functools.cache
 def published_pool() -> EvidencePool:
     """The shipped table of published trainings as evidence (built once per process)."""
-    from tuner.evidence.published import published_trainings
-
     return EvidencePool(
         EvidenceRecord(
             source="published", record_id=row.id, label=row.model,
