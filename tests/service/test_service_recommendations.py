@@ -105,6 +105,12 @@ INVALID_BODIES: list[tuple[str, Any, str]] = [
     ("missing family", {"task": {"num_parameters": 10}}, "body.task.model_family"),
     ("unknown family", _body(model_family="quantum"), "body.task.model_family"),
     ("bool as string", _body(sparse_features="maybe"), "body.task.sparse_features"),
+    ("unknown fine-tuning kind", _body(fine_tuning="lora"), "body.task.fine_tuning"),
+    ("fine-tuning as number", _body(fine_tuning=1), "body.task.fine_tuning"),
+    ("negative frozen", _body(fine_tuning=True, frozen_parameters=-1),
+     "body.task.frozen_parameters"),
+    ("frozen without fine-tuning", _body(frozen_parameters=7_000_000_000),
+     "body.task.frozen_parameters"),
     ("zero budget", _body(memory_budget_gb=0), "body.task.memory_budget_gb"),
     ("over-long string", _body(model_family="x" * 100_000), "body.task.model_family"),
     ("NUL byte", _body(model_family="mlp\u0000"), "body.task.model_family"),
@@ -219,3 +225,74 @@ def test_bad_ids_are_422(client: TestClient, path: str) -> None:
     response = client.get(f"/v1/recommendations/{path}")
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "path.recommendation_id"
+
+
+def test_candidates_carry_published_evidence(client: TestClient) -> None:
+    resnet = {"model_family": "cnn", "num_parameters": 25_000_000, "num_layers": 50,
+              "dataset_size": 1_281_167, "batch_size": 256}
+    response = client.post("/v1/recommendations", json={"task": resnet, "top_k": 3})
+    assert response.status_code == 201, response.text
+    first = response.json()["candidates"][0]
+    assert first["optimizer"] == "sgd_momentum"
+    assert 1 <= len(first["evidence"]) <= 3
+    for entry in first["evidence"]:
+        assert entry["source"] == "published" and entry["citation"] and entry["job_id"] is None
+        assert 0 < entry["weight"] <= entry["similarity"] <= 1
+        assert entry["optimizer"] in ("sgd_momentum", "nesterov")
+        assert entry["lr"] > 0 and entry["lr_for_task"] > 0
+    similarities = [e["similarity"] for e in first["evidence"]]
+    assert similarities == sorted(similarities, reverse=True)
+    assert any(line.startswith("closest published: ") for line in first["rationale"])
+    assert client.get(response.headers["location"]).json() == response.json()
+
+
+def test_fine_tuning_kinds_are_accepted_and_echoed(client: TestClient) -> None:
+    task = {"model_family": "transformer", "num_parameters": 4_000_000,
+            "frozen_parameters": 7_000_000_000, "fine_tuning": "parameter_efficient"}
+    response = client.post("/v1/recommendations", json={"task": task})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["task"]["fine_tuning"] == "parameter_efficient"
+    assert body["task"]["frozen_parameters"] == 7_000_000_000
+    adamw = body["candidates"][0]
+    assert adamw["optimizer"] == "adamw"
+    assert 1e-4 <= adamw["hyperparameters"]["lr"]["default"] <= 1e-3
+
+
+def test_sharded_70b_fine_tuning_finds_fitting_optimizers(client: TestClient) -> None:
+    task = {"model_family": "transformer", "num_parameters": 70_000_000_000,
+            "fine_tuning": True, "num_devices": 8, "memory_budget_gb": 80, "precision": "bf16"}
+    response = client.post("/v1/recommendations", json={"task": task, "top_k": 13})
+    assert response.status_code == 201, response.text
+    candidates = response.json()["candidates"]
+    fits = [c["memory"]["fits"] for c in candidates]
+    assert fits[0] is True and candidates[0]["optimizer"] != "adamw"
+    assert fits == sorted(fits, reverse=True)  # every fitting one first
+    adamw = next(c for c in candidates if c["optimizer"] == "adamw")
+    assert adamw["memory"]["fits"] is False
+    assert any("sharded over 8 devices" in line for line in candidates[0]["rationale"])
+
+
+def test_recommendations_stored_before_evidence_still_load(
+    client: TestClient, sessions: Any
+) -> None:
+    """Rows written before candidates had ``evidence`` (and before fine-tuning kinds)."""
+    from service.models import Recommendation, new_id, utcnow
+
+    old_candidate = {
+        "optimizer": "adamw", "score": 0.5,
+        "hyperparameters": {"lr": {"default": 6e-4, "low": 6e-5, "high": 3e-3, "log": True,
+                                   "complement": False}},
+        "memory": {"state_bytes": 1, "total_bytes": 2, "fits": None},
+        "rationale": ["transformer family"], "references": ["Loshchilov & Hutter 2019"],
+    }
+    row_id = new_id()
+    with sessions() as session:
+        session.add(Recommendation(id=row_id, task={**TASK, "fine_tuning": False}, top_k=1,
+                                   candidates=[old_candidate], created_at=utcnow()))
+        session.commit()
+    response = client.get(f"/v1/recommendations/{row_id}")
+    assert response.status_code == 200, response.text
+    candidate = response.json()["candidates"][0]
+    assert candidate["evidence"] == []
+    assert candidate["hyperparameters"]["lr"]["default"] == 6e-4

@@ -14,14 +14,17 @@ from pydantic import ValidationError
 
 import optimizers
 from optimizers.registry import HYPERPARAMETER_BOUNDS
+from tuner.evidence.records import EvidenceRecord
 from tuner.prior import Candidate, Recommendation, recommend
 from tuner.rules import (
+    ADAM_BATCH_FACTOR_MAX,
     BASE_WEIGHTS,
     GPT3_LR_EXPONENT,
     GPT3_LR_TABLE,
     MEMORY_PENALTY,
     RULES,
     SGD_BATCH_FACTOR_MAX,
+    SMALL_MODEL_LR_MAX_FACTOR,
     SMALL_MODEL_LR_PARAMETERS,
     Derive,
     gpt3_lr,
@@ -293,10 +296,134 @@ def test_rules_table_is_well_formed() -> None:
     {"model_family": "mlp", "num_parameters": 10, "memory_budget_gb": 0},
     {"model_family": "lstm", "num_parameters": 10},
     {"num_parameters": 10},
+    {"model_family": "mlp", "num_parameters": 10, "fine_tuning": "lora"},
+    {"model_family": "mlp", "num_parameters": 10, "fine_tuning": 1},
+    {"model_family": "mlp", "num_parameters": 10, "fine_tuning": "true"},
+    {"model_family": "mlp", "num_parameters": 10, "fine_tuning": True, "frozen_parameters": -1},
+    {"model_family": "mlp", "num_parameters": 10, "frozen_parameters": 100},
 ])
 def test_task_validation_rejects(fields: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         TaskDescription.model_validate(fields)
+
+
+def test_task_errors_name_the_field() -> None:
+    with pytest.raises(ValidationError) as bad_kind:
+        task(model_family="mlp", num_parameters=10, fine_tuning="lora")
+    assert [e["loc"] for e in bad_kind.value.errors()] == [("fine_tuning",)]
+    with pytest.raises(ValidationError) as frozen:
+        task(model_family="mlp", num_parameters=10, frozen_parameters=100)
+    assert [e["loc"] for e in frozen.value.errors()] == [("frozen_parameters",)]
+    assert "fine_tuning" in frozen.value.errors()[0]["msg"]
+
+
+@pytest.mark.parametrize(("fine_tuning", "frozen", "kind"), [
+    (False, None, None), (True, None, "full"), ("full", None, "full"),
+    (True, 7_000_000_000, "parameter_efficient"), (True, 1_000, "full"),
+    ("parameter_efficient", None, "parameter_efficient"),
+    ("full", 7_000_000_000, "full"),  # said explicitly: the kind wins
+])
+def test_fine_tuning_kind(fine_tuning: bool | str, frozen: int | None, kind: str | None) -> None:
+    t = task(model_family="transformer", num_parameters=4_000_000, fine_tuning=fine_tuning,
+             frozen_parameters=frozen)
+    assert t.fine_tuning_kind == kind
+    assert t.fine_tuning == fine_tuning  # echoed as given
+
+
+def test_parameter_efficient_fine_tuning_has_its_own_lr_band() -> None:
+    full = by_name(task(model_family="transformer", num_parameters=110_000_000,
+                        fine_tuning="full"))["adamw"].hyperparameters["lr"]
+    lora = by_name(task(model_family="transformer", num_parameters=4_000_000,
+                        frozen_parameters=7_000_000_000, fine_tuning=True))
+    peft = lora["adamw"].hyperparameters["lr"]
+    assert full.default is not None and peft.default is not None
+    assert 1e-4 <= peft.default <= 1e-3 and peft.low <= 1e-4 and peft.high >= 1e-3
+    assert peft.default >= 10 * full.default
+    assert any(r.startswith("parameter-efficient fine-tuning") for r in lora["adamw"].rationale)
+
+
+@pytest.mark.parametrize(("fields", "optimizer", "lr_default"), [
+    # policy networks: Adam at 3e-4 however small (no small-model rise) or large the batch
+    ({"model_family": "mlp", "task_type": "reinforcement_learning", "num_parameters": 10_000,
+      "batch_size": 4096}, "adam", 3e-4),
+    # GANs and diffusion: Adam at 2e-4, not the small-model or batch-scaled lr
+    ({"model_family": "cnn", "task_type": "generation", "num_parameters": 6_000_000,
+      "batch_size": 2048}, "adam", 2e-4),
+    ({"model_family": "gnn", "num_parameters": 20_000}, "adam", 1e-2),
+    # residual CNN at batch 1024: 0.1 x 1024/256 (Goyal et al. 2017)
+    ({"model_family": "cnn", "num_parameters": 25_000_000, "num_layers": 50,
+      "batch_size": 1024}, "sgd_momentum", 0.4),
+    # the held-out 5.5k-parameter LSTM: RMSProp keeps its registry lr (no small-model rise)
+    ({"model_family": "rnn", "num_parameters": 5_500, "num_layers": 1, "batch_size": 64},
+     "rmsprop", 1e-3),
+])
+def test_kinds_of_training_get_their_published_lr(
+    fields: dict[str, Any], optimizer: str, lr_default: float
+) -> None:
+    t = task(**fields)
+    assert top(t)[0] == optimizer
+    assert math.isclose(lr(by_name(t)[optimizer]), lr_default)
+
+
+def test_gan_beta1_is_low() -> None:
+    adam = by_name(task(model_family="cnn", task_type="generation",
+                        num_parameters=6_000_000))["adam"].hyperparameters["beta1"]
+    assert adam.default == 0.5 and adam.high >= 0.9
+
+
+def test_adam_batch_factor_is_capped_and_does_not_stack_past_the_small_model_cap() -> None:
+    ref = by_name(task(model_family="mlp", num_parameters=30_000_000, batch_size=256))
+    huge = by_name(task(model_family="mlp", num_parameters=30_000_000, batch_size=32768))
+    assert math.isclose(lr(huge["adam"]) / lr(ref["adam"]), ADAM_BATCH_FACTOR_MAX)
+    tiny = by_name(task(model_family="mlp", num_parameters=100, dataset_size=10**6,
+                        batch_size=32768))
+    base = optimizers.get("adam").defaults["lr"]
+    assert math.isclose(lr(tiny["adam"]) / base, SMALL_MODEL_LR_MAX_FACTOR)
+
+
+# ------------------------------------------------------------------------------------------
+# Memory: sharded over the devices, fitting candidates first
+# ------------------------------------------------------------------------------------------
+
+
+def test_70b_fine_tuned_on_8_devices_finds_fitting_optimizers() -> None:
+    t = task(model_family="transformer", num_parameters=70_000_000_000, fine_tuning=True,
+             num_devices=8, memory_budget_gb=80, precision="bf16")
+    for evidence in (None, ()):
+        cands = recommend(t, top_k=ALL, evidence=evidence).candidates
+        fits = [c.memory.fits for c in cands]
+        assert fits[0] is True and cands[0].optimizer != "adamw"
+        assert fits == sorted(fits, reverse=True)
+        scores = [c.score for c in cands]
+        assert scores == sorted(scores, reverse=True)
+        adamw = next(c for c in cands if c.optimizer == "adamw")
+        # (2 + 2 + 8) bytes x 70e9 over 8 devices: 105 GB per device
+        assert adamw.memory.total_bytes == 12 * 70_000_000_000 // 8
+        assert adamw.memory.state_bytes == 8 * 70_000_000_000 // 8
+        assert adamw.memory.fits is False
+        assert any("sharded over 8 devices" in r for r in adamw.rationale)
+        assert any("sharded over 8 devices" in r and "fits the 80 GB" in r
+                   for r in cands[0].rationale)
+
+
+def test_a_non_fitting_candidate_never_outranks_a_fitting_one_even_with_evidence() -> None:
+    t = task(model_family="transformer", num_parameters=7_000_000_000, memory_budget_gb=40,
+             precision="bf16")
+    pool = [EvidenceRecord(source="job", record_id=f"j{i}", label="x", task=t, optimizer="adamw",
+                           lr=1e-4, outcome="best", job_id=f"j{i}") for i in range(20)]
+    cands = recommend(t, top_k=ALL, evidence=pool).candidates
+    fits = [c.memory.fits for c in cands]
+    assert fits == sorted(fits, reverse=True) and fits[0] is True
+    adamw = next(c for c in cands if c.optimizer == "adamw")
+    assert any(r.startswith("does not fit while others do") for r in adamw.rationale)
+
+
+def test_frozen_parameters_take_memory_but_no_gradients_or_state() -> None:
+    c = by_name(task(model_family="transformer", num_parameters=1_000_000, fine_tuning=True,
+                     frozen_parameters=9_000_000, precision="bf16"))
+    # weights of 10M at 2 bytes, gradients of 1M at 2 bytes, Adam state of 1M at 8 bytes
+    assert c["adamw"].memory.total_bytes == 2 * 10_000_000 + 2 * 1_000_000 + 8 * 1_000_000
+    assert c["adamw"].memory.state_bytes == 8 * 1_000_000
 
 
 # ------------------------------------------------------------------------------------------
@@ -325,7 +452,7 @@ TASKS = st.builds(
     dataset_size=_optional(_log_int(10**13)),
     batch_size=_optional(_log_int(10**13)),
     sparse_features=st.booleans(),
-    fine_tuning=st.booleans(),
+    fine_tuning=st.sampled_from([False, True, "full", "parameter_efficient"]),
     num_devices=_log_int(1_000_000),
     memory_budget_gb=_optional(st.floats(1e-3, 1e6, allow_nan=False, allow_infinity=False)),
     precision=st.sampled_from(["fp32", "bf16", "fp16"]),
@@ -347,6 +474,8 @@ def test_recommendation_invariants(t: TaskDescription, top_k: int) -> None:
     assert math.fsum(scores) <= 1.0 + 1e-9
     keys = [(-c.score, c.optimizer) for c in cands]
     assert keys == sorted(keys)
+    fits = [c.memory.fits is not False for c in cands]
+    assert fits == sorted(fits, reverse=True)  # fitting candidates first
     assert len({c.optimizer for c in cands}) == top_k
     for c in cands:
         assert c.optimizer in optimizers.names()

@@ -1,0 +1,222 @@
+"""Evidence: one similarity over task descriptions, and how similar trainings move the prior."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tuner.evidence.records import (
+    EMPTY_POOL,
+    EvidencePool,
+    EvidenceRecord,
+    published_pool,
+)
+from tuner.evidence.similarity import SIMILARITY_FLOOR, similarity, weight
+from tuner.prior import recommend, rules_lr
+from tuner.task import TaskDescription
+
+
+def task(**fields: Any) -> TaskDescription:
+    return TaskDescription.model_validate(fields)
+
+
+RESNET = task(model_family="cnn", num_parameters=25_000_000, num_layers=50,
+              dataset_size=1_281_167, batch_size=256)
+MLP = task(model_family="mlp", num_parameters=5_000_000, dataset_size=1_000_000,
+           batch_size=256)
+
+
+def record(t: TaskDescription, optimizer: str, lr: float | None, source: str = "job",
+           record_id: str = "r1") -> EvidenceRecord:
+    if source == "job":
+        return EvidenceRecord(source="job", record_id=record_id, label="a past job", task=t,
+                              optimizer=optimizer, lr=lr, outcome="best val_loss 0.5",
+                              job_id=record_id)
+    return EvidenceRecord(source="published", record_id=record_id, label="a paper", task=t,
+                          optimizer=optimizer, lr=lr, outcome="published",
+                          citation="Someone et al. 2020, Table 1")
+
+
+# ------------------------------------------------------------------------------------------
+# The similarity
+# ------------------------------------------------------------------------------------------
+
+
+def test_identical_tasks_are_fully_similar() -> None:
+    assert similarity(RESNET, RESNET) == 1.0
+    assert similarity(task(model_family="mlp", num_parameters=10),
+                      task(model_family="mlp", num_parameters=10)) == 1.0
+
+
+def test_one_clear_mismatch_makes_tasks_dissimilar() -> None:
+    assert similarity(RESNET, RESNET.model_copy(update={"model_family": "transformer"})) == 0.0
+    assert similarity(RESNET, RESNET.model_copy(
+        update={"task_type": "reinforcement_learning"})) == 0.0
+    # training from scratch and fine-tuning sit a decade or more apart in lr
+    assert similarity(RESNET, RESNET.model_copy(update={"fine_tuning": True})) == 0.0
+    full = RESNET.model_copy(update={"fine_tuning": "full"})
+    peft = RESNET.model_copy(update={"fine_tuning": "parameter_efficient"})
+    assert 0.0 < similarity(full, peft) < 0.5
+
+
+def test_similarity_falls_with_the_size_ratio() -> None:
+    values = [similarity(RESNET, RESNET.model_copy(update={"num_parameters": 25_000_000 * f}))
+              for f in (1, 3, 10, 100, 1000)]
+    assert values == sorted(values, reverse=True)
+    assert values[0] == 1.0
+    assert weight(values[-1]) == 0.0  # a thousand times larger weighs nothing
+
+
+def test_unknown_sizes_count_as_partly_similar() -> None:
+    known = task(model_family="mlp", num_parameters=10_000, batch_size=64)
+    unknown = task(model_family="mlp", num_parameters=10_000)
+    assert 0.5 < similarity(known, unknown) < 1.0
+
+
+TASKS = st.builds(
+    TaskDescription,
+    model_family=st.sampled_from(["linear", "mlp", "cnn", "rnn", "transformer", "gnn", "other"]),
+    task_type=st.sampled_from(["classification", "regression", "language_modeling",
+                               "generation", "reinforcement_learning", "other"]),
+    num_parameters=st.integers(1, 10**12),
+    num_layers=st.one_of(st.none(), st.integers(1, 1000)),
+    batch_size=st.one_of(st.none(), st.integers(1, 10**6)),
+    sparse_features=st.booleans(),
+    fine_tuning=st.sampled_from([False, True, "full", "parameter_efficient"]),
+)
+
+
+@settings(max_examples=200, derandomize=True, database=None, deadline=None)
+@given(a=TASKS, b=TASKS)
+def test_similarity_is_symmetric_and_bounded(a: TaskDescription, b: TaskDescription) -> None:
+    s = similarity(a, b)
+    assert 0.0 <= s <= 1.0
+    assert s == pytest.approx(similarity(b, a))
+    assert similarity(a, a) == 1.0
+    assert 0.0 <= weight(s) <= 1.0
+
+
+def test_weight_is_zero_up_to_the_floor_and_one_when_identical() -> None:
+    assert weight(SIMILARITY_FLOOR) == 0.0
+    assert weight(SIMILARITY_FLOOR / 2) == 0.0
+    assert weight(1.0) == 1.0
+    assert 0 < weight((1 + SIMILARITY_FLOOR) / 2) < 1
+
+
+# ------------------------------------------------------------------------------------------
+# Records and pools
+# ------------------------------------------------------------------------------------------
+
+
+def test_records_need_the_reference_of_their_source() -> None:
+    with pytest.raises(ValueError, match="citation"):
+        EvidenceRecord(source="published", record_id="x", label="x", task=MLP, optimizer="adam",
+                       lr=1e-3, outcome="published")
+    with pytest.raises(ValueError, match="job id"):
+        EvidenceRecord(source="job", record_id="x", label="x", task=MLP, optimizer="adam",
+                       lr=1e-3, outcome="done", citation="a paper")
+    with pytest.raises(ValueError, match="lr"):
+        record(MLP, "adam", 0.0)
+
+
+def test_pool_ids_are_unique_and_without_leaves_one_out() -> None:
+    with pytest.raises(ValueError, match="unique"):
+        EvidencePool([record(MLP, "adam", 1e-3), record(MLP, "sgd", 0.1)])
+    pool = published_pool()
+    first = next(iter(pool))
+    rest = pool.without(first.record_id)
+    assert len(rest) == len(pool) - 1
+    assert first.record_id not in {r.record_id for r in rest}
+
+
+def test_published_pool_covers_the_table() -> None:
+    from tuner.evidence import published_trainings
+
+    pool = published_pool()
+    assert len(pool) == len(published_trainings())
+    assert all(r.source == "published" and r.citation for r in pool)
+    lora = [r for r in pool if r.task.fine_tuning == "parameter_efficient"]
+    assert lora and all(r.task.fine_tuning_kind == "parameter_efficient" for r in lora)
+
+
+# ------------------------------------------------------------------------------------------
+# How evidence moves a recommendation
+# ------------------------------------------------------------------------------------------
+
+
+def test_an_empty_pool_is_the_rules_alone() -> None:
+    rules = recommend(MLP, top_k=13, evidence=())
+    assert recommend(MLP, top_k=13, evidence=EMPTY_POOL) == rules
+    assert all(c.evidence == [] for c in rules.candidates)
+    assert not any("evidence" in line for c in rules.candidates for line in c.rationale)
+
+
+def test_dissimilar_records_weigh_nothing() -> None:
+    far = task(model_family="transformer", task_type="language_modeling",
+               num_parameters=10**11)
+    pool = [record(far, "lion", 1e-5)]
+    assert recommend(MLP, top_k=13, evidence=pool) == recommend(MLP, top_k=13, evidence=())
+
+
+def test_similar_records_move_score_and_lr_and_say_so_in_numbers() -> None:
+    rules = {c.optimizer: c for c in recommend(MLP, top_k=13, evidence=()).candidates}
+    pool = [record(MLP.model_copy(update={"num_parameters": 4_000_000}), "nadam", 4e-4,
+                   record_id=f"job{i}") for i in range(3)]
+    moved = {c.optimizer: c for c in recommend(MLP, top_k=13, evidence=pool).candidates}
+    assert moved["nadam"].score > rules["nadam"].score
+    assert moved["adam"].score < rules["adam"].score
+    lr_rules = rules["nadam"].hyperparameters["lr"].default
+    lr_moved = moved["nadam"].hyperparameters["lr"].default
+    assert lr_rules is not None and lr_moved is not None
+    carried = moved["nadam"].evidence[0].lr_for_task
+    assert carried is not None
+    assert min(lr_rules, carried) < lr_moved < max(lr_rules, carried)
+    lines = moved["nadam"].rationale
+    assert any(line.startswith("evidence: 3 similar training(s)") and "score" in line
+               for line in lines)
+    assert any(line.startswith("closest job: a past job (job job0) used nadam at lr 0.0004")
+               for line in lines)
+    assert any(line.startswith("lr from evidence:") for line in lines)
+    assert len(moved["nadam"].evidence) == 3
+    assert all(e.source == "job" and e.job_id for e in moved["nadam"].evidence)
+
+
+def test_source_does_not_change_the_weight() -> None:
+    near = MLP.model_copy(update={"num_parameters": 4_000_000})
+    as_job = recommend(MLP, top_k=13, evidence=[record(near, "nadam", 4e-4, "job")])
+    as_paper = recommend(MLP, top_k=13, evidence=[record(near, "nadam", 4e-4, "published")])
+    assert [(c.optimizer, c.score, c.hyperparameters) for c in as_job.candidates] == [
+        (c.optimizer, c.score, c.hyperparameters) for c in as_paper.candidates]
+
+
+def test_a_published_lr_is_carried_by_the_rules_laws() -> None:
+    """An SGD record at batch 256 says 4x its lr at batch 1024 (linear scaling)."""
+    small_batch = RESNET
+    large_batch = RESNET.model_copy(update={"batch_size": 1024})
+    assert rules_lr(large_batch, "sgd_momentum") == pytest.approx(
+        4 * (rules_lr(small_batch, "sgd_momentum") or math.nan))
+    rec = recommend(large_batch, top_k=13, evidence=[record(small_batch, "sgd_momentum", 0.2)])
+    sgd = next(c for c in rec.candidates if c.optimizer == "sgd_momentum")
+    assert sgd.evidence[0].lr == 0.2
+    assert sgd.evidence[0].lr_for_task == pytest.approx(0.8)
+
+
+def test_a_row_never_counts_for_itself_in_the_benchmark() -> None:
+    """Leave-one-out: asked with everything the row knows, the row itself would be evidence of
+    similarity 1; only another row with the very same task may be."""
+    from bench.recommend_accuracy import evaluate, query
+    from tuner.evidence import published_trainings
+
+    rows = published_trainings()
+    pool = published_pool()
+    results = evaluate(rows, use_evidence=True, view="full")
+    assert len(results) == len(rows)
+    for row in rows:
+        twins = [r for r in pool.without(row.id) if r.task == query(row, "full")]
+        rec = recommend(query(row, "full"), top_k=13, evidence=pool.without(row.id))
+        top = max((e.similarity for c in rec.candidates for e in c.evidence), default=0.0)
+        assert top < 1.0 or twins, row.id
