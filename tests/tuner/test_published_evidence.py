@@ -136,6 +136,18 @@ def test_parser_reads_every_typed_field(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("cell", "expected"),
+    [("10k steps", Warmup(10_000, "steps")), ("375M tokens", Warmup(375e6, "tokens")),
+     ("0.2 percent", Warmup(0.2, "percent")), ("5 epochs", Warmup(5, "epochs"))],
+)
+def test_warmup_is_parsed_with_its_unit(tmp_path: Path, cell: str, expected: Warmup) -> None:
+    (row,) = parse_file(write_table(tmp_path, [{**GOOD_ROW, "warmup": cell}]))
+    assert row.warmup == expected
+    assert parse_file(write_table(tmp_path, [{**GOOD_ROW, "warmup": str(expected)}]))[0].warmup \
+        == expected
+
+
+@pytest.mark.parametrize(
     ("column", "value", "problem"),
     [
         ("domain", "astronomy", "is not one of"),
