@@ -105,7 +105,8 @@ class Warmup:
     unit: WarmupUnit
 
     def __str__(self) -> str:
-        return f"{self.amount:g} {self.unit}"
+        amount = f"{self.amount:.0f}" if float(self.amount).is_integer() else f"{self.amount:g}"
+        return f"{amount} {self.unit}"
 
 
 @dataclass(frozen=True)
