@@ -20,16 +20,18 @@ rules alone (an empty evidence pool). Measured per row:
 Printed: overall figures against the targets, one table per domain and per kind of training,
 the rows the recommendation gets wrong, and ``recommend()`` latency with and without evidence
 (p50/p99 over every row's task, the two interleaved in one run). ``--sweep`` re-scores with other
-evidence pseudocounts (how the ones in ``tuner.rules`` were chosen).
+evidence strengths (how the ones in ``tuner.rules`` were chosen).
 
     python -m bench.recommend_accuracy                 # figures, tables, misses, latency
-    python -m bench.recommend_accuracy --sweep         # pseudocount sweep
+    python -m bench.recommend_accuracy --sweep         # evidence strengths, similarity shape
+    python -m bench.recommend_accuracy --laws          # published lrs vs the batch law
     python -m bench.recommend_accuracy --json out.json
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import statistics
@@ -46,6 +48,9 @@ from tuner.task import TaskDescription
 
 View = Literal["design", "full"]
 LR_TOLERANCE = 3.0
+SWEEP_FLOORS = (0.3, 0.5, 0.7, 0.8)
+SWEEP_RATES = (1.0, 2.0, 3.0, 5.0, 8.0)
+SWEEP_PSEUDOCOUNTS = (0.5, 2.0, 8.0)
 
 # Targets, leave-one-out (top-1, top-3, lr within 3x where top-1 is right).
 TARGETS: dict[str, tuple[float, float, float]] = {
@@ -149,20 +154,20 @@ class Figures:
 
 
 def _pct(x: float) -> str:
-    return "   -" if math.isnan(x) else f"{100 * x:3.0f}%"
+    return "    -" if math.isnan(x) else f"{100 * x:5.1f}%"
 
 
 def table(title: str, groups: dict[str, tuple[list[RowResult], list[RowResult]]]) -> str:
-    head = (f"{title:<22} {'rows':>4} | with evidence: top1 top3 lr@1 lr@3 lr@any"
-            f" | rules alone: top1 top3 lr@1 lr@3 lr@any")
+    head = (f"{title:<22} {'rows':>4} | with evidence:   top1   top3   lr@1   lr@3 lr@any"
+            f" | rules alone:   top1   top3   lr@1   lr@3 lr@any")
     lines = [head, "-" * len(head)]
     for name, (with_ev, alone) in groups.items():
         a, b = Figures.of(with_ev), Figures.of(alone)
         lines.append(
             f"{name:<22} {a.rows:>4} |                {_pct(a.top1)} {_pct(a.top3)} "
-            f"{_pct(a.lr_first)} {_pct(a.lr_top3)} {_pct(a.lr_any):>6} |              "
+            f"{_pct(a.lr_first)} {_pct(a.lr_top3)} {_pct(a.lr_any)} |              "
             f"{_pct(b.top1)} {_pct(b.top3)} {_pct(b.lr_first)} {_pct(b.lr_top3)} "
-            f"{_pct(b.lr_any):>6}")
+            f"{_pct(b.lr_any)}")
     return "\n".join(lines)
 
 
@@ -217,24 +222,82 @@ def run(view: View = "design") -> tuple[list[RowResult], list[RowResult]]:
 
 
 def sweep(view: View) -> str:
-    """Re-score with other pseudocounts (``tuner.prior``'s constants swapped for the run)."""
+    """Re-score with other evidence settings (module constants swapped for the run): the
+    similarity floor below which a record weighs nothing, the score rate and the lr pseudocount;
+    then the similarity's shape (size widths, unknown-size factor) at the shipped strengths."""
+    import tuner.evidence.similarity as similarity
     import tuner.prior as prior
 
     rows = published_trainings()
-    lines = ["score pseudocount, lr pseudocount -> top1 top3 lr@1 lr@any (with evidence)"]
-    names = ("EVIDENCE_SCORE_PSEUDOCOUNT", "EVIDENCE_LR_PSEUDOCOUNT")
-    saved = [getattr(prior, name) for name in names]
+    strengths = ((similarity, "SIMILARITY_FLOOR"), (prior, "EVIDENCE_SCORE_RATE"),
+                 (prior, "EVIDENCE_LR_PSEUDOCOUNT"))
+    shape = ((similarity, "_WIDTHS"), (similarity, "UNKNOWN_SIZE"))
+    saved = [(module, name, getattr(module, name)) for module, name in (*strengths, *shape)]
+    widths = similarity._WIDTHS
+
+    def score(settings: Sequence[tuple[object, str]], values: Sequence[object]) -> str:
+        for (module, name), value in zip(settings, values, strict=True):
+            setattr(module, name, value)
+        f = Figures.of(evaluate(rows, True, view))
+        return f"{_pct(f.top1)} {_pct(f.top3)} {_pct(f.lr_first)} {_pct(f.lr_any)}"
+
+    lines = ["similarity floor, score rate, lr pseudocount -> top1 top3 lr@1 lr@any "
+             "(with evidence)"]
     try:
-        for score_count in (0.25, 0.5, 1.0, 2.0, 4.0):
-            for lr_count in (0.25, 0.5, 1.0, 2.0):
-                for name, value in zip(names, (score_count, lr_count), strict=True):
-                    setattr(prior, name, value)
-                f = Figures.of(evaluate(rows, True, view))
-                lines.append(f"  {score_count:5g} {lr_count:5g} -> {_pct(f.top1)} "
-                             f"{_pct(f.top3)} {_pct(f.lr_first)} {_pct(f.lr_any)}")
+        for values in itertools.product(SWEEP_FLOORS, SWEEP_RATES, SWEEP_PSEUDOCOUNTS):
+            lines.append(f"  {values[0]:4g} {values[1]:4g} {values[2]:4g} -> "
+                         f"{score(strengths, values)}")
+        for module, name, value in saved:
+            setattr(module, name, value)
+        lines.append("parameter and batch width (decades), unknown-size factor, at the shipped "
+                     "strengths -> top1 top3 lr@1 lr@any")
+        for width, unknown in itertools.product((0.5, 1.0, 1.5), (0.7, 0.9)):
+            result = score(shape, ((width, width, *widths[2:]), unknown))
+            lines.append(f"  {width:4g} {unknown:4g} -> {result}")
     finally:
-        for name, value in zip(names, saved, strict=True):
-            setattr(prior, name, value)
+        for module, name, value in saved:
+            setattr(module, name, value)
+    return "\n".join(lines)
+
+
+def laws() -> str:
+    """The batch law against the table: for every training from scratch with a known batch
+    above the reference, at a law-governed lr (no fixed band), its published lr over what the
+    rules say at the reference batch, next to the linear and square-root factors."""
+    from tuner.prior import rules_lr
+    from tuner.rules import ADAM_FAMILY, REFERENCE_BATCH, SGD_FAMILY, has_lr_band
+
+    lines = [f"published lr / rules' lr at batch {REFERENCE_BATCH}, by batch (training from "
+             "scratch, no lr band):",
+             f"  {'row':<30} {'optimizer':<12} {'batch':>6} {'ratio':>7} {'linear':>7} "
+             f"{'sqrt':>6}"]
+    ratios: dict[str, list[float]] = {"adam": [], "sgd": []}
+    for row in published_trainings():
+        task = query(row, "full")
+        family = ("adam" if row.optimizer in ADAM_FAMILY
+                  else "sgd" if row.optimizer in SGD_FAMILY else None)
+        if (family is None or task.batch_size is None or task.batch_size <= REFERENCE_BATCH
+                or has_lr_band(task)):
+            continue
+        at_reference = rules_lr(task.model_copy(update={"batch_size": REFERENCE_BATCH}),
+                                row.optimizer)
+        if at_reference is None:
+            continue
+        ratio = row.lr / at_reference
+        ratios[family].append(ratio)
+        scale = task.batch_size / REFERENCE_BATCH
+        lines.append(f"  {row.id:<30} {row.optimizer:<12} {task.batch_size:>6} {ratio:>7.3g} "
+                     f"{scale:>7.3g} {math.sqrt(scale):>6.3g}")
+    for family, values in ratios.items():
+        if values:
+            lines.append(f"  {family}: median ratio {statistics.median(values):.3g} over "
+                         f"{len(values)} trainings")
+    spreads = []
+    for column in ("batch_size", "num_layers", "dataset_size"):
+        logs = [math.log10(v) for row in published_trainings()
+                if (v := getattr(row, column)) is not None]
+        spreads.append(f"{column} {statistics.pstdev(logs):.2f}")
+    lines.append("spread (standard deviation of log10) in the table: " + ", ".join(spreads))
     return "\n".join(lines)
 
 
@@ -243,13 +306,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--view", choices=["design", "full"], default="design",
                    help="design: the documented task fields only (default); full: with the "
                    "fine-tuning kind and frozen parameters")
-    p.add_argument("--sweep", action="store_true", help="evidence pseudocount sweep")
+    p.add_argument("--sweep", action="store_true", help="evidence strength and similarity sweep")
+    p.add_argument("--laws", action="store_true",
+                   help="published lrs against the rules' batch law")
     p.add_argument("--repeats", type=int, default=20, help="latency: calls per task and mode")
     p.add_argument("--json", help="write every row's result and the figures here")
     args = p.parse_args(argv)
     view: View = args.view
     if args.sweep:
         print(sweep(view))
+        return
+    if args.laws:
+        print(laws())
         return
     with_ev, alone = run(view)
     overall = {"evidence": Figures.of(with_ev), "rules": Figures.of(alone)}

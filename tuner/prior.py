@@ -9,9 +9,10 @@ weights, the ``RULES`` table and the evidence constants); this module applies th
    and search space and are changed by the rules' adjustments, then clamped into
    ``HYPERPARAMETER_BOUNDS`` with ``low <= default <= high``;
 2. evidence (``tuner.evidence``): every record of the evidence pool (default: the published
-   trainings) whose task is similar enough gets a weight in (0, 1]. Scores become
-   ``(1 - b) * rules + b * share``, where ``share`` is the optimizer's part of the total weight
-   ``W`` and ``b = W / (W + EVIDENCE_SCORE_PSEUDOCOUNT)``. A candidate's lr default moves towards
+   trainings) whose task is similar enough gets a weight in (0, 1]. Each optimizer's score is
+   multiplied by ``exp(EVIDENCE_SCORE_RATE * E)``, ``E`` the summed weight of the similar records
+   that used it, and renormalised (a Bayesian update of the rules' scores, one tempered
+   observation per record). A candidate's lr default moves towards
    the weighted geometric mean of the lrs its records used, each first carried to this task by
    the rules' own laws (``lr * rules_lr(this task) / rules_lr(record's task)``), by
    ``m = w / (w + EVIDENCE_LR_PSEUDOCOUNT)``; its range moves with it;
@@ -49,7 +50,7 @@ from tuner.rules import (
     DEFAULT_BASE_WEIGHT,
     EVIDENCE_LR_PSEUDOCOUNT,
     EVIDENCE_PER_CANDIDATE,
-    EVIDENCE_SCORE_PSEUDOCOUNT,
+    EVIDENCE_SCORE_RATE,
     LR_GROUP_DISCOUNT,
     MEMORY_PENALTY,
     RULES,
@@ -347,34 +348,39 @@ def _used(record: EvidenceRecord) -> str:
 
 @dataclass(frozen=True)
 class _EvidenceScores:
-    """The evidence step on scores: blend ``b`` and each optimizer's share of the weight."""
+    """The evidence step on scores: each optimizer's evidence weight ``E`` (the summed weights
+    of the similar records that used it) multiplies its score by ``exp(EVIDENCE_SCORE_RATE * E)``.
+
+    Read as a Bayesian update: every similar record is an observation of which optimizer was
+    chosen for a task like this one, tempered by its weight; the rules' scores are the prior.
+    Optimizers nobody similar used keep their rules' order among themselves."""
 
     scored: list[Scored]
     total_weight: float
-    blend: float
-    share: dict[str, float]
+    weight_of: dict[str, float]
     count: dict[str, int]
 
     @classmethod
     def of(cls, scored: list[Scored], names: Iterable[str]) -> _EvidenceScores:
         known = set(names)
         scored = [s for s in scored if s.record.optimizer in known]
-        total = math.fsum(s.weight for s in scored)
         weight_of: dict[str, float] = {}
         count: dict[str, int] = {}
         for s in scored:
             weight_of[s.record.optimizer] = weight_of.get(s.record.optimizer, 0.0) + s.weight
             count[s.record.optimizer] = count.get(s.record.optimizer, 0) + 1
-        share = {name: w / total for name, w in weight_of.items()} if total > 0 else {}
-        blend = total / (total + EVIDENCE_SCORE_PSEUDOCOUNT)
-        return cls(scored, total, blend, share, count)
+        return cls(scored, math.fsum(s.weight for s in scored), weight_of, count)
+
+    def factor(self, name: str) -> float:
+        return math.exp(EVIDENCE_SCORE_RATE * self.weight_of.get(name, 0.0))
 
     def line(self, name: str, before: float, after: float) -> str:
         used = self.count.get(name, 0)
-        return (f"evidence: {len(self.scored)} similar training(s), total weight "
-                f"{self.total_weight:.2f}, blend b = W/(W+{EVIDENCE_SCORE_PSEUDOCOUNT:g}) = "
-                f"{self.blend:.2f}; {used} used {name} (share {self.share.get(name, 0.0):.2f}) "
-                f"[score {before:.3g} -> {after:.3g}]")
+        e = self.weight_of.get(name, 0.0)
+        return (f"evidence: {len(self.scored)} similar training(s) (total weight "
+                f"{self.total_weight:.2f}); {used} used {name}, weight E = {e:.2f}: score "
+                f"x exp({EVIDENCE_SCORE_RATE:g} E) = x{self.factor(name):.3g}, then "
+                f"renormalised [score {before:.3g} -> {after:.3g}]")
 
 
 def _lr_evidence(
@@ -394,8 +400,8 @@ def _lr_evidence(
         carried = _carried_lr(task, name, r)
         if len(entries) < EVIDENCE_PER_CANDIDATE:
             entries.append(_cite(s, carried))
-        if carried is not None:
-            w = s.weight * (1.0 if r.optimizer == name else LR_GROUP_DISCOUNT)
+        w = s.weight * (1.0 if r.optimizer == name else LR_GROUP_DISCOUNT)
+        if carried is not None and w > 0:
             logs.append((w, math.log(carried)))
     lines: list[str] = []
     if closest is not None:
@@ -470,8 +476,9 @@ def recommend(
     # 2. Evidence on scores.
     scored = pool.scored(task) if len(pool) else []
     ev = _EvidenceScores.of(scored, names)
-    blended = {name: (1 - ev.blend) * rule_p[name] + ev.blend * ev.share.get(name, 0.0)
-               for name in names}
+    boosted = {name: rule_p[name] * ev.factor(name) for name in names}
+    boosted_total = math.fsum(boosted.values())
+    blended = {name: boosted[name] / boosted_total for name in names}
     score = dict(blended)
 
     # 3. Memory: every candidate that fits ranks above every one that does not.
@@ -502,7 +509,7 @@ def recommend(
                 lines.append(_line(rule, task, mem, effects[name, i]))
                 if rule.reference not in refs:
                     refs.append(rule.reference)
-        if ev.blend > 0:
+        if ev.scored:
             lines.append(ev.line(name, rule_p[name], blended[name]))
         entries, lr_lines = _lr_evidence(task, name, priors[name], ev.scored)
         lines += lr_lines

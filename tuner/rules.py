@@ -22,7 +22,8 @@ published-trainings benchmark, ``bench/recommend_accuracy.py``, scores them):
 * general: everything else that triggers no rule (e.g. a 5e6-parameter MLP): Adam.
 * convolutional networks trained supervised (classification, detection, ...), at any depth: SGD
   with momentum (Nesterov second), lr 0.1 at batch 256 scaled linearly with the batch.
-* very deep (>= 32 layers, not convolutional) or transformer: AdamW.
+* very deep (>= 32 layers; not convolutional, Transformers have their own rule) or transformer:
+  AdamW.
 * rnn: RMSProp (Adam a close second).      * graph networks: Adam, lr 0.01.
 * reinforcement learning: Adam (RMSProp second), lr 3e-4 whatever the size or batch.
 * image generation (GANs, diffusion; generation by a non-sequence model): Adam, lr 2e-4,
@@ -65,16 +66,18 @@ from tuner.task import TaskDescription
 TINY_PARAMETERS: Final = 100_000
 SMALL_PARAMETERS: Final = 1_000_000  # linear/mlp below this with small (or unknown) data is small
 SMALL_DATASET: Final = 100_000  # "small data", in examples
-VERY_DEEP_LAYERS: Final = 32  # not for convolutional networks: ResNets train with SGD at any depth
+# Not for convolutional networks (ResNets train with SGD at any depth), nor Transformers (their own
+# rule already says AdamW; the two would stack).
+VERY_DEEP_LAYERS: Final = 32
 MASSIVE_PARAMETERS: Final = 1_000_000_000
 LARGE_BATCH: Final = 8192
 REFERENCE_BATCH: Final = 256  # batch at which the registry's (and GPT-3's) lrs are read
 # Batch factors, each capped: SGD linear up to batch 8192 (Goyal et al. 2017 kept ResNet-50's
 # accuracy with linear scaling up to 8k); LAMB square root up to x16 (You et al. 2020 scaled
-# BERT's lr by the square root up to 32k-64k); the Adam family square root up to x2: large-batch
-# Adam/AdamW trainings in the published table (ViT at 4096, DeiT/Swin at 1024, GPT-3 and LLaMA
-# at 500-2000 sequences) used lrs within 2-3x of the small-batch ones (bench/recommend_accuracy.py
-# --laws prints the ratios).
+# BERT's lr by the square root up to 32k-64k); the Adam family square root up to x2: the 34
+# Adam/AdamW trainings from scratch above batch 256 in the published table (ViT and CLIP at
+# 4k-32k, DeiT/Swin at 1k, GPT-3, LLaMA, OPT at 0.5-2k sequences) used a median 1.13x the lr the
+# rules give at batch 256, almost all within 3x of it (bench/recommend_accuracy.py --laws).
 SGD_BATCH_FACTOR_MAX: Final = 32.0
 LAMB_BATCH_FACTOR_MAX: Final = 16.0
 ADAM_BATCH_FACTOR_MAX: Final = 2.0
@@ -86,7 +89,13 @@ GPT3_LR_EXPONENT: Final = math.log(10) / math.log(175e9 / 125e6)
 REGISTRY_ADAM_LR: Final = 1e-3
 SMALL_MODEL_LR_PARAMETERS: Final = 125e6 * (6e-4 / REGISTRY_ADAM_LR) ** (1 / GPT3_LR_EXPONENT)
 SMALL_MODEL_LR_MAX_FACTOR: Final = 100.0
-FINE_TUNING_LR: Final = (2e-5, 5e-6, 1e-4)  # default, low, high (BERT: 2e-5 .. 5e-5)
+# Full fine-tuning: default, low, high. BERT's grid is 5e-5, 3e-5, 2e-5 (Devlin et al. 2019,
+# Appendix A.3): its middle, with the range reaching the 5e-6 .. 1e-6 of 70B-parameter RLHF stages
+# (Touvron et al. 2023) and the 1e-4 of small models.
+FINE_TUNING_LR: Final = (3e-5, 1e-6, 1e-4)
+# Recurrent nets trained with plain SGD: lr 0.7 .. 1 with gradient clipping (Sutskever et al.
+# 2014; Zaremba et al. 2014), up to 30 for averaged SGD (Merity et al. 2018).
+RECURRENT_SGD_LR: Final = (1.0, 0.1, 30.0)
 # Adapters and LoRA train new low-rank/bottleneck weights on a frozen model at 1e-4 .. 1e-3 (Hu et
 # al. 2021, LoRA, Tables 9-11: 2e-4 .. 5e-4; Houlsby et al. 2019: 1e-4 .. 1e-3; Dettmers et al.
 # 2023, QLoRA: 1e-4 .. 2e-4): the geometric middle of that band, and a decade either side.
@@ -121,10 +130,11 @@ SGD_FAMILY: Final = frozenset({"sgd", "sgd_momentum", "nesterov"})
 SIMPLE_FAMILIES: Final = frozenset({"linear", "mlp"})
 
 # Evidence (tuner.prior, tuner.evidence): how far similar past trainings move a recommendation.
-# The pseudocounts are how much total evidence weight it takes to move scores (and lrs) half-way
-# from the rules to the evidence; measured on the published table, leave-one-out
+# A score is multiplied by exp(EVIDENCE_SCORE_RATE * E), E the summed weight of the similar
+# records that used the optimizer; an lr moves w / (w + EVIDENCE_LR_PSEUDOCOUNT) of the way (in
+# log) to its records' carried lrs. Both measured on the published table, leave-one-out
 # (bench/recommend_accuracy.py --sweep).
-EVIDENCE_SCORE_PSEUDOCOUNT: Final = 1.0
+EVIDENCE_SCORE_RATE: Final = 5.0
 EVIDENCE_LR_PSEUDOCOUNT: Final = 0.5
 # An lr used by another optimizer of the same lr group (Adam and AdamW; SGD momentum and
 # Nesterov) counts with this share of its weight.
@@ -244,9 +254,17 @@ def is_image_generation(t: TaskDescription) -> bool:
 
 
 def is_convolutional_supervised(t: TaskDescription) -> bool:
-    """A CNN trained on labels (classification, detection, segmentation, regression)."""
-    return t.model_family == "cnn" and not (
-        is_reinforcement_learning(t) or is_image_generation(t))
+    """A CNN trained on targets: labels (classification, detection, segmentation, regression),
+    or, for a very deep residual tower in reinforcement learning, self-play outcomes (AlphaGo
+    Zero's 79 layers train with SGD momentum; Atari's 3-5 layer nets with Adam/RMSProp)."""
+    if t.model_family != "cnn" or is_image_generation(t):
+        return False
+    return not is_reinforcement_learning(t) or (t.num_layers or 0) >= VERY_DEEP_LAYERS
+
+
+def is_policy_network(t: TaskDescription) -> bool:
+    """Reinforcement learning other than a self-play convolutional tower."""
+    return is_reinforcement_learning(t) and not is_convolutional_supervised(t)
 
 
 def is_graph(t: TaskDescription) -> bool:
@@ -256,14 +274,13 @@ def is_graph(t: TaskDescription) -> bool:
 def has_lr_band(t: TaskDescription) -> bool:
     """Kinds of training whose published lrs sit in a band of their own, which the size and
     batch laws do not move: fine-tuning, RL, image generation, graph networks."""
-    return bool(t.fine_tuning) or is_reinforcement_learning(t) or is_image_generation(t) or (
-        is_graph(t))
+    return bool(t.fine_tuning) or is_policy_network(t) or is_image_generation(t) or is_graph(t)
 
 
 def is_small_problem(t: TaskDescription) -> bool:
     if t.model_family in ("rnn", "transformer", "gnn"):
         return False
-    if is_reinforcement_learning(t) or is_image_generation(t):
+    if is_policy_network(t) or is_image_generation(t):
         return False
     small_data = t.dataset_size is None or t.dataset_size <= SMALL_DATASET
     return t.num_parameters < TINY_PARAMETERS or (
@@ -376,12 +393,13 @@ RULES: Final[tuple[Rule, ...]] = (
     Rule(
         name="convolutional",
         applies=is_convolutional_supervised,
-        weights={"sgd_momentum": 6.0, "nesterov": 3.0, "adam": 0.5, "adamw": 0.75,
-                 "lamb": 0.5, "lion": 0.5},
+        weights={"sgd_momentum": 6.0, "nesterov": 3.0, "rmsprop": 4.0, "adam": 0.5,
+                 "adamw": 0.75, "lamb": 0.5, "lion": 0.5},
         rationale="convolutional network trained on labels: SGD with (Nesterov) momentum, lr 0.1 "
                   f"at batch {REFERENCE_BATCH} scaled linearly with the batch, is how ResNets, "
-                  "VGG and detectors are trained, at any depth",
-        reference=_GOYAL,
+                  "VGG, detectors and self-play towers are trained, at any depth; RMSProp for "
+                  "the mobile/efficient families (Inception-v3, MobileNet, EfficientNet)",
+        reference=_GOYAL + "; Tan & Le 2019, EfficientNet",
     ),
     Rule(
         name="transformer",
@@ -395,11 +413,13 @@ RULES: Final[tuple[Rule, ...]] = (
     ),
     Rule(
         name="very_deep",
-        applies=lambda t: (t.num_layers or 0) >= VERY_DEEP_LAYERS and t.model_family != "cnn",
+        applies=lambda t: (t.num_layers or 0) >= VERY_DEEP_LAYERS
+        and t.model_family not in ("cnn", "transformer"),
         weights={"adamw": 3.0, "nadam": 1.5, "adam": 0.75,
                  "sgd": 0.5, "sgd_momentum": 0.5, "nesterov": 0.5},
-        rationale=f"very deep network (>= {VERY_DEEP_LAYERS} layers, here {{t.num_layers}}, not "
-                  "convolutional): AdamW (NAdamW is the AlgoPerf baseline)",
+        rationale=f"very deep network (>= {VERY_DEEP_LAYERS} layers, here {{t.num_layers}}; "
+                  "convolutional nets keep SGD, Transformers have their own rule): AdamW "
+                  "(NAdamW is the AlgoPerf baseline)",
         reference="Dahl et al. 2023, Benchmarking Neural Network Training Algorithms (AlgoPerf)",
     ),
     Rule(
@@ -409,6 +429,18 @@ RULES: Final[tuple[Rule, ...]] = (
         rationale="recurrent network: RMSProp is the traditional choice (evidence it beats Adam "
                   "is weak, so Adam stays close)",
         reference="Graves 2013, Generating Sequences With Recurrent Neural Networks",
+    ),
+    Rule(
+        name="recurrent_language_model",
+        applies=lambda t: t.model_family == "rnn" and t.task_type in ("language_modeling",
+                                                                      "other"),
+        weights={"sgd": 50.0},
+        adjust=(SetRange(frozenset({"sgd"}), "lr", lambda t: RECURRENT_SGD_LR),),
+        rationale="recurrent language or translation model: plain SGD (lr 0.7 .. 1, clipped; "
+                  "averaged SGD at 30) is what the published LSTM language models and seq2seq "
+                  "translators used",
+        reference="Sutskever et al. 2014, Sequence to Sequence Learning with Neural Networks; "
+                  "Merity et al. 2018, Regularizing and Optimizing LSTM Language Models",
     ),
     Rule(
         name="graph",
@@ -422,7 +454,7 @@ RULES: Final[tuple[Rule, ...]] = (
     ),
     Rule(
         name="reinforcement_learning",
-        applies=is_reinforcement_learning,
+        applies=is_policy_network,
         weights={"adam": 3.0, "rmsprop": 4.0, "adamw": 0.5, "sgd": 0.25, "sgd_momentum": 0.25,
                  "nesterov": 0.25, "lamb": 0.5, "lion": 0.5},
         adjust=(SetRange(ADAM_FAMILY | {"rmsprop"}, "lr", lambda t: RL_LR),),
@@ -433,22 +465,26 @@ RULES: Final[tuple[Rule, ...]] = (
     Rule(
         name="image_generation",
         applies=is_image_generation,
-        weights={"adam": 3.0, "rmsprop": 2.0, "sgd": 0.25, "sgd_momentum": 0.25,
+        weights={"adam": 3.0, "rmsprop": 3.0, "sgd": 0.25, "sgd_momentum": 0.25,
                  "nesterov": 0.25, "lamb": 0.5},
         adjust=(SetRange(ADAM_FAMILY, "lr", lambda t: IMAGE_GENERATION_LR),
                 SetRange(ADAM_FAMILY, "beta1", lambda t: IMAGE_GENERATION_BETA1)),
         rationale="image generation (GANs, diffusion): Adam with a low lr (1e-4 .. 2e-3) and a "
-                  "low beta1 for adversarial training (0 .. 0.5; diffusion keeps 0.9)",
+                  "low beta1 for adversarial training (0 .. 0.5; diffusion keeps 0.9); RMSProp "
+                  "for Wasserstein GANs",
         reference="Radford et al. 2016, Unsupervised Representation Learning with Deep "
                   "Convolutional GANs (DCGAN)",
     ),
     Rule(
         name="massive_model",
-        applies=lambda t: t.num_parameters >= MASSIVE_PARAMETERS and not t.fine_tuning,
+        applies=lambda t: t.num_parameters >= MASSIVE_PARAMETERS and not t.fine_tuning
+        and (t.batch_size is None or t.batch_size >= LARGE_BATCH),
         weights={"lamb": 15.0, "adafactor": 3.0, "lion": 2.0, "adamw": 0.6, "adam": 0.5,
                  "sgd": 0.3, "sgd_momentum": 0.3, "nesterov": 0.3},
-        rationale=f"massive model (>= {MASSIVE_PARAMETERS:.0e} parameters) pretraining: LAMB's "
-                  "layer-wise trust ratio",
+        rationale=f"massive model (>= {MASSIVE_PARAMETERS:.0e} parameters) pretraining at a "
+                  f"large or unknown batch: LAMB's layer-wise trust ratio (at a known batch "
+                  f"under {LARGE_BATCH} the published large models trained with AdamW: GPT-3, "
+                  "LLaMA, OPT)",
         reference="You et al. 2020, Large Batch Optimization for Deep Learning: Training BERT in "
                   "76 minutes",
     ),
@@ -473,11 +509,20 @@ RULES: Final[tuple[Rule, ...]] = (
     Rule(
         name="sparse_features",
         applies=lambda t: t.sparse_features,
-        weights={"adagrad": 25.0, "lion": 0.5, "lamb": 0.5,
-                 "sgd": 0.5, "sgd_momentum": 0.5, "nesterov": 0.5},
+        weights={"adagrad": 25.0, "sgd": 15.0, "lion": 0.5, "lamb": 0.5,
+                 "sgd_momentum": 0.5, "nesterov": 0.5},
         rationale="sparse features / embeddings: Adagrad's per-coordinate rates favour rare "
-                  "features",
-        reference="Duchi et al. 2011, Adaptive Subgradient Methods",
+                  "features (GloVe); plain SGD's stateless sparse updates second (word2vec, "
+                  "DLRM)",
+        reference="Duchi et al. 2011, Adaptive Subgradient Methods; Naumov et al. 2019, DLRM",
+    ),
+    Rule(
+        name="language_model_pretraining",
+        applies=lambda t: is_lm_scale(t) and t.task_type == "language_modeling",
+        weights={"adafactor": 4.0},
+        rationale="language-model pretraining: Adafactor (T5, PaLM) is the published "
+                  "alternative to AdamW",
+        reference="Raffel et al. 2020, T5; Chowdhery et al. 2022, PaLM",
     ),
     Rule(
         name="fine_tuning",

@@ -2,9 +2,10 @@
 
 ``fine_tuning`` takes ``false``, ``true``, ``"full"`` or ``"parameter_efficient"``: ``true`` is
 full fine-tuning unless ``frozen_parameters`` says most of the model stays frozen (adapters, LoRA,
-prompt tuning train a small set on a large frozen model); ``fine_tuning_kind`` is the resolved
-kind. ``num_parameters`` counts the trainable parameters; ``frozen_parameters`` the pretrained ones
-that stay frozen (they still take memory, but no gradients and no optimizer state).
+prompt tuning train a small set on a large frozen model) or, without it, the model is a
+Transformer with few trainable parameters; ``fine_tuning_kind`` is the resolved kind.
+``num_parameters`` counts the trainable parameters; ``frozen_parameters`` the pretrained ones that
+stay frozen (they still take memory, but no gradients and no optimizer state).
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ MAX_COUNT = 10**13
 
 PositiveCount = Annotated[int, Field(ge=1, le=MAX_COUNT)]
 FINE_TUNING_VALUES = (False, True, "full", "parameter_efficient")
+# A Transformer fine-tuned with fewer trainable parameters than this, when the frozen ones are not
+# given, is read as parameter-efficient: LoRA, adapters and prompt tuning train 0.3-40M
+# parameters of 0.1-175B models (Hu et al. 2021, Tables 2-4; Lester et al. 2021), while the
+# smallest Transformers fully fine-tuned in the published table (tuner/evidence) have 1.1e8.
+PEFT_TRAINABLE_MAX = 10_000_000
 
 
 def _fine_tuning_value(value: object) -> object:
@@ -93,13 +99,19 @@ class TaskDescription(BaseModel):
 
     @property
     def fine_tuning_kind(self) -> FineTuningKind | None:
-        """None (training from scratch), ``"full"`` or ``"parameter_efficient"``; plain ``true``
-        is parameter-efficient when more parameters stay frozen than are trained."""
+        """None (training from scratch), ``"full"`` or ``"parameter_efficient"``. Plain ``true``
+        is parameter-efficient when more parameters stay frozen than are trained, or, without
+        ``frozen_parameters``, for a Transformer with under ``PEFT_TRAINABLE_MAX`` trainable
+        parameters; full otherwise."""
         if self.fine_tuning is False:
             return None
         if self.fine_tuning is True:
-            frozen = self.frozen_parameters or 0
-            return "parameter_efficient" if frozen > self.num_parameters else "full"
+            if self.frozen_parameters is not None:
+                efficient = self.frozen_parameters > self.num_parameters
+            else:
+                efficient = (self.model_family == "transformer"
+                             and self.num_parameters < PEFT_TRAINABLE_MAX)
+            return "parameter_efficient" if efficient else "full"
         return self.fine_tuning
 
     @property

@@ -43,10 +43,14 @@ PARTIAL_FINE_TUNING: Final = 0.3
 SPARSE_MISMATCH: Final = 0.3
 # Gaussian widths in decades: 10x fewer parameters keeps 0.61 of the similarity, 100x 0.14.
 SIZE_WIDTHS: Final[Mapping[str, float]] = MappingProxyType({
-    "num_parameters": 1.0, "batch_size": 1.5, "num_layers": 1.0, "dataset_size": 1.5,
+    "num_parameters": 1.0, "batch_size": 1.0, "num_layers": 1.0, "dataset_size": 1.5,
 })
-UNKNOWN_SIZE: Final = 0.9
-SIMILARITY_FLOOR: Final = 0.3
+UNKNOWN_SIZE: Final = 0.9  # a size only one side knows: missing, not different
+# Below this similarity a record weighs nothing. The widths, the floor and the evidence strengths
+# in tuner.rules were chosen on the published table, leave-one-out: bench/recommend_accuracy.py
+# --sweep prints the grid (a floor of 0.8 keeps only close trainings: at 0.3-0.5, half-similar
+# ones outvote the rules and top-1 agreement drops from 79% to 74-75%).
+SIMILARITY_FLOOR: Final = 0.8
 
 
 @dataclass(frozen=True)
