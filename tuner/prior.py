@@ -318,20 +318,19 @@ def rules_lr(task: TaskDescription, optimizer: str) -> float | None:
 # --------------------------------------------------------------------------------------------
 
 
-def _carried_lr(task: TaskDescription, optimizer: str, record: EvidenceRecord) -> float | None:
-    """The record's lr carried to ``task``: times the rules' lr ratio between the two tasks."""
-    if record.lr is None:
+def _carried_lr(here: float | None, record: EvidenceRecord) -> float | None:
+    """The record's lr carried to a task whose rules' lr is ``here``: times the ratio of the
+    rules' lrs between the two tasks."""
+    if record.lr is None or here is None:
         return None
-    here = rules_lr(task, optimizer)
     there = rules_lr(record.task, record.optimizer)
-    if here is None or there is None:
-        return None
-    return record.lr * here / there
+    return None if there is None else record.lr * here / there
 
 
 def _cite(scored: Scored, lr_for_task: float | None) -> Evidence:
     r = scored.record
-    return Evidence(
+    # Built from validated parts; model_construct skips a second validation (latency).
+    return Evidence.model_construct(
         source=r.source, citation=r.citation, job_id=r.job_id, label=r.label,
         similarity=round(scored.similarity, 4), weight=round(scored.weight, 4),
         optimizer=r.optimizer, lr=r.lr, batch_size=r.task.batch_size, outcome=r.outcome,
@@ -384,11 +383,13 @@ class _EvidenceScores:
 
 
 def _lr_evidence(
-    task: TaskDescription, name: str, priors: _Priors, scored: list[Scored]
+    name: str, priors: _Priors, scored: list[Scored]
 ) -> tuple[list[Evidence], list[str]]:
-    """Move ``name``'s lr prior towards its similar records' carried lrs; the evidence entries
-    and the rationale lines."""
+    """Move ``name``'s lr prior (the rules' values) towards its similar records' carried lrs;
+    the evidence entries and the rationale lines."""
     group = lr_group(name)
+    rules_prior = priors.get("lr")
+    here = None if rules_prior is None else rules_prior.default
     entries: list[Evidence] = []
     closest: Scored | None = None
     logs: list[tuple[float, float]] = []  # (weight, log carried lr)
@@ -397,7 +398,7 @@ def _lr_evidence(
         if r.optimizer != name and lr_group(r.optimizer) != group:
             continue
         closest = closest or s
-        carried = _carried_lr(task, name, r)
+        carried = _carried_lr(here, r)
         if len(entries) < EVIDENCE_PER_CANDIDATE:
             entries.append(_cite(s, carried))
         w = s.weight * (1.0 if r.optimizer == name else LR_GROUP_DISCOUNT)
@@ -482,25 +483,26 @@ def recommend(
     score = dict(blended)
 
     # 3. Memory: every candidate that fits ranks above every one that does not.
-    mems = {spec.name: memory_use(task, spec) for spec in specs}
-    fitting = [score[n] for n in names if mems[n].fits is not False]
-    failing = [score[n] for n in names if mems[n].fits is False]
+    failing_names = set() if task.memory_budget_gb is None else {
+        spec.name for spec in specs if memory_use(task, spec).fits is False}
+    fitting = [score[n] for n in names if n not in failing_names]
+    failing = [score[n] for n in names if n in failing_names]
     demote = 1.0
     if fitting and failing and max(failing) >= MEMORY_PENALTY * min(fitting):
         demote = MEMORY_PENALTY * min(fitting) / max(failing)
         for n in names:
-            if mems[n].fits is False:
+            if n in failing_names:
                 score[n] *= demote
     total = math.fsum(score.values())
     final = {n: score[n] / total for n in names}
-    ranked = sorted(names, key=lambda n: (mems[n].fits is False, -final[n], n))[:top_k]
+    ranked = sorted(names, key=lambda n: (n in failing_names, -final[n], n))[:top_k]
 
     # 4. Values and words, for the returned candidates only.
     priors, effects = rules.values(ranked)
     candidates: list[Candidate] = []
     for name in ranked:
         base = _base(optimizers.get(name))
-        mem = mems[name]
+        mem = memory_use(task, base.spec)
         lines = [base.line]
         refs = list(base.references)
         for i in rules.rows[name]:
@@ -511,21 +513,22 @@ def recommend(
                     refs.append(rule.reference)
         if ev.scored:
             lines.append(ev.line(name, rule_p[name], blended[name]))
-        entries, lr_lines = _lr_evidence(task, name, priors[name], ev.scored)
+        entries, lr_lines = _lr_evidence(name, priors[name], ev.scored)
         lines += lr_lines
         if mem.fits is False and demote != 1.0:
             lines.append(f"does not fit while others do: ranked below every candidate that "
                          f"fits [score x{demote:.3g}]")
         if mem.fits or (mem.fits is None and task.num_devices > 1):
             lines.append(_memory_line(task, mem))
-        candidates.append(Candidate(
+        # Built from validated parts; model_construct skips a second validation (latency).
+        candidates.append(Candidate.model_construct(
             optimizer=name,
             score=min(1.0, final[name]),
             hyperparameters=priors[name],
-            memory=MemoryEstimate(state_bytes=mem.state_bytes, total_bytes=mem.total_bytes,
-                                  fits=mem.fits),
+            memory=MemoryEstimate.model_construct(
+                state_bytes=mem.state_bytes, total_bytes=mem.total_bytes, fits=mem.fits),
             rationale=lines,
             references=refs,
             evidence=entries,
         ))
-    return Recommendation(task=task, candidates=candidates)
+    return Recommendation.model_construct(task=task, candidates=candidates)

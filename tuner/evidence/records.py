@@ -22,7 +22,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tuner.evidence.published import PublishedTraining, published_trainings
-from tuner.evidence.similarity import TaskKey, key_similarity, weight
+from tuner.evidence.similarity import (
+    TaskKey,
+    categorical_similarity,
+    size_similarity,
+    weight,
+)
 from tuner.task import TaskDescription
 
 EvidenceSource = Literal["published", "job"]
@@ -87,9 +92,11 @@ class Scored:
 
 
 class EvidencePool:
-    """Records with their similarity keys (computed once); iterable, sized, immutable."""
+    """Records with their similarity keys (computed once), grouped by their categories (family,
+    task type, fine-tuning kind, sparse features) so that a query skips whole groups that cannot
+    reach ``SIMILARITY_FLOOR``; iterable, sized, immutable."""
 
-    __slots__ = ("_keys", "_records")
+    __slots__ = ("_groups", "_keys", "_records")
 
     def __init__(self, records: Iterable[EvidenceRecord]) -> None:
         self._records = tuple(records)
@@ -97,6 +104,13 @@ class EvidencePool:
         if len(set(ids)) != len(ids):
             raise ValueError("evidence: record ids must be unique within a pool")
         self._keys = tuple(TaskKey.of(r.task) for r in self._records)
+        self._group()
+
+    def _group(self) -> None:
+        groups: dict[tuple[str, str, str, bool], list[tuple[EvidenceRecord, TaskKey]]] = {}
+        for record, key in zip(self._records, self._keys, strict=True):
+            groups.setdefault(key.categories, []).append((record, key))
+        self._groups = tuple((members[0][1], tuple(members)) for members in groups.values())
 
     def __iter__(self) -> Iterator[EvidenceRecord]:
         return iter(self._records)
@@ -110,17 +124,22 @@ class EvidencePool:
         keep = [i for i, r in enumerate(self._records) if r.record_id != record_id]
         pool._records = tuple(self._records[i] for i in keep)
         pool._keys = tuple(self._keys[i] for i in keep)
+        pool._group()
         return pool
 
     def scored(self, task: TaskDescription) -> list[Scored]:
         """Every record with a positive weight for ``task``, most similar first."""
         key = TaskKey.of(task)
         out: list[Scored] = []
-        for record, record_key in zip(self._records, self._keys, strict=True):
-            s = key_similarity(key, record_key)
-            w = weight(s)
-            if w > 0.0:
-                out.append(Scored(record, s, w))
+        for representative, members in self._groups:
+            bound = categorical_similarity(key, representative)
+            if weight(bound) <= 0.0:
+                continue  # the size factors are at most 1: nothing here can weigh
+            for record, record_key in members:
+                s = bound * size_similarity(key, record_key)
+                w = weight(s)
+                if w > 0.0:
+                    out.append(Scored(record, s, w))
         out.sort(key=lambda x: (-x.similarity, x.record.record_id))
         return out
 

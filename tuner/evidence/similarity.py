@@ -63,6 +63,10 @@ class TaskKey:
     sparse: bool
     log_sizes: tuple[float | None, ...]  # aligned with SIZE_WIDTHS
 
+    @property
+    def categories(self) -> tuple[str, str, str, bool]:
+        return self.family, self.task_type, self.fine_tuning, self.sparse
+
     @classmethod
     def of(cls, task: TaskDescription) -> TaskKey:
         sizes = (task.num_parameters, task.batch_size, task.num_layers, task.dataset_size)
@@ -84,20 +88,23 @@ def _affinity(a: str, b: str, pairs: Mapping[frozenset[str], float]) -> float:
     return pairs.get(frozenset((a, b)), 0.0)
 
 
-def key_similarity(a: TaskKey, b: TaskKey) -> float:
-    """``similarity`` on precomputed keys (the fast path for scoring a whole pool)."""
+def categorical_similarity(a: TaskKey, b: TaskKey) -> float:
+    """The product of the categorical factors (family, task type, fine-tuning kind, sparse):
+    an upper bound of the similarity, shared by every task of the same categories."""
     s = _affinity(a.family, b.family, FAMILY_AFFINITY)
     if s == 0.0:
         return 0.0
     s *= _affinity(a.task_type, b.task_type, TASK_TYPE_AFFINITY)
-    if s == 0.0:
-        return 0.0
     if a.fine_tuning != b.fine_tuning:
         s *= PARTIAL_FINE_TUNING if "none" not in (a.fine_tuning, b.fine_tuning) else 0.0
-        if s == 0.0:
-            return 0.0
     if a.sparse != b.sparse:
         s *= SPARSE_MISMATCH
+    return s
+
+
+def size_similarity(a: TaskKey, b: TaskKey) -> float:
+    """The product of the size factors (parameters, batch, depth, dataset)."""
+    s = 1.0
     exponent = 0.0
     for x, y, width in zip(a.log_sizes, b.log_sizes, _WIDTHS, strict=True):
         if x is None or y is None:
@@ -106,6 +113,12 @@ def key_similarity(a: TaskKey, b: TaskKey) -> float:
         else:
             exponent += ((x - y) / width) ** 2
     return s * math.exp(-0.5 * exponent)
+
+
+def key_similarity(a: TaskKey, b: TaskKey) -> float:
+    """``similarity`` on precomputed keys."""
+    c = categorical_similarity(a, b)
+    return 0.0 if c == 0.0 else c * size_similarity(a, b)
 
 
 def similarity(a: TaskDescription, b: TaskDescription) -> float:
