@@ -50,8 +50,41 @@ def test_recommend_json_matches_the_contract(capsys: pytest.CaptureFixture[str])
     assert body["task"]["num_parameters"] == 2_000_000
 
 
+def test_recommend_shows_published_evidence(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "recommend", "--family", "cnn", "--params", "2.5e7",
+                       "--layers", "50", "--dataset-size", "1281167", "--batch-size", "256")
+    assert code == 0
+    assert out.lstrip().startswith("1. sgd_momentum")
+    assert "closest published: " in out
+    assert "evidence (published, similarity " in out and "ResNet-50: sgd_momentum lr 0.1" in out
+    code, alone, _ = run(capsys, "recommend", "--family", "cnn", "--params", "2.5e7",
+                         "--layers", "50", "--dataset-size", "1281167", "--batch-size", "256",
+                         "--no-evidence")
+    assert code == 0 and "evidence (" not in alone and "closest published" not in alone
+
+
+def test_recommend_takes_fine_tuning_kinds_and_frozen_parameters(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "recommend", "--family", "transformer", "--params", "4e6",
+                       "--fine-tuning", "--frozen-params", "7e9", "--devices", "8",
+                       "--memory-gb", "80", "--precision", "bf16", "--json")
+    body = json.loads(out)
+    assert code == 0
+    assert body["task"]["fine_tuning"] is True
+    assert body["task"]["frozen_parameters"] == 7_000_000_000
+    first = body["candidates"][0]
+    assert first["optimizer"] == "adamw"
+    assert any(r.startswith("parameter-efficient fine-tuning") for r in first["rationale"])
+    assert any("sharded over 8 devices" in r for r in first["rationale"])
+    code, out, _ = run(capsys, "recommend", "--family", "transformer", "--params", "1.1e8",
+                       "--fine-tuning", "full", "--json")
+    assert code == 0 and json.loads(out)["task"]["fine_tuning"] == "full"
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["recommend", "--family", "lstm", "--params", "1e6"], "model_family:"),
+    (["recommend", "--family", "mlp", "--params", "1e6", "--frozen-params", "1e9"],
+     "frozen_parameters:"),
     (["recommend", "--family", "mlp", "--params", "0"], "num_parameters:"),
     (["recommend", "--family", "mlp", "--params", "1e6", "--memory-gb", "nan"],
      "memory_budget_gb:"),
@@ -73,6 +106,14 @@ def test_unparseable_count_is_an_argparse_error(capsys: pytest.CaptureFixture[st
         main(["recommend", "--family", "mlp", "--params", "1.5"])
     assert exc.value.code == 2
     assert "whole number" in capsys.readouterr().err
+
+
+def test_unknown_fine_tuning_kind_is_an_argparse_error(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["recommend", "--family", "mlp", "--params", "1e6", "--fine-tuning", "lora"])
+    assert exc.value.code == 2
+    assert "full or parameter_efficient" in capsys.readouterr().err
 
 
 def test_tune_runs_exactly_the_budget_and_reports_json(
