@@ -1,4 +1,4 @@
-"""The optimizer registry: one frozen record per optimizer, keyed by its DESIGN name.
+"""The optimizer registry: one frozen record per optimizer, keyed by its registry name.
 
 A record says what the optimizer is for, how to build it from the flat hyperparameter names
 (``lr``, ``weight_decay``, ``momentum``, ``beta1``, ``beta2``, ``eps``, ``alpha``, ...), its

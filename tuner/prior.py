@@ -9,13 +9,14 @@ weights, the ``RULES`` table and the evidence constants); this module applies th
    and search space and are changed by the rules' adjustments, then clamped into
    ``HYPERPARAMETER_BOUNDS`` with ``low <= default <= high``;
 2. evidence (``tuner.evidence``): every record of the evidence pool (default: the published
-   trainings) whose task is similar enough gets a weight in (0, 1]. Each optimizer's score is
-   multiplied by ``exp(EVIDENCE_SCORE_RATE * E)``, ``E`` the summed weight of the similar records
-   that used it, and renormalised (a Bayesian update of the rules' scores, one tempered
-   observation per record). A candidate's lr default moves towards
-   the weighted geometric mean of the lrs its records used, each first carried to this task by
-   the rules' own laws (``lr * rules_lr(this task) / rules_lr(record's task)``), by
-   ``m = w / (w + EVIDENCE_LR_PSEUDOCOUNT)``; its range moves with it;
+   trainings; the source does not matter) whose task is similar enough (``similarity`` above
+   ``SIMILARITY_FLOOR``) gets a weight in (0, 1]. Each optimizer's score is multiplied by
+   ``exp(EVIDENCE_SCORE_RATE * E)``, ``E`` the summed weight of the similar records that used it,
+   and renormalised (a Bayesian update of the rules' scores, one tempered observation per
+   record). A candidate's lr default moves towards the weighted geometric mean of the lrs its
+   records used (records of its lr group count ``LR_GROUP_DISCOUNT``), each first carried to this
+   task by the rules' own laws (``lr * rules_lr(this task) / rules_lr(record's task)``), by
+   ``m = w / (w + EVIDENCE_LR_PSEUDOCOUNT)`` of the way in log; its range moves with it;
 3. memory: parameters and gradients at the task's precision plus fp32 optimizer state, per device,
    sharded over ``num_devices`` (ZeRO-3/FSDP, stated as an assumption); ``fits`` is null without a
    budget. Every candidate that fits ranks above every one that does not, and scores follow;

@@ -8,7 +8,10 @@ How a recommendation is made (``tuner.prior.recommend`` applies this table, noth
    the optimizers that pass it) multiplies scores by ``weights`` (``"*"`` = every optimizer not
    named) and changes hyperparameter priors by its ``adjust`` steps, in table order.
    ``Derive`` steps run after every other step, so they read their source's final values.
-3. Scores are normalised over the whole catalog into prior probabilities; the top k are returned.
+3. Scores are normalised over the whole catalog into prior probabilities.
+4. Evidence (``tuner.evidence``: published trainings, later the service's own jobs) moves the
+   scores and lrs by similarity, with the strengths set at the end of the constants below.
+5. Candidates that fit the memory budget rank above those that do not; the top k are returned.
 
 Every rule that changes a candidate's score or a value adds its ``rationale`` (a ``str.format``
 template over ``t``, the task, and ``mem``, the candidate's ``MemoryUse``) and its ``reference``
@@ -17,22 +20,26 @@ to that candidate, followed by the numbers it changed.
 The rules, in table order (``docs/recommendations.md`` explains each with its source; the
 published-trainings benchmark, ``bench/recommend_accuracy.py``, scores them):
 
-* small/simple: < 1e5 parameters (not rnn, transformer or gnn), or a linear/mlp model under 1e6
-  parameters with <= 1e5 examples (or unknown), supervised: SGD with momentum first, Adam second.
+* small/simple: < 1e5 parameters (not rnn, transformer or gnn; not RL or image generation), or a
+  linear/mlp model under 1e6 parameters with <= 1e5 examples (or unknown): SGD with momentum
+  first, Adam second.
 * general: everything else that triggers no rule (e.g. a 5e6-parameter MLP): Adam.
-* convolutional networks trained supervised (classification, detection, ...), at any depth: SGD
-  with momentum (Nesterov second), lr 0.1 at batch 256 scaled linearly with the batch.
-* very deep (>= 32 layers; not convolutional, Transformers have their own rule) or transformer:
-  AdamW.
-* rnn: RMSProp (Adam a close second).      * graph networks: Adam, lr 0.01.
+* convolutional networks trained on targets (classification, detection, self-play towers of >= 32
+  layers), at any depth: SGD with momentum (Nesterov, then RMSProp next), lr 0.1 at batch 256
+  scaled linearly with the batch.
+* transformer: AdamW. Very deep (>= 32 layers; not convolutional, not Transformers, which have
+  their own rule): AdamW.
+* rnn: RMSProp (Adam a close second); recurrent language and translation models: plain SGD at
+  lr 1.      * graph networks: Adam, lr 0.01.
 * reinforcement learning: Adam (RMSProp second), lr 3e-4 whatever the size or batch.
-* image generation (GANs, diffusion; generation by a non-sequence model): Adam, lr 2e-4,
-  beta1 0.5.
-* massive (>= 1e9 parameters, pretraining): LAMB; when Adam-family parameters + gradients + state
-  exceed ``memory_budget_gb`` per device (sharded over ``num_devices``): Adafactor, Lion,
-  SGD momentum.
-* large global batch (>= 8192): LAMB and Lion, Adam-family kept.   * sparse features: Adagrad.
-* full fine-tuning: AdamW with lr 2e-5 in [5e-6, 1e-4]; other optimizers' lrs x0.1.
+* image generation (GANs, diffusion; generation by a non-sequence model): Adam (RMSProp for
+  Wasserstein GANs), lr 2e-4, beta1 0.5.
+* massive (>= 1e9 parameters, pretraining, batch unknown or >= 8192): LAMB; when Adam-family
+  parameters + gradients + state exceed ``memory_budget_gb`` per device (sharded over
+  ``num_devices``): Adafactor, Lion, SGD momentum.
+* large global batch (>= 8192): LAMB and Lion, Adam-family kept.
+* sparse features: Adagrad, plain SGD second.    * LM pretraining: Adafactor among the top.
+* full fine-tuning: AdamW with lr 3e-5 in [1e-6, 1e-4]; other optimizers' lrs x0.1.
   Parameter-efficient fine-tuning (adapters, LoRA): AdamW with lr 3e-4 in [3e-5, 3e-3].
 * lr vs size (transformers/LMs >= 1e8 parameters): GPT-3's table, log-log interpolated.
 * small models (< ~2.5e7 parameters, supervised from scratch, not recurrent): Adam-family, LAMB,

@@ -3,7 +3,7 @@
 The space is define-by-run: a categorical ``optimizer`` choice, then that optimizer's tuned
 hyperparameters under namespaced names (``adamw.lr``) so conditional spaces stay valid as the
 catalog grows. How many hyperparameters are tuned follows the trial budget (Google's Deep
-Learning Tuning Playbook, REFERENCE.md), in each optimizer's ``tuning_order`` (the registry's: lr
+Learning Tuning Playbook), in each optimizer's ``tuning_order`` (the registry's: lr
 first, then beta1 for the Adam family, momentum for SGD); the rest stay at the prior's default.
 Betas and momentum are searched on ``1 - value`` (``adamw.one_minus_beta1``) on a log scale.
 
