@@ -296,3 +296,12 @@ def test_recommendations_stored_before_evidence_still_load(
     candidate = response.json()["candidates"][0]
     assert candidate["evidence"] == []
     assert candidate["hyperparameters"]["lr"]["default"] == 6e-4
+
+
+def test_openapi_has_one_range_type_and_the_evidence_entry(client: TestClient) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert "SearchRange" in schemas and "Evidence" in schemas
+    assert not [name for name in schemas if "Prior" in name or name == "SearchRangeOut"]
+    candidate = schemas["CandidateOut"]["properties"]
+    assert candidate["hyperparameters"]["additionalProperties"]["$ref"].endswith("/SearchRange")
+    assert candidate["evidence"]["items"]["$ref"].endswith("/Evidence")
