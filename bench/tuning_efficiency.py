@@ -64,7 +64,7 @@ import torch
 from optuna.trial import TrialState
 
 import optimizers
-from optimizers import SearchRange
+from optimizers import HyperparameterPrior
 from tuner.space import PlannedOptimizer, SearchPlan
 from tuner.trial import run_trial
 from tuner.tuning import create_study, study_plan
@@ -155,17 +155,17 @@ def wide_plan() -> SearchPlan:
     planned = []
     for name in names:
         spec = optimizers.get(name)
-        tuned: dict[str, SearchRange] = {}
+        tuned: dict[str, HyperparameterPrior] = {}
         for hp, default in spec.defaults.items():
             if hp in LR_NAMES:
-                tuned[hp] = SearchRange(*WIDE_LR, default=_clamp(default, *WIDE_LR))
+                tuned[hp] = HyperparameterPrior(*WIDE_LR, default=_clamp(default, *WIDE_LR))
             elif hp == "weight_decay":
-                tuned[hp] = SearchRange(*WIDE_WEIGHT_DECAY,
-                                       default=_clamp(default, *WIDE_WEIGHT_DECAY))
+                tuned[hp] = HyperparameterPrior(
+                    *WIDE_WEIGHT_DECAY, default=_clamp(default, *WIDE_WEIGHT_DECAY))
             elif hp in MOMENTUM_NAMES:
                 low, high = 1.0 - WIDE_ONE_MINUS_MOMENTUM[1], 1.0 - WIDE_ONE_MINUS_MOMENTUM[0]
-                tuned[hp] = SearchRange(low, high, complement=True,
-                                       default=_clamp(default, low, high))
+                tuned[hp] = HyperparameterPrior(low, high, complement=True,
+                                                default=_clamp(default, low, high))
         planned.append(PlannedOptimizer(name, 1.0 / len(names), dict(spec.defaults), tuned))
     return SearchPlan(tuple(planned))
 

@@ -10,6 +10,7 @@ from optimizers.lion import Lion
 from optimizers.registry import (
     HYPERPARAMETER_BOUNDS,
     Bound,
+    HyperparameterPrior,
     OptimizerSpec,
     SearchRange,
     create,
@@ -22,6 +23,7 @@ from optimizers.registry import (
 __all__ = [
     "HYPERPARAMETER_BOUNDS",
     "Bound",
+    "HyperparameterPrior",
     "Lamb",
     "Lion",
     "OptimizerSpec",

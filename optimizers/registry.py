@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Literal, TypeAlias
 
@@ -24,52 +24,56 @@ Builder: TypeAlias = Callable[[ParamsT, dict[str, float]], torch.optim.Optimizer
 
 @dataclass(frozen=True)
 class SearchRange:
-    """A hyperparameter's prior: where to search it and, optionally, where to start.
+    """Where to search one hyperparameter, in its own units: ``low``..``high``, on a log scale
+    when ``log``. ``complement`` means the range is searched on ``1 - value`` (log scale when
+    ``log``): the right way to search betas and momentum, whose effect lives in ``1 - beta``.
 
-    The one shape of a range-with-default, from the registry (``OptimizerSpec.search_space``,
-    ranges only: there the starting values are ``OptimizerSpec.defaults``) through the tuner's
-    prior (every recommended candidate's ``hyperparameters``, with ``default``) and search plan
-    to the service's responses.
-
-    ``low``..``high`` is in the hyperparameter's own units, searched on a log scale when ``log``.
-    ``complement`` means the range is searched on ``1 - value`` (log scale when ``log``): the right
-    way to search betas and momentum, whose effect lives in ``1 - beta``.
-    ``default``, when given, lies in ``low``..``high``.
+    The registry's search spaces are ``SearchRange``s (the optimizer's starting values are its
+    ``defaults``); everything downstream carries a ``HyperparameterPrior``, the same range with
+    the default to start from.
     """
 
     low: float
     high: float
     log: bool = True
     complement: bool = False
-    default: float | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low <= self.high):
             raise ValueError(f"search range needs finite low <= high, got {self.low}..{self.high}")
         if self.log and (self.low <= 0 or (self.complement and self.high >= 1)):
             raise ValueError(f"log range must stay positive, got {self.low}..{self.high}")
-        if self.default is not None and not (
-            math.isfinite(self.default) and self.low <= self.default <= self.high
-        ):
-            raise ValueError(f"need low <= default <= high, got {self.low}, {self.default}, "
-                             f"{self.high}")
 
     def contains(self, value: float) -> bool:
         return self.low <= value <= self.high
 
     def as_dict(self) -> dict[str, float | bool]:
-        """The fields as plain JSON values (``default`` left out when there is none)."""
-        out: dict[str, float | bool] = {"low": self.low, "high": self.high, "log": self.log,
-                                        "complement": self.complement}
-        if self.default is not None:
-            out["default"] = self.default
-        return out
+        """The fields as plain JSON values."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def starting_at(self, default: float, low: float | None = None,
-                    high: float | None = None) -> SearchRange:
-        """The same scale with this default (and, when given, new ends)."""
-        return replace(self, default=default, low=self.low if low is None else low,
-                       high=self.high if high is None else high)
+                    high: float | None = None) -> HyperparameterPrior:
+        """This range (with new ends, when given) as a prior that starts at ``default``."""
+        return HyperparameterPrior(
+            low=self.low if low is None else low, high=self.high if high is None else high,
+            log=self.log, complement=self.complement, default=default)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HyperparameterPrior(SearchRange):
+    """A hyperparameter's prior: a ``SearchRange`` and the ``default`` to start from, inside it.
+
+    The one shape of a range-with-default: the tuner's recommendations (every candidate's
+    ``hyperparameters``), its search plans and the service's responses all carry this type.
+    """
+
+    default: float
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (math.isfinite(self.default) and self.low <= self.default <= self.high):
+            raise ValueError(f"need low <= default <= high, got {self.low}, {self.default}, "
+                             f"{self.high}")
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,7 @@ class OptimizerSpec:
                 raise ValueError(f"{self.name}: {hp!r} is tuned but has no default")
         for hp, rng in self.search_space.items():
             # The registry's ranges are ranges: the starting values are ``defaults``.
-            if not rng.low < rng.high or rng.default is not None:
+            if not rng.low < rng.high or isinstance(rng, HyperparameterPrior):
                 raise ValueError(f"{self.name}.{hp}: a search space needs low < high and no "
                                  f"default of its own, got {rng}")
         object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from optimizers import SearchRange
+from optimizers import HyperparameterPrior, SearchRange
 from service import jsonsafe
 from tuner.evidence.records import Evidence
 from tuner.task import MAX_PARAMETERS, ModelFamily, TaskDescription, TaskType
@@ -128,7 +128,7 @@ class MemoryOut(ResponseModel):
 class CandidateOut(ResponseModel):
     optimizer: str
     score: OutFloat = Field(description="Prior probability; scores sum to at most 1.")
-    hyperparameters: dict[str, SearchRange] = Field(
+    hyperparameters: dict[str, HyperparameterPrior] = Field(
         description="Per hyperparameter: where to start (default) and where to search.")
     memory: MemoryOut
     rationale: list[str]
@@ -192,11 +192,8 @@ class OptimizerOut(ResponseModel):
     family: str
     when_to_use: str
     defaults: dict[str, OutFloat]
-    search_space: Annotated[
-        dict[str, SearchRange],
-        PlainSerializer(lambda space: {hp: r.as_dict() for hp, r in space.items()},
-                        return_type=dict[str, dict[str, Any]]),
-    ] = Field(description="Search ranges (the starting values are in defaults).")
+    search_space: dict[str, SearchRange] = Field(
+        description="Search ranges (the starting values are in defaults).")
     state_bytes_per_param: OutFloat
     references: list[str]
     tuning_order: list[str] = Field(default_factory=list)

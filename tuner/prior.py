@@ -37,7 +37,12 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 
 import optimizers
-from optimizers.registry import HYPERPARAMETER_BOUNDS, OptimizerSpec, SearchRange
+from optimizers.registry import (
+    HYPERPARAMETER_BOUNDS,
+    HyperparameterPrior,
+    OptimizerSpec,
+    SearchRange,
+)
 from tuner.evidence.records import (
     Evidence,
     EvidencePool,
@@ -75,9 +80,6 @@ __all__ = [
     "rules_lr",
 ]
 
-HyperparameterPrior = SearchRange
-"""A candidate's prior for one hyperparameter: the registry's ``SearchRange`` with its default."""
-
 # --------------------------------------------------------------------------------------------
 # Response models
 # --------------------------------------------------------------------------------------------
@@ -99,7 +101,7 @@ class Candidate(BaseModel):
 
     optimizer: str
     score: float = Field(ge=0.0, le=1.0)
-    hyperparameters: dict[str, SearchRange]
+    hyperparameters: dict[str, HyperparameterPrior]
     memory: MemoryEstimate
     rationale: list[str] = Field(min_length=1)
     references: list[str] = Field(min_length=1)
@@ -121,7 +123,7 @@ class Recommendation(BaseModel):
 # Rules
 # --------------------------------------------------------------------------------------------
 
-_Priors = dict[str, SearchRange]
+_Priors = dict[str, HyperparameterPrior]
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ class _Base:
 
     spec: OptimizerSpec
     weight: float
-    hyperparameters: tuple[tuple[str, SearchRange], ...]
+    hyperparameters: tuple[tuple[str, HyperparameterPrior], ...]
     line: str
     references: tuple[str, ...]
     # Aligned with RULES: the row's score factor for this optimizer, and whether the row can
@@ -181,7 +183,7 @@ def _inside(hp: str) -> tuple[float, float]:
 
 
 def _finalize(hp: str, scale: SearchRange, default: float, low: float,
-              high: float) -> SearchRange:
+              high: float) -> HyperparameterPrior:
     """``scale``'s range with these values, clamped into validity (positive on a log scale,
     below 1 when searched as 1 - value) and widened so that ``low <= default <= high``."""
     lo, hi = _inside(hp)
@@ -193,7 +195,7 @@ def _finalize(hp: str, scale: SearchRange, default: float, low: float,
     return scale.starting_at(default, min(low, default), max(high, default))
 
 
-def _describe(hp: str, before: SearchRange, after: SearchRange) -> str:
+def _describe(hp: str, before: HyperparameterPrior, after: HyperparameterPrior) -> str:
     return (f"{hp} {before.default:.3g} -> {after.default:.3g} "
             f"in [{after.low:.3g}, {after.high:.3g}]")
 
@@ -212,7 +214,7 @@ def _set(priors: _Priors, hp: str, values: tuple[float, float, float]) -> str | 
 
 def _scale(priors: _Priors, hp: str, factor: float) -> str | None:
     p = priors.get(hp)
-    if p is None or p.default is None:
+    if p is None:
         return None
     change = _set(priors, hp, (p.default * factor, p.low * factor, p.high * factor))
     return f"{change} (x{factor:.3g})" if change else None
@@ -240,7 +242,7 @@ def _effects(
                 out.append(change)
         else:
             source = priors.get(adj.source, {}).get(adj.hyperparameter)
-            if source is not None and source.default is not None:
+            if source is not None:
                 values = (source.default * adj.default, source.low * adj.low,
                           source.high * adj.high)
                 change = _set(mine, adj.hyperparameter, values)
@@ -410,7 +412,7 @@ def _lr_evidence(
         lines.append(f"closest {closest.record.source}: {_used(closest.record)} (similarity "
                      f"{closest.similarity:.2f})")
     lr = priors.get("lr")
-    if logs and lr is not None and lr.default is not None:
+    if logs and lr is not None:
         total = math.fsum(w for w, _ in logs)
         target = math.exp(math.fsum(w * x for w, x in logs) / total)
         m = total / (total + EVIDENCE_LR_PSEUDOCOUNT)

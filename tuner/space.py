@@ -39,7 +39,7 @@ from typing import Any
 import optuna
 
 import optimizers
-from optimizers.registry import HYPERPARAMETER_BOUNDS, SearchRange
+from optimizers.registry import HYPERPARAMETER_BOUNDS, HyperparameterPrior
 
 OPTIMIZER_PARAM = "optimizer"
 COMPLEMENT_PREFIX = "one_minus_"
@@ -58,7 +58,7 @@ class PlannedOptimizer:
     name: str
     score: float
     defaults: Mapping[str, float]
-    tuned: Mapping[str, SearchRange]
+    tuned: Mapping[str, HyperparameterPrior]
 
 
 def tuned_count(trials_per_optimizer: float) -> int:
@@ -79,12 +79,13 @@ class SearchPlan:
     @classmethod
     def build(
         cls,
-        candidates: Sequence[tuple[str, float, Mapping[str, SearchRange | Mapping[str, Any]]]],
+        candidates: Sequence[
+            tuple[str, float, Mapping[str, HyperparameterPrior | Mapping[str, Any]]]],
         n_trials: int,
         lr_headroom: float = LR_HEADROOM,
     ) -> SearchPlan:
         """Plan from ``(optimizer, score, {hp: prior})`` triples, ranked best first; a prior is a
-        ``SearchRange`` with its default (or its fields as a mapping). Hyperparameters without a
+        ``HyperparameterPrior`` (or its fields as a mapping). Hyperparameters without a
         prior keep the registry default. The lr range is searched up to ``lr_headroom`` times
         above the prior's high end (1: as given)."""
         if not candidates:
@@ -97,11 +98,10 @@ class SearchPlan:
         for name, score, priors in candidates:
             spec = optimizers.get(name)
             defaults = dict(spec.defaults)
-            ranges: dict[str, SearchRange] = {}
+            ranges: dict[str, HyperparameterPrior] = {}
             for hp, given in priors.items():
-                prior = given if isinstance(given, SearchRange) else SearchRange(**given)
-                if prior.default is None:
-                    raise ValueError(f"{name}.{hp}: a prior needs a default")
+                prior = (given if isinstance(given, HyperparameterPrior)
+                         else HyperparameterPrior(**given))
                 defaults[hp] = prior.default
                 if hp == "lr" and not prior.complement:
                     prior = prior.starting_at(prior.default,
@@ -146,7 +146,7 @@ class SearchPlan:
         candidate = self.candidate(name)
         params: dict[str, Any] = {OPTIMIZER_PARAM: name}
         for hp, rng in candidate.tuned.items():
-            value = min(max(values.get(hp, candidate.defaults[hp]), rng.low), rng.high)
+            value = min(max(values.get(hp, rng.default), rng.low), rng.high)
             if rng.complement:
                 params[f"{name}.{COMPLEMENT_PREFIX}{hp}"] = 1.0 - value
             else:
@@ -177,9 +177,8 @@ class SearchPlan:
             lr = c.tuned.get("lr")
             if lr is None:
                 continue
-            default = c.defaults["lr"]
-            value = min(max(default * factor, lr.low), lr.high)
-            if not math.isclose(value, default):
+            value = min(max(lr.default * factor, lr.low), lr.high)
+            if not math.isclose(value, lr.default):
                 points.append(self.params_for(c.name, {**c.defaults, "lr": value}))
         return points
 
@@ -196,6 +195,6 @@ class SearchPlan:
     def from_json(cls, text: str) -> SearchPlan:
         return cls(tuple(
             PlannedOptimizer(item["name"], item["score"], item["defaults"],
-                             {hp: SearchRange(**r) for hp, r in item["tuned"].items()})
+                             {hp: HyperparameterPrior(**r) for hp, r in item["tuned"].items()})
             for item in json.loads(text)
         ))

@@ -300,8 +300,11 @@ def test_recommendations_stored_before_evidence_still_load(
 
 def test_openapi_has_one_range_type_and_the_evidence_entry(client: TestClient) -> None:
     schemas = client.get("/openapi.json").json()["components"]["schemas"]
-    assert "SearchRange" in schemas and "Evidence" in schemas
-    assert not [name for name in schemas if "Prior" in name or name == "SearchRangeOut"]
+    assert {"SearchRange", "HyperparameterPrior", "Evidence"} <= set(schemas)
+    assert not [name for name in schemas if name.endswith(("PriorOut", "RangeOut"))]
     candidate = schemas["CandidateOut"]["properties"]
-    assert candidate["hyperparameters"]["additionalProperties"]["$ref"].endswith("/SearchRange")
+    ref = candidate["hyperparameters"]["additionalProperties"]["$ref"]
+    assert ref.endswith("/HyperparameterPrior")
+    optimizer = schemas["OptimizerOut"]["properties"]
+    assert optimizer["search_space"]["additionalProperties"]["$ref"].endswith("/SearchRange")
     assert candidate["evidence"]["items"]["$ref"].endswith("/Evidence")

@@ -171,7 +171,6 @@ def test_similar_records_move_score_and_lr_and_say_so_in_numbers() -> None:
     assert moved["adam"].score < rules["adam"].score
     lr_rules = rules["nadam"].hyperparameters["lr"].default
     lr_moved = moved["nadam"].hyperparameters["lr"].default
-    assert lr_rules is not None and lr_moved is not None
     carried = moved["nadam"].evidence[0].lr_for_task
     assert carried is not None
     assert min(lr_rules, carried) < lr_moved < max(lr_rules, carried)

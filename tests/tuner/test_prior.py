@@ -345,7 +345,6 @@ def test_parameter_efficient_fine_tuning_has_its_own_lr_band() -> None:
     lora = by_name(task(model_family="transformer", num_parameters=4_000_000,
                         frozen_parameters=7_000_000_000, fine_tuning=True))
     peft = lora["adamw"].hyperparameters["lr"]
-    assert full.default is not None and peft.default is not None
     assert 1e-4 <= peft.default <= 1e-3 and peft.low <= 1e-4 and peft.high >= 1e-3
     assert peft.default >= 5 * full.default
     assert any(r.startswith("parameter-efficient fine-tuning") for r in lora["adamw"].rationale)
@@ -400,8 +399,8 @@ def test_70b_fine_tuned_on_8_devices_finds_fitting_optimizers() -> None:
              num_devices=8, memory_budget_gb=80, precision="bf16")
     for evidence in (None, ()):
         cands = recommend(t, top_k=ALL, evidence=evidence).candidates
-        fits = [c.memory.fits for c in cands]
-        assert fits[0] is True and cands[0].optimizer != "adamw"
+        fits = [c.memory.fits is True for c in cands]
+        assert fits[0] and cands[0].optimizer != "adamw"
         assert fits == sorted(fits, reverse=True)
         scores = [c.score for c in cands]
         assert scores == sorted(scores, reverse=True)
@@ -421,8 +420,8 @@ def test_a_non_fitting_candidate_never_outranks_a_fitting_one_even_with_evidence
     pool = [EvidenceRecord(source="job", record_id=f"j{i}", label="x", task=t, optimizer="adamw",
                            lr=1e-4, outcome="best", job_id=f"j{i}") for i in range(20)]
     cands = recommend(t, top_k=ALL, evidence=pool).candidates
-    fits = [c.memory.fits for c in cands]
-    assert fits == sorted(fits, reverse=True) and fits[0] is True
+    fits = [c.memory.fits is True for c in cands]
+    assert fits == sorted(fits, reverse=True) and fits[0]
     adamw = next(c for c in cands if c.optimizer == "adamw")
     assert any(r.startswith("does not fit while others do") for r in adamw.rationale)
 

@@ -212,25 +212,27 @@ def test_warm_start_order_top_default_upper_rung_other_defaults_lower_rung() -> 
     assert len(PLAN.warm_start(2)) == 1
 
 
-def test_one_range_type_from_registry_through_prior_and_plan() -> None:
-    """The registry's search ranges, the prior's hyperparameters and the plan's tuned ranges
-    are one type (``optimizers.SearchRange``); only the registry's have no default of their own."""
+def test_one_prior_type_from_registry_through_prior_and_plan() -> None:
+    """The registry's search ranges are ``SearchRange``s; the prior's hyperparameters and the
+    plan's tuned ranges are ``HyperparameterPrior``s, the same range with a default."""
     import optimizers
-    from optimizers import SearchRange
+    from optimizers import HyperparameterPrior, SearchRange
     from tuner.prior import recommend
     from tuner.tuning import plan_from_recommendation
 
-    assert all(isinstance(r, SearchRange) and r.default is None
+    assert issubclass(HyperparameterPrior, SearchRange)
+    assert all(type(r) is SearchRange
                for spec in optimizers.specs() for r in spec.search_space.values())
     rec = recommend(TaskDescription(model_family="mlp", num_parameters=5_000_000))
     plan = plan_from_recommendation(rec, n_trials=60)
     for cand, planned in zip(rec.candidates, plan.candidates, strict=True):
         for hp, prior in cand.hyperparameters.items():
-            assert isinstance(prior, SearchRange) and prior.default is not None
+            assert isinstance(prior, HyperparameterPrior)
             assert planned.defaults[hp] == prior.default
-        assert all(isinstance(r, SearchRange) for r in planned.tuned.values())
+            assert optimizers.get(cand.optimizer).search_space[hp].log == prior.log
+        assert all(isinstance(r, HyperparameterPrior) for r in planned.tuned.values())
     with pytest.raises(ValueError, match="low <= default <= high"):
-        SearchRange(1e-4, 1e-2, default=1.0)
+        HyperparameterPrior(1e-4, 1e-2, default=1.0)
 
 
 def test_plans_stored_before_the_shared_range_type_still_load() -> None:
