@@ -23,7 +23,13 @@ from optimizers.registry import (
 )
 from optimizers.schedulefree_adamw import ScheduleFreeAdamW
 from optimizers.schedulefree_sgd import ScheduleFreeSGD
-from optimizers.schedules import Schedule, ScheduledLR, build_scheduler, is_schedule_free
+from optimizers.schedules import (
+    Schedule,
+    ScheduledLR,
+    build_scheduler,
+    evaluation_mode,
+    is_schedule_free,
+)
 
 __all__ = [
     "HYPERPARAMETER_BOUNDS",
@@ -38,6 +44,7 @@ __all__ = [
     "SearchRange",
     "build_scheduler",
     "create",
+    "evaluation_mode",
     "get",
     "is_schedule_free",
     "names",

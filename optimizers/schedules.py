@@ -36,9 +36,10 @@ stable-decay, the 1-sqrt cool-down, 20% of the steps).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal, TypeAlias, cast, get_args
+from typing import Any, Literal, Protocol, TypeAlias, cast, get_args
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
@@ -53,6 +54,7 @@ __all__ = [
     "ScheduleName",
     "ScheduledLR",
     "build_scheduler",
+    "evaluation_mode",
     "is_schedule_free",
 ]
 
@@ -308,6 +310,12 @@ def build_scheduler(
     return ScheduledLR(optimizer, schedule, total_steps)
 
 
+class _TrainEval(Protocol):
+    def train(self) -> object: ...
+
+    def eval(self) -> object: ...
+
+
 def is_schedule_free(optimizer: torch.optim.Optimizer) -> bool:
     """Whether ``optimizer`` keeps separate training and evaluation points, switched by its
     ``train()`` and ``eval()`` methods (schedule-free optimizers: optpilot's and the
@@ -316,3 +324,22 @@ def is_schedule_free(optimizer: torch.optim.Optimizer) -> bool:
     return callable(getattr(optimizer, "train", None)) and callable(
         getattr(optimizer, "eval", None)
     )
+
+
+@contextmanager
+def evaluation_mode(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Inside the block, a schedule-free optimizer's parameters hold its evaluation point
+    (``optimizer.eval()`` on entry, ``optimizer.train()`` on exit); other optimizers are left
+    alone. Wrap evaluation (and saving the model) in it::
+
+        with optimizers.evaluation_mode(opt):
+            val_loss = evaluate(model)
+    """
+    switch = cast(_TrainEval, optimizer) if is_schedule_free(optimizer) else None
+    if switch is not None:
+        switch.eval()
+    try:
+        yield
+    finally:
+        if switch is not None:
+            switch.train()
