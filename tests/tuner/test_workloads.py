@@ -495,6 +495,66 @@ def test_lr_schedule_sets_every_learning_rate_of_every_group() -> None:
         [1e-2 * warmup_cosine(9, 10), 1e-3 * warmup_cosine(9, 10)])
 
 
+def capture_optimizers(monkeypatch: pytest.MonkeyPatch) -> list[torch.optim.Optimizer]:
+    """The optimizers the workloads build from now on (built by the real registry)."""
+    import optimizers
+
+    made: list[torch.optim.Optimizer] = []
+    create = optimizers.create
+
+    def recording_create(name: str, params: Any, **hp: float) -> torch.optim.Optimizer:
+        made.append(create(name, params, **hp))
+        return made[-1]
+
+    monkeypatch.setattr(optimizers, "create", recording_create)
+    return made
+
+
+def test_schedule_free_trains_without_a_schedule_and_is_evaluated_at_x(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tuner.workloads.training import build_seeded
+
+    made = capture_optimizers(monkeypatch)
+    value, _ = run("digits-mlp", "schedulefree_adamw", {"lr": 5e-3, "warmup_steps": 10},
+                   epochs=2)
+    value_adam, _ = run("digits-mlp", "adam", {"lr": 5e-3}, epochs=2)
+    free, adam = made
+    assert free.param_groups[0]["lr"] == 5e-3 and "initial_lr" not in free.param_groups[0]
+    assert adam.param_groups[0]["initial_lr"] == 5e-3 and adam.param_groups[0]["lr"] == 0.0
+    assert free.train_mode  # type: ignore[attr-defined]  # switched back after evaluating
+    # the reported value is the model's loss at x, not at y (where the parameters are now)
+    workload = get_workload("digits-mlp")
+    assert isinstance(workload, SupervisedWorkload)
+    model = build_seeded(0, workload.build_model).eval()
+    val = workload.dataset().val
+
+    def loss_with(params: list[torch.Tensor]) -> float:
+        with torch.no_grad():
+            for p, q in zip(model.parameters(), params, strict=True):
+                p.copy_(q)
+            return float(workload.loss(model(*val.inputs), val.target))
+
+    at_y = loss_with(free.param_groups[0]["params"])
+    free.eval()  # type: ignore[attr-defined]
+    at_x = loss_with(free.param_groups[0]["params"])
+    assert value == pytest.approx(at_x, rel=1e-6) and at_x != pytest.approx(at_y, rel=1e-6)
+    assert math.isfinite(value) and math.isfinite(value_adam)
+
+
+def test_rosenbrock_reports_a_schedule_free_optimizer_at_x(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuner.workloads.builtin import rosenbrock
+
+    made = capture_optimizers(monkeypatch)
+    value, _ = run("rosenbrock", "schedulefree_sgd", {"lr": 1e-4}, epochs=1)
+    (free,) = made
+    x = free.param_groups[0]["params"][0]
+    at_y = math.log10(1 + float(rosenbrock(x.detach())))
+    free.eval()  # type: ignore[attr-defined]
+    at_x = math.log10(1 + float(rosenbrock(x.detach())))
+    assert value == pytest.approx(at_x, rel=1e-9) and at_x != pytest.approx(at_y, rel=1e-6)
+
+
 def test_sequence_labels_are_noisy_at_the_stated_rate() -> None:
     from tuner.workloads.builtin import SequenceLSTM
 
