@@ -242,13 +242,33 @@ class ScheduleFreeOptimizer(OptpilotOptimizer):
 
 def working_copies(
     params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], dtype: torch.dtype
-) -> tuple[list[torch.Tensor], list[torch.Tensor], bool]:
-    """For foreach kernels: the parameters and gradients in the state dtype (copies where they
-    differ), and whether the parameters were copied (and must be written back)."""
-    low = params[0].dtype != dtype
-    ys = [p.to(dtype) for p in params] if low else list(params)
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """For foreach ops: the parameters and gradients in the state dtype (copies where they
+    differ; ``foreach_move`` writes copied parameters back)."""
+    ys = [p.to(dtype) for p in params] if params[0].dtype != dtype else list(params)
     gs = [g if g.dtype == dtype else g.to(dtype) for g in grads]
-    return ys, gs, low
+    return ys, gs
+
+
+def move(p: torch.Tensor, y: torch.Tensor, z: torch.Tensor, u: torch.Tensor,
+         scalars: StepScalars, sign: float = 1.0) -> None:
+    """``y' = y + c * (z - y) + y_lr * u`` and ``z' = z - lr * u`` in place for one tensor, with
+    ``u`` given as ``sign * u``; ``y`` is ``p`` or its working copy (written back)."""
+    y.lerp_(z, scalars.c)
+    y.add_(u, alpha=sign * scalars.y_lr)
+    z.add_(u, alpha=-sign * scalars.lr)
+    if y is not p:
+        p.copy_(y)
+
+
+def foreach_move(params: list[torch.Tensor], ys: list[torch.Tensor], zs: list[torch.Tensor],
+                 us: list[torch.Tensor], scalars: StepScalars) -> None:
+    """``move`` for lists of tensors of one device and dtype, with foreach ops."""
+    torch._foreach_lerp_(ys, zs, scalars.c)
+    torch._foreach_add_(ys, us, alpha=scalars.y_lr)
+    torch._foreach_add_(zs, us, alpha=-scalars.lr)
+    if ys[0] is not params[0]:
+        torch._foreach_copy_(params, ys)
 
 
 def inverse_sqrt_bias_correction(beta2: float, step: int) -> float:

@@ -18,7 +18,9 @@ from optimizers._fused import (
 from optimizers._schedulefree import (
     ScheduleFreeOptimizer,
     StepScalars,
+    foreach_move,
     inverse_sqrt_bias_correction,
+    move,
     working_copies,
 )
 
@@ -158,7 +160,7 @@ class ScheduleFreeAdamW(ScheduleFreeOptimizer):
             ):
                 # s = -wd*y, then AdamW's fused kernel with lr=1, b1=0 (its m is then g) and no
                 # decay subtracts g / (sqrt(v / (1 - b2**t)) + eps) in the pass that updates v:
-                # s = -u in two passes instead of six.
+                # s = -u in three passes instead of six.
                 if wd != 0:
                     torch.mul(y, -wd, out=s)
                 else:
@@ -167,7 +169,9 @@ class ScheduleFreeAdamW(ScheduleFreeOptimizer):
                 if step_t is None:
                     step_t = torch.tensor(float(scalars.step), dtype=torch.float32, device=device)
                     step_tensors[device] = step_t
-                m = scratch.get("momentum", shape, dtype, device)
+                # The kernel reads its m (b1 * m) before overwriting it with g: zeros, not what
+                # the scratch buffer held (uninitialised memory, or a NaN of an earlier step).
+                m = scratch.get("momentum", shape, dtype, device).zero_()
                 torch._fused_adamw_(
                     [s], [g], [m], [v], [], [step_t],
                     lr=1.0, beta1=0.0, beta2=b2, weight_decay=0.0, eps=eps,
@@ -182,11 +186,7 @@ class ScheduleFreeAdamW(ScheduleFreeOptimizer):
                 if wd != 0:
                     s.add_(y, alpha=wd)
                 sign = 1.0
-            y.lerp_(z, scalars.c)
-            y.add_(s, alpha=sign * scalars.y_lr)
-            z.add_(s, alpha=-sign * scalars.lr)
-            if y is not p:
-                p.copy_(y)
+            move(p, y, z, s, scalars, sign)
 
     # -- "fast": foreach ops (CUDA; small CPU tensors) ------------------------------------------
 
@@ -198,7 +198,7 @@ class ScheduleFreeAdamW(ScheduleFreeOptimizer):
             zs = [zs_all[i] for i in idx]
             vs = [vs_all[i] for i in idx]
             ps = [params[i] for i in idx]
-            ys, gs, low = working_copies(ps, [grads[i] for i in idx], zs[0].dtype)
+            ys, gs = working_copies(ps, [grads[i] for i in idx], zs[0].dtype)
             torch._foreach_mul_(vs, b2)
             torch._foreach_addcmul_(vs, gs, gs, 1 - b2)
             denom = list(torch._foreach_sqrt(vs))
@@ -207,11 +207,7 @@ class ScheduleFreeAdamW(ScheduleFreeOptimizer):
             u = list(torch._foreach_div(gs, denom))
             if wd != 0:
                 torch._foreach_add_(u, ys, alpha=wd)
-            torch._foreach_lerp_(ys, zs, scalars.c)
-            torch._foreach_add_(ys, u, alpha=scalars.y_lr)
-            torch._foreach_add_(zs, u, alpha=-scalars.lr)
-            if low:
-                torch._foreach_copy_(ps, ys)
+            foreach_move(ps, ys, zs, u, scalars)
 
     def _compiled_body(self) -> Callable[..., None]:
         return _fused_body

@@ -8,7 +8,13 @@ from typing import Any, ClassVar
 import torch
 
 from optimizers._fused import Implementation, ParamsT, group_by_device_dtype
-from optimizers._schedulefree import ScheduleFreeOptimizer, StepScalars, working_copies
+from optimizers._schedulefree import (
+    ScheduleFreeOptimizer,
+    StepScalars,
+    foreach_move,
+    move,
+    working_copies,
+)
 
 __all__ = ["ScheduleFreeSGD"]
 
@@ -104,11 +110,7 @@ class ScheduleFreeSGD(ScheduleFreeOptimizer):
                 s = scratch.get("update", p.shape, z.dtype, p.device)
                 torch.add(u, y, alpha=wd, out=s)
                 u = s
-            y.lerp_(z, scalars.c)
-            y.add_(u, alpha=scalars.y_lr)
-            z.add_(u, alpha=-scalars.lr)
-            if y is not p:
-                p.copy_(y)
+            move(p, y, z, u, scalars)
 
     def _foreach(self, group: dict[str, Any], scalars: StepScalars, params: list[torch.Tensor],
                  grads: list[torch.Tensor], states: list[list[torch.Tensor]]) -> None:
@@ -116,14 +118,10 @@ class ScheduleFreeSGD(ScheduleFreeOptimizer):
         for idx in group_by_device_dtype(range(len(params)), params).values():
             zs = [states[0][i] for i in idx]
             ps = [params[i] for i in idx]
-            ys, us, low = working_copies(ps, [grads[i] for i in idx], zs[0].dtype)
+            ys, us = working_copies(ps, [grads[i] for i in idx], zs[0].dtype)
             if wd != 0:
                 us = list(torch._foreach_add(us, ys, alpha=wd))
-            torch._foreach_lerp_(ys, zs, scalars.c)
-            torch._foreach_add_(ys, us, alpha=scalars.y_lr)
-            torch._foreach_add_(zs, us, alpha=-scalars.lr)
-            if low:
-                torch._foreach_copy_(ps, ys)
+            foreach_move(ps, ys, zs, us, scalars)
 
     def _compiled_body(self) -> Callable[..., None]:
         return _fused_body

@@ -485,6 +485,23 @@ def test_closure_deepcopy_and_sparse_gradients(cls: Cls) -> None:
         sparse.step()
 
 
+@pytest.mark.parametrize(("impl", "foreach"), PATHS)
+def test_a_nan_gradient_does_not_leak_into_other_tensors(
+    impl: Implementation, foreach: bool | None
+) -> None:
+    """The loop shares scratch buffers between tensors: one tensor's NaN must stay its own."""
+    n = PARALLEL_MIN_NUMEL + 5
+    poisoned = torch.nn.Parameter(torch.ones(n))
+    clean = torch.nn.Parameter(torch.ones(n))
+    opt = ScheduleFreeAdamW([poisoned, clean], implementation=impl, foreach=foreach)
+    for _ in range(2):
+        poisoned.grad = torch.ones(n)
+        poisoned.grad[3] = math.nan
+        clean.grad = torch.ones(n)
+        opt.step()
+    assert torch.isnan(poisoned[3]) and torch.isfinite(clean).all()
+
+
 def test_fast_step_allocates_no_tensor_sized_temporaries() -> None:
     """Steady-state fast steps on CPU: the kernel for fp32, scratch buffers for the loop (bf16
     working copies, the Adam direction)."""
