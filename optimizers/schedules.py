@@ -10,18 +10,18 @@ Every schedule is a multiplier of each parameter group's peak lr (the lr the gro
 scheduler was built), a closed form of the step ``s`` (0-based: the lr that the ``s``-th call of
 ``optimizer.step()`` uses), the number of steps ``T`` and the warm-up length ``W``:
 
-=============  ==============================================================================
-warm-up        ``(s + 1) / W`` for ``s < W`` (every schedule; none when ``W = 0``): the first
-               step already moves, and step ``W - 1`` runs at the peak
-``cosine``     ``f + (1 - f) * (1 + cos(pi * p)) / 2`` with ``p = min(1, (s - W) / (T - W))``
-``linear``     ``f + (1 - f) * (1 - p)``, the same ``p``
-``wsd``        warm-up, then stable at the peak until ``D = T - round(decay_fraction * T)``,
-               then ``f + (1 - f) * shape(q)`` with ``q = min(1, (s - D) / (T - D))`` and
-               ``shape`` linear ``1 - q``, cosine ``(1 + cos(pi * q)) / 2`` or ``1 - sqrt(q)``
-``constant``   ``1``
+================  ===========================================================================
+warm-up           ``(s + 1) / W`` for ``s < W`` (every schedule; none when ``W = 0``): the
+                  first step already moves, and step ``W - 1`` runs at the peak
+``cosine``        ``f + (1 - f) * (1 + cos(pi * p)) / 2``, ``p = min(1, (s - W) / (T - W))``
+``linear``        ``f + (1 - f) * (1 - p)``, the same ``p``
+``wsd``           warm-up, then stable at the peak until ``D = T - round(decay_fraction * T)``,
+                  then ``f + (1 - f) * shape(q)`` with ``q = min(1, (s - D) / (T - D))`` and
+                  ``shape`` linear ``1 - q``, cosine ``(1 + cos(pi * q)) / 2`` or ``1 - sqrt(q)``
+``constant``      ``1``
 ``inverse_sqrt``  ``sqrt(max(W, 1) / (s + 1))``: continuous with the warm-up at ``s = W - 1``,
-               no horizon (``T`` is needed only for ``warmup_fraction``)
-=============  ==============================================================================
+                  no horizon (``T`` is needed only for ``warmup_fraction``)
+================  ===========================================================================
 
 ``f`` is ``final_lr_fraction``. The decaying schedules reach ``f`` at ``s = T``, the value the
 scheduler holds after the last step: the last of the ``T`` steps still moves.
