@@ -6,12 +6,14 @@ state). Every round times one step of each candidate, in a rotating order, so th
 processes, thermal state) hits all of them alike; a row reports the median over the timed rounds
 and its ratio to ``torch.optim.AdamW(fused=True)`` measured in the same rounds.
 
-Besides the registry (``optimizers.create(name, params)`` with default hyperparameters; "lamb" and
-"lion" run optpilot's C kernels on these fp32 tensors), rows for optpilot's LAMB and Lion with
-``implementation="reference"``, ``"fused"`` (the same kernels on CPU; torch.compile with
-``OPTPILOT_CPU_KERNELS=0``, compiled in warm-up) and the default path's eager loop
-(``foreach=False``, what runs where the kernels cannot be built), and the LAMB/Lion of timm,
-pytorch_optimizer and lion-pytorch where importable (``pip install optpilot[bench]``).
+Besides the registry (``optimizers.create(name, params)`` with default hyperparameters; "lamb",
+"lion", "schedulefree_adamw" and "schedulefree_sgd" run optpilot's C kernels on these fp32
+tensors), rows for optpilot's LAMB and Lion with ``implementation="reference"``, ``"fused"`` (the
+same kernels on CPU; torch.compile with ``OPTPILOT_CPU_KERNELS=0``, compiled in warm-up) and the
+default path's eager loop (``foreach=False``, what runs where the kernels cannot be built), the
+same reference and loop rows for the schedule-free optimizers, and the peers where importable
+(``pip install optpilot[bench]``): the LAMB/Lion of timm, pytorch_optimizer and lion-pytorch, and
+the authors' schedule-free AdamW and SGD (``schedulefree``, its default foreach path).
 
     python -m bench.optimizer_step                 # full run (several minutes, muon is slow)
     python -m bench.optimizer_step --quick         # smoke run on 24 small layers
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 import optimizers
-from optimizers import Lamb, Lion
+from optimizers import Lamb, Lion, ScheduleFreeAdamW, ScheduleFreeSGD
 from optimizers._fused import Implementation
 
 BASELINE = "torch AdamW fused"
@@ -40,6 +42,7 @@ TARGETS: dict[str, float] = {
     "lamb": 3.0,
     "optpilot Lion fused": 0.8,
     "optpilot LAMB fused": 1.5,
+    "schedulefree_adamw": 1.2,  # issue #18; about 1.0 is the memory-traffic bound
 }
 
 
@@ -97,7 +100,22 @@ def _peer_candidates() -> list[Candidate]:
         )
     except Exception as exc:
         print(f"# lion-pytorch not available: {type(exc).__name__}: {exc}"[:160], file=sys.stderr)
+    try:
+        import schedulefree
+
+        peers += [
+            Candidate("schedulefree AdamW", lambda ps: _train(schedulefree.AdamWScheduleFree(ps))),
+            Candidate("schedulefree SGD", lambda ps: _train(schedulefree.SGDScheduleFree(ps))),
+        ]
+    except Exception as exc:
+        print(f"# schedulefree not available: {type(exc).__name__}: {exc}"[:160], file=sys.stderr)
     return peers
+
+
+def _train(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The authors' schedule-free optimizers start in eval mode and refuse to step there."""
+    optimizer.train()  # type: ignore[attr-defined]
+    return optimizer
 
 
 def _registry_builder(name: str) -> Callable[[list[torch.Tensor]], torch.optim.Optimizer]:
@@ -105,12 +123,12 @@ def _registry_builder(name: str) -> Callable[[list[torch.Tensor]], torch.optim.O
 
 
 def _own_builder(
-    cls: type[Lamb] | type[Lion], implementation: Implementation, foreach: bool | None = None
+    cls: Callable[..., torch.optim.Optimizer], implementation: Implementation,
+    foreach: bool | None = None,
 ) -> Callable[[list[torch.Tensor]], torch.optim.Optimizer]:
-    if cls is Lion:  # the registry's default weight decay, as the "lion" row uses
-        return lambda ps: Lion(ps, weight_decay=0.1, implementation=implementation,
-                               foreach=foreach)
-    return lambda ps: Lamb(ps, implementation=implementation, foreach=foreach)
+    # the registry's defaults, as its rows use (Lion's weight decay differs from the class's)
+    extra = {"weight_decay": 0.1} if cls is Lion else {}
+    return lambda ps: cls(ps, implementation=implementation, foreach=foreach, **extra)
 
 
 def candidates(skip: set[str]) -> list[Candidate]:
@@ -123,6 +141,9 @@ def candidates(skip: set[str]) -> list[Candidate]:
     # The default path's eager loop (what "lamb"/"lion" run where the C kernels cannot be built).
     rows.append(Candidate("optpilot LAMB loop", _own_builder(Lamb, "fast", foreach=False)))
     rows.append(Candidate("optpilot Lion loop", _own_builder(Lion, "fast", foreach=False)))
+    for label, cls in (("SF-AdamW", ScheduleFreeAdamW), ("SF-SGD", ScheduleFreeSGD)):
+        rows.append(Candidate(f"optpilot {label} reference", _own_builder(cls, "reference")))
+        rows.append(Candidate(f"optpilot {label} loop", _own_builder(cls, "fast", foreach=False)))
     rows += _peer_candidates()
     return [row for row in rows if row.name not in skip]
 

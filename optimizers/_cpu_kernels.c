@@ -1,4 +1,5 @@
-/* LAMB and Lion steps for contiguous fp32 tensors on CPU (the "fused" and default "fast" paths).
+/* LAMB, Lion and schedule-free AdamW/SGD steps for contiguous fp32 tensors on CPU (the "fused"
+ * and default "fast" paths).
  *
  * Built and loaded by optimizers/_cpu_kernels.py (cc -O3 -march=native -fopenmp
  * -ffp-contract=off, so every product and sum is rounded as in torch's eager kernels).
@@ -167,6 +168,69 @@ void optpilot_lion_step(int64_t n, float *const *params, const float *const *gra
     for (int64_t t = 0; t < n; ++t) {
       if (numels[t] < split_numel)
         lion_tensor(0, numels[t], params[t], grads[t], exp_avgs[t], hyper + LION_HP * t);
+    }
+  }
+}
+
+/* Schedule-free AdamW and SGD (optimizers/_schedulefree.py), in y/z form: the parameter holds y,
+ * u = the base step's direction at y (weight decay included),
+ *   y' = y + c * (z - y) + y_lr * u,   z' = z - lr * u.
+ * Per-tensor hyperparameters: lr, wd, c, y_lr for both; AdamW appends b2, eps, 1/sqrt(1-b2^t)
+ * and u = g / (sqrt(v') * inv_sqrt_bc2 + eps) + wd * y with v' = b2 * v + (1 - b2) * g^2; SGD
+ * (no v) has u = g + wd * y. One pass per tensor: y, g, z (and v) read once, written once. */
+enum { SF_LR, SF_WD, SF_C, SF_YLR, SF_SGD_HP, SF_B2 = SF_SGD_HP, SF_EPS, SF_INV_SQRT_BC2,
+       SF_ADAMW_HP };
+
+static inline void schedulefree_range(int64_t start, int64_t end, float *restrict y,
+                                      const float *restrict g, float *restrict z,
+                                      float *restrict v, const float *h) {
+  const float lr = h[SF_LR], wd = h[SF_WD], c = h[SF_C], y_lr = h[SF_YLR];
+  if (v) {
+    const float b2 = h[SF_B2], c2 = 1.0f - b2, eps = h[SF_EPS], k2 = h[SF_INV_SQRT_BC2];
+#pragma omp simd
+    for (int64_t i = start; i < end; ++i) {
+      const float gi = g[i], yi = y[i], zi = z[i];
+      const float vi = b2 * v[i] + c2 * (gi * gi);
+      const float u = gi / (sqrtf(vi) * k2 + eps) + wd * yi;
+      v[i] = vi;
+      y[i] = yi + c * (zi - yi) + y_lr * u;
+      z[i] = zi - lr * u;
+    }
+  } else {
+#pragma omp simd
+    for (int64_t i = start; i < end; ++i) {
+      const float yi = y[i], zi = z[i];
+      const float u = g[i] + wd * yi;
+      y[i] = yi + c * (zi - yi) + y_lr * u;
+      z[i] = zi - lr * u;
+    }
+  }
+}
+
+/* exp_avg_sqs is NULL for SGD; hyper holds SF_ADAMW_HP or SF_SGD_HP floats per tensor. */
+void optpilot_schedulefree_step(int64_t n, float *const *params, const float *const *grads,
+                                float *const *zs, float *const *exp_avg_sqs,
+                                const int64_t *numels, const float *hyper, int64_t split_numel,
+                                int32_t threads) {
+  const int64_t per_tensor = exp_avg_sqs ? SF_ADAMW_HP : SF_SGD_HP;
+#pragma omp parallel num_threads(threads)
+  {
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t N = numels[t];
+      if (N < split_numel) continue;
+      float *v = exp_avg_sqs ? exp_avg_sqs[t] : 0;
+      /* no barrier: the tensors are independent */
+#pragma omp for schedule(static) nowait
+      for (int64_t start = 0; start < N; start += BLOCK) {
+        const int64_t end = start + BLOCK < N ? start + BLOCK : N;
+        schedulefree_range(start, end, params[t], grads[t], zs[t], v, hyper + per_tensor * t);
+      }
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < n; ++t) {
+      if (numels[t] < split_numel)
+        schedulefree_range(0, numels[t], params[t], grads[t], zs[t],
+                           exp_avg_sqs ? exp_avg_sqs[t] : 0, hyper + per_tensor * t);
     }
   }
 }

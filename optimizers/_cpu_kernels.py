@@ -1,4 +1,5 @@
-"""optpilot's C kernels for the fused LAMB and Lion steps on CPU (``_cpu_kernels.c``).
+"""optpilot's C kernels for the fused LAMB, Lion and schedule-free steps on CPU
+(``_cpu_kernels.c``).
 
 ``implementation="fused"`` runs contiguous fp32 CPU tensors through these kernels and everything
 else (CUDA, fp16/bf16/fp64, strided tensors) through ``torch.compile``. Inductor's CPU code is
@@ -44,6 +45,9 @@ FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-ffp-contract=o
 LAMB_HYPERPARAMETERS = 8
 LION_HYPERPARAMETERS = 4  # per tensor: lr, b1, b2, wd
 TRUST_RATIO, TRUST_CLIP = 1, 2  # LAMB flags per tensor
+# Schedule-free, per tensor: lr, wd, c, y_lr; AdamW adds b2, eps, 1/sqrt(1-b2^t).
+SCHEDULE_FREE_SGD_HYPERPARAMETERS = 4
+SCHEDULE_FREE_ADAMW_HYPERPARAMETERS = 7
 
 _ptr = ctypes.c_void_p
 _i64 = ctypes.c_int64
@@ -131,6 +135,9 @@ class CpuKernels:
         self._lion = lib.optpilot_lion_step
         self._lion.argtypes = [_i64, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i32]
         self._lion.restype = None
+        self._schedulefree = lib.optpilot_schedulefree_step
+        self._schedulefree.argtypes = [_i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i32]
+        self._schedulefree.restype = None
         self.path = path
 
     def lamb(
@@ -173,6 +180,29 @@ class CpuKernels:
         _check_rows(hyper, LION_HYPERPARAMETERS, n)
         self._lion(
             n, _pointers(params), _pointers(grads), _pointers(exp_avgs),
+            (ctypes.c_int64 * n)(*(p.numel() for p in params)),
+            (ctypes.c_float * len(hyper))(*hyper), split_numel, torch.get_num_threads(),
+        )  # fmt: skip
+        _wrote(params)
+
+
+    def schedulefree(
+        self,
+        params: Sequence[torch.Tensor],
+        grads: Sequence[torch.Tensor],
+        zs: Sequence[torch.Tensor],
+        exp_avg_sqs: Sequence[torch.Tensor] | None,
+        hyper: Sequence[float],
+        split_numel: int,
+    ) -> None:
+        """One schedule-free step: AdamW with ``exp_avg_sqs``, SGD without."""
+        n = len(params)
+        per_tensor = (SCHEDULE_FREE_SGD_HYPERPARAMETERS if exp_avg_sqs is None
+                      else SCHEDULE_FREE_ADAMW_HYPERPARAMETERS)
+        _check_rows(hyper, per_tensor, n)
+        self._schedulefree(
+            n, _pointers(params), _pointers(grads), _pointers(zs),
+            None if exp_avg_sqs is None else _pointers(exp_avg_sqs),
             (ctypes.c_int64 * n)(*(p.numel() for p in params)),
             (ctypes.c_float * len(hyper))(*hyper), split_numel, torch.get_num_threads(),
         )  # fmt: skip

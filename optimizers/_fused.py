@@ -92,6 +92,18 @@ def check_betas(value: object) -> tuple[float, float]:
     return b1, b2
 
 
+def check_steps(name: str, value: object, *, low: int = 0) -> int:
+    """A whole number of steps (an int, or a float with an integral value) of at least ``low``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name}: expected a whole number of steps, got {value!r}")
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise ValueError(f"{name}: expected a whole number of steps, got {value!r}")
+    steps = int(value)
+    if steps < low:
+        raise ValueError(f"{name}: must be at least {low}, got {value!r}")
+    return steps
+
+
 def check_flag(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name}: expected a bool, got {value!r}")

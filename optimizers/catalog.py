@@ -1,5 +1,6 @@
-"""The built-in catalog: torch's optimizers wrapped (not rewritten), plus optpilot's own LAMB and
-Lion. Ranges and state sizes come from REFERENCE.md; each record cites its sources.
+"""The built-in catalog: torch's optimizers wrapped (not rewritten), plus optpilot's own LAMB,
+Lion and schedule-free AdamW/SGD. Ranges and state sizes come from REFERENCE.md; each record
+cites its sources.
 
 Implementation choice (measured on 2-core CPUs, 25M fp32 parameters, see bench/optimizer_step.py):
 on CPU torch's ``fused=True`` kernels win for Adam/AdamW/SGD/Adagrad (2.5-3.5x the per-tensor
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+from optimizers._fused import check_steps
 from optimizers.lamb import Lamb
 from optimizers.lion import Lion
 from optimizers.registry import (
@@ -22,6 +24,8 @@ from optimizers.registry import (
     SearchRange,
     register,
 )
+from optimizers.schedulefree_adamw import ScheduleFreeAdamW
+from optimizers.schedulefree_sgd import ScheduleFreeSGD
 
 _FUSED_DEVICES: dict[str, tuple[str, ...]] = {
     "adam": ("cpu", "cuda"),
@@ -105,6 +109,18 @@ def _lamb_builder(params: ParamsT, hp: dict[str, float]) -> torch.optim.Optimize
 def _lion_builder(params: ParamsT, hp: dict[str, float]) -> torch.optim.Optimizer:
     return Lion(params, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
                 weight_decay=hp["weight_decay"])
+
+
+def _schedulefree_adamw_builder(params: ParamsT, hp: dict[str, float]) -> torch.optim.Optimizer:
+    return ScheduleFreeAdamW(params, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"],
+                             weight_decay=hp["weight_decay"],
+                             warmup_steps=check_steps("warmup_steps", hp["warmup_steps"]))
+
+
+def _schedulefree_sgd_builder(params: ParamsT, hp: dict[str, float]) -> torch.optim.Optimizer:
+    return ScheduleFreeSGD(params, lr=hp["lr"], momentum=hp["momentum"],
+                           weight_decay=hp["weight_decay"],
+                           warmup_steps=check_steps("warmup_steps", hp["warmup_steps"]))
 
 
 _KINGMA = "Kingma & Ba 2015, Adam: A Method for Stochastic Optimization"
@@ -265,6 +281,42 @@ LION = register(OptimizerSpec(
     state_bytes_per_param=4,
     references=("Chen et al. 2023, Symbolic Discovery of Optimization Algorithms",),
     tuning_order=("lr", "weight_decay", "beta1"),
+))
+
+# Schedule-free: the authors' package defaults (warmup_steps 0 there too: a warm-up in steps
+# depends on the run's length, which the record cannot know). The authors' README: lrs 1-10x a
+# scheduled AdamW's and 10-50x a scheduled SGD's; the interpolation 0.9 works on most problems,
+# 0.95-0.98 for very long runs. The ranges below follow that: AdamW's lr range (AlgoPerf,
+# 1e-4..1e-2) times 1-10; SGD's a decade either side of the default 1.0 (10-50x the 0.02-0.1
+# that plain SGD with momentum starts from); beta1/momentum from 0.8 to the README's 0.98; the
+# rest are AdamW's and SGD's AlgoPerf ranges.
+_SCHEDULE_FREE = ("Defazio et al. 2024, The Road Less Scheduled (schedule-free optimizers; "
+                  "AlgoPerf 2024 self-tuning winner)")
+_SCHEDULE_FREE_INTERPOLATION = SearchRange(0.8, 0.98, complement=True)
+SCHEDULEFREE_ADAMW = register(OptimizerSpec(
+    name="schedulefree_adamw", family="adaptive",
+    when_to_use="Schedule-free AdamW: no lr schedule and no training horizon (constant lr after "
+                "its own warm-up; stop any time). Call optimizer.eval() before evaluating or "
+                "saving the model, optimizer.train() before training again.",
+    build=_schedulefree_adamw_builder,
+    defaults={"lr": 0.0025, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0,
+              "warmup_steps": 0},
+    search_space={"lr": SearchRange(1e-4, 1e-1), "beta1": _SCHEDULE_FREE_INTERPOLATION,
+                  "beta2": _BETA2, "eps": _ADAM_EPS, "weight_decay": _ADAM_WD},
+    state_bytes_per_param=8, references=(_SCHEDULE_FREE, _ALGOPERF),
+    tuning_order=_ADAM_ORDER,
+))
+SCHEDULEFREE_SGD = register(OptimizerSpec(
+    name="schedulefree_sgd", family="sgd",
+    when_to_use="Schedule-free SGD: SGD with momentum's memory, no lr schedule and no training "
+                "horizon; lrs 10-50x a scheduled SGD's. optimizer.eval() before evaluating, "
+                "optimizer.train() before training again.",
+    build=_schedulefree_sgd_builder,
+    defaults={"lr": 1.0, "momentum": 0.9, "weight_decay": 0.0, "warmup_steps": 0},
+    search_space={"lr": SearchRange(0.1, 10.0), "momentum": _SCHEDULE_FREE_INTERPOLATION,
+                  "weight_decay": _SGD_WD},
+    state_bytes_per_param=4, references=(_SCHEDULE_FREE, _ALGOPERF),
+    tuning_order=("lr", "momentum", "weight_decay"),
 ))
 
 if hasattr(torch.optim, "Muon"):

@@ -113,6 +113,8 @@ HYPERPARAMETER_BOUNDS: Mapping[str, Bound] = MappingProxyType(
         "lr_decay": Bound(0.0, 1.0, high_inclusive=True),
         "max_grad_norm": Bound(0.0, 1e6, low_inclusive=False, high_inclusive=True),
         "aux_lr": Bound(0.0, 100.0, low_inclusive=False, high_inclusive=True),
+        # Steps of linear lr warm-up built into an optimizer (schedule-free); a whole number.
+        "warmup_steps": Bound(0.0, 1e9, high_inclusive=True),
     }
 )
 

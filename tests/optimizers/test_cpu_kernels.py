@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from optimizers import Lamb, Lion, _cpu_kernels
+from optimizers import Lamb, Lion, ScheduleFreeAdamW, ScheduleFreeSGD, _cpu_kernels
 from optimizers._fused import PARALLEL_MIN_NUMEL, Implementation, cpu_kernel_split
 from tests.optimizers.test_lamb_lion import assert_rel_close
 
@@ -91,6 +91,10 @@ def test_kernels_refuse_a_wrong_number_of_hyperparameters() -> None:
         kernels.lion(p, p, p, [1e-4, 0.9, 0.99], PARALLEL_MIN_NUMEL)
     with pytest.raises(ValueError, match="8 hyperparameters per tensor"):
         kernels.lamb(p, p, p, p, [1e-3] * 9, [1], PARALLEL_MIN_NUMEL, torch.empty(0))
+    with pytest.raises(ValueError, match="7 hyperparameters per tensor"):
+        kernels.schedulefree(p, p, p, p, [0.1] * 4, PARALLEL_MIN_NUMEL)
+    with pytest.raises(ValueError, match="4 hyperparameters per tensor"):
+        kernels.schedulefree(p, p, p, None, [0.1] * 7, PARALLEL_MIN_NUMEL)
     assert torch.equal(p[0], torch.zeros(8))  # nothing ran
 
 
@@ -159,12 +163,30 @@ def _lion_groups(params: list[torch.Tensor]) -> list[dict[str, Any]]:
     ]
 
 
+def _schedulefree_groups(params: list[torch.Tensor]) -> list[dict[str, Any]]:
+    """Warm-up, weight decay and polynomial averaging in one group, defaults in the other."""
+    return [
+        {"params": params[:3], "weight_decay": 0.1, "warmup_steps": 5, "r": 0.5, "lr": 1e-2},
+        {"params": params[3:]},
+    ]
+
+
+def _schedulefree_sgd_groups(params: list[torch.Tensor]) -> list[dict[str, Any]]:
+    return [
+        {"params": params[:3], "weight_decay": 1e-3, "warmup_steps": 5, "lr": 0.05},
+        {"params": params[3:], "momentum": 0.95, "lr": 0.1},
+    ]
+
+
+KERNEL_OPTIMIZERS = [(Lamb, _lamb_groups), (Lion, _lion_groups),
+                     (ScheduleFreeAdamW, _schedulefree_groups),
+                     (ScheduleFreeSGD, _schedulefree_sgd_groups)]
+
+
 @pytest.mark.parametrize("threads", [2, 3])
-@pytest.mark.parametrize(("cls", "grouping"), [(Lamb, _lamb_groups), (Lion, _lion_groups)],
-                         ids=["lamb", "lion"])  # fmt: skip
-def test_kernels_match_reference_and_repeat_exactly(
-    cls: type[Lamb] | type[Lion], grouping: Any, threads: int
-) -> None:
+@pytest.mark.parametrize(("cls", "grouping"), KERNEL_OPTIMIZERS,
+                         ids=["lamb", "lion", "schedulefree_adamw", "schedulefree_sgd"])
+def test_kernels_match_reference_and_repeat_exactly(cls: Any, grouping: Any, threads: int) -> None:
     """The default path (foreach=None) and the fused path both run the kernels here."""
     assert _cpu_kernels.load() is not None
     reference = _run(lambda g: cls(g, implementation="reference"), grouping)
@@ -229,3 +251,45 @@ def test_one_optimizer_mixes_kernel_and_compiled_tensors() -> None:
 
     for cls in (Lamb, Lion):
         assert_rel_close(run("fused", cls), run("reference", cls), 1e-5)
+
+
+@pytest.mark.parametrize(("cls", "grouping"), KERNEL_OPTIMIZERS[2:],
+                         ids=["schedulefree_adamw", "schedulefree_sgd"])
+def test_schedule_free_falls_back_to_its_loop_when_the_kernels_fail_to_compile(
+    cls: Any, grouping: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A compiler that fails: the default path runs its per-tensor loop (large tensors) and
+    foreach ops (small ones) without a warning, and follows the reference as the kernels do."""
+    reference = _run(lambda g: cls(g, implementation="reference"), grouping)
+    with_kernels = _run(lambda g: cls(g), grouping)
+    failing = tmp_path / "cc"
+    failing.write_text("#!/bin/sh\necho 'cc: error: broken toolchain' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    monkeypatch.setenv("CC", str(failing))
+    monkeypatch.setenv("OPTPILOT_KERNEL_CACHE", str(tmp_path / "empty"))
+    _cpu_kernels.reset()
+    params = _params()
+    opt = cls(grouping([p.clone().requires_grad_() for p in params]))
+    shared = [i for i, p in enumerate(params) if p.numel() >= PARALLEL_MIN_NUMEL]
+    assert opt._fast_split(params, params, params) == (
+        [], [i for i in range(len(params)) if i not in shared], shared)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default path does not warn
+        fallback = _run(lambda g: cls(g), grouping)
+    assert _cpu_kernels.load(warn=False) is None
+    assert_rel_close(fallback, reference, 1e-5)
+    assert_rel_close(with_kernels, reference, 1e-5)
+
+
+@pytest.mark.slow
+def test_schedule_free_fused_warns_and_compiles_when_the_kernels_fail(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("OPTPILOT_KERNEL_CACHE", str(tmp_path / "empty"))
+    reference = _run(lambda g: ScheduleFreeSGD(g, implementation="reference"),
+                     _schedulefree_sgd_groups, steps=5)
+    with pytest.warns(RuntimeWarning, match="cannot build the CPU kernels.*torch.compile"):
+        fused = _run(lambda g: ScheduleFreeSGD(g, implementation="fused"),
+                     _schedulefree_sgd_groups, steps=5)
+    assert_rel_close(fused, reference, 1e-5)

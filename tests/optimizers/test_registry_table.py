@@ -20,11 +20,13 @@ TEST_LR: dict[str, float] = {
     "sgd": 5e-2, "sgd_momentum": 1e-2, "nesterov": 1e-2, "rmsprop": 1e-2, "adagrad": 0.2,
     "adam": 5e-2, "adamw": 5e-2, "nadam": 5e-2, "radam": 5e-2, "adafactor": 5e-2,
     "lamb": 5e-2, "lion": 1e-2, "muon": 5e-2,
+    "schedulefree_adamw": 5e-2, "schedulefree_sgd": 1e-2,
 }
 ROSENBROCK_LR: dict[str, float] = {
     "sgd": 1e-3, "sgd_momentum": 1e-3, "nesterov": 1e-3, "rmsprop": 1e-2, "adagrad": 0.2,
     "adam": 0.2, "adamw": 0.2, "nadam": 0.2, "radam": 1e-2, "adafactor": 0.2,
     "lamb": 5e-2, "lion": 1e-2, "muon": 5e-2,
+    "schedulefree_adamw": 0.2, "schedulefree_sgd": 1e-3,
 }
 
 
@@ -40,7 +42,8 @@ def hp(name: str, **overrides: float) -> dict[str, float]:
 
 def test_catalog_names_are_the_design_names() -> None:
     expected = {"sgd", "sgd_momentum", "nesterov", "rmsprop", "adagrad", "adam", "adamw",
-                "nadam", "radam", "adafactor", "lamb", "lion"}
+                "nadam", "radam", "adafactor", "lamb", "lion", "schedulefree_adamw",
+                "schedulefree_sgd"}
     assert expected <= set(NAMES)
     assert ("muon" in NAMES) == hasattr(torch.optim, "Muon")
     assert set(TEST_LR) >= set(NAMES), "add the new optimizer to the tables below"
@@ -64,12 +67,15 @@ def rosenbrock(x: torch.Tensor) -> torch.Tensor:
 
 
 def run(opt: torch.optim.Optimizer, loss_fn: Callable[[], torch.Tensor], steps: int) -> float:
+    """The loss after ``steps`` steps, at the evaluation point (schedule-free optimizers switch
+    the parameters to it with ``eval()``)."""
     for _ in range(steps):
         opt.zero_grad()
         loss = loss_fn()
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
-    return float(loss_fn().detach())
+    with optimizers.evaluation_mode(opt):
+        return float(loss_fn().detach())
 
 
 @pytest.mark.parametrize("name", NAMES)

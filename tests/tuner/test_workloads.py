@@ -29,10 +29,9 @@ from tuner.workloads import registry as registry_module
 from tuner.workloads.builtin import BUILTIN_WORKLOADS, Rosenbrock
 from tuner.workloads.training import (
     WARMUP_FRACTION,
-    LrSchedule,
+    WORKLOAD_SCHEDULE,
     SupervisedWorkload,
     count_parameters,
-    warmup_cosine,
 )
 
 BUILTIN_NAMES = tuple(cls.name for cls in BUILTIN_WORKLOADS)
@@ -456,6 +455,10 @@ def test_entry_point_name_differing_from_the_workload_name_warns(
 # the lr schedule of the supervised workloads
 
 
+def warmup_cosine(step: int, total: int) -> float:
+    return WORKLOAD_SCHEDULE.factor(step, total)
+
+
 def test_warmup_cosine_shape() -> None:
     total = 200
     factors = [warmup_cosine(s, total) for s in range(total)]
@@ -465,7 +468,7 @@ def test_warmup_cosine_shape() -> None:
     assert all(a < b for a, b in itertools.pairwise(factors[:warmup]))
     assert all(a >= b for a, b in itertools.pairwise(factors[warmup - 1:]))
     assert 0 < factors[-1] < 1e-3
-    assert warmup_cosine(0, 1) == 1.0  # one step: warm-up of one step, at the peak
+    assert warmup_cosine(0, 1) == 1.0  # one step: at the peak
 
 
 def test_lr_schedule_sets_every_learning_rate_of_every_group() -> None:
@@ -473,19 +476,83 @@ def test_lr_schedule_sets_every_learning_rate_of_every_group() -> None:
 
     w = torch.nn.Linear(4, 4)
     muon = optimizers.create("muon", [w.weight, w.bias], lr=0.02, aux_lr=3e-4)
-    schedule = LrSchedule(muon, total_steps=100)
-    schedule.set(50)
+    scheduler = optimizers.build_scheduler(muon, WORKLOAD_SCHEDULE, total_steps=100)
+    for _ in range(50):
+        muon.step()  # no gradients: only the schedule moves
+        scheduler.step()
     factor = warmup_cosine(50, 100)
     assert muon.param_groups[0]["lr"] == pytest.approx(0.02 * factor)
     assert muon.param_groups[0]["aux_lr"] == pytest.approx(3e-4 * factor)
     groups: list[dict[str, Any]] = [{"params": [w.weight], "lr": 1e-2}, {"params": [w.bias]}]
     adam = optimizers.create("adam", groups, lr=1e-3)
-    schedule = LrSchedule(adam, total_steps=10)
-    schedule.set(9)
+    scheduler = optimizers.build_scheduler(adam, WORKLOAD_SCHEDULE, total_steps=10)
+    assert adam.param_groups[1]["lr"] == pytest.approx(1e-3 * warmup_cosine(0, 10))
+    for _ in range(9):
+        adam.step()
+        scheduler.step()
+    # peaks are kept, not compounded
     assert [g["lr"] for g in adam.param_groups] == pytest.approx(
         [1e-2 * warmup_cosine(9, 10), 1e-3 * warmup_cosine(9, 10)])
-    schedule.set(0)  # peaks are kept, not compounded
-    assert adam.param_groups[1]["lr"] == pytest.approx(1e-3 * warmup_cosine(0, 10))
+
+
+def capture_optimizers(monkeypatch: pytest.MonkeyPatch) -> list[torch.optim.Optimizer]:
+    """The optimizers the workloads build from now on (built by the real registry)."""
+    import optimizers
+
+    made: list[torch.optim.Optimizer] = []
+    create = optimizers.create
+
+    def recording_create(name: str, params: Any, **hp: float) -> torch.optim.Optimizer:
+        made.append(create(name, params, **hp))
+        return made[-1]
+
+    monkeypatch.setattr(optimizers, "create", recording_create)
+    return made
+
+
+def test_schedule_free_trains_without_a_schedule_and_is_evaluated_at_x(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tuner.workloads.training import build_seeded
+
+    made = capture_optimizers(monkeypatch)
+    value, _ = run("digits-mlp", "schedulefree_adamw", {"lr": 5e-3, "warmup_steps": 10},
+                   epochs=2)
+    value_adam, _ = run("digits-mlp", "adam", {"lr": 5e-3}, epochs=2)
+    free, adam = made
+    assert free.param_groups[0]["lr"] == 5e-3 and "initial_lr" not in free.param_groups[0]
+    assert adam.param_groups[0]["initial_lr"] == 5e-3 and adam.param_groups[0]["lr"] == 0.0
+    assert free.train_mode  # type: ignore[attr-defined]  # switched back after evaluating
+    # the reported value is the model's loss at x, not at y (where the parameters are now)
+    workload = get_workload("digits-mlp")
+    assert isinstance(workload, SupervisedWorkload)
+    model = build_seeded(0, workload.build_model).eval()
+    val = workload.dataset().val
+
+    def loss_with(params: list[torch.Tensor]) -> float:
+        with torch.no_grad():
+            for p, q in zip(model.parameters(), params, strict=True):
+                p.copy_(q)
+            return float(workload.loss(model(*val.inputs), val.target))
+
+    at_y = loss_with(free.param_groups[0]["params"])
+    free.eval()  # type: ignore[attr-defined]
+    at_x = loss_with(free.param_groups[0]["params"])
+    assert value == pytest.approx(at_x, rel=1e-6) and at_x != pytest.approx(at_y, rel=1e-6)
+    assert math.isfinite(value) and math.isfinite(value_adam)
+
+
+def test_rosenbrock_reports_a_schedule_free_optimizer_at_x(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuner.workloads.builtin import rosenbrock
+
+    made = capture_optimizers(monkeypatch)
+    value, _ = run("rosenbrock", "schedulefree_sgd", {"lr": 1e-4}, epochs=1)
+    (free,) = made
+    x = free.param_groups[0]["params"][0]
+    at_y = math.log10(1 + float(rosenbrock(x.detach())))
+    free.eval()  # type: ignore[attr-defined]
+    at_x = math.log10(1 + float(rosenbrock(x.detach())))
+    assert value == pytest.approx(at_x, rel=1e-9) and at_x != pytest.approx(at_y, rel=1e-6)
 
 
 def test_sequence_labels_are_noisy_at_the_stated_rate() -> None:

@@ -2,6 +2,7 @@
 budget), deterministic for a seed, and discriminative (optimizers and learning rates reach clearly
 different values). Every one minimises its metric. The supervised ones train with linear warm-up
 and cosine decay of the lr (``tuner.workloads.training``); Rosenbrock runs at a constant lr.
+Schedule-free optimizers run without a schedule and are measured at their evaluation point.
 
 Data ship with scikit-learn (``load_digits``, ``load_diabetes``; never downloaded) or are
 generated from a fixed data seed, so trials differ only by their initialisation and shuffling
@@ -82,7 +83,7 @@ class Rosenbrock(Workload):
                 optimizer.zero_grad(set_to_none=True)
                 torch.autograd.backward(rosenbrock(x))
                 optimizer.step()
-            with torch.no_grad():
+            with torch.no_grad(), optimizers.evaluation_mode(optimizer):
                 value = math.log10(1.0 + float(rosenbrock(x)))
             if not report_epoch(report, epoch, value):
                 return math.nan

@@ -8,10 +8,14 @@ The host synchronises once per epoch (validation value and a running train-loss 
 which is also the divergence check.
 
 The lr follows the usual schedule, linear warm-up over the first ``WARMUP_FRACTION`` of the steps
-and then cosine decay to 0 (``warmup_cosine``). The hyperparameter's lr is the peak, as in the
-evidence the prior's lrs come from (GPT-3's table, the AlgoPerf baselines). Training at a
-constant lr would instead favour optimizers that decay their own step size (Adagrad's growing
-denominator, Adafactor's 1/sqrt(t) relative step), which no tuned recipe relies on.
+and then cosine decay to 0 (``WORKLOAD_SCHEDULE``, built by ``optimizers.build_scheduler``). The
+hyperparameter's lr is the peak, as in the evidence the prior's lrs come from (GPT-3's table, the
+AlgoPerf baselines). Training at a constant lr would instead favour optimizers that decay their
+own step size (Adagrad's growing denominator, Adafactor's 1/sqrt(t) relative step), which no
+tuned recipe relies on. Schedule-free optimizers (``optimizers.is_schedule_free``) get no
+schedule: they are meant to run at a constant lr after their own warm-up. They are switched to
+their evaluation point for each validation pass (``optimizers.evaluation_mode``), as every
+evaluation of a model trained by them must be.
 """
 
 from __future__ import annotations
@@ -56,34 +60,8 @@ class Dataset:
 
 
 WARMUP_FRACTION = 0.05
-SCHEDULED_KEYS = ("lr", "aux_lr")  # param-group entries that are learning rates
-
-
-def warmup_cosine(step: int, total: int, warmup_fraction: float = WARMUP_FRACTION) -> float:
-    """Multiplier of the peak lr at optimizer step ``step`` (0-based) of ``total``: linear
-    warm-up from 1/warmup to 1, then cosine decay to 0 at ``total``."""
-    warmup = max(1, round(total * warmup_fraction))
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-class LrSchedule:
-    """Sets every param group's learning rates (``SCHEDULED_KEYS``) to their peak value times
-    ``warmup_cosine``; works for any optimizer whose groups hold its lrs."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int) -> None:
-        self.optimizer = optimizer
-        self.total_steps = total_steps
-        self.peaks = [{k: float(g[k]) for k in SCHEDULED_KEYS if k in g}
-                      for g in optimizer.param_groups]
-
-    def set(self, step: int) -> None:
-        factor = warmup_cosine(step, self.total_steps)
-        for group, peaks in zip(self.optimizer.param_groups, self.peaks, strict=True):
-            for key, peak in peaks.items():
-                group[key] = peak * factor
+WORKLOAD_SCHEDULE = optimizers.Schedule("cosine", warmup_fraction=WARMUP_FRACTION,
+                                        final_lr_fraction=0.0)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -99,7 +77,7 @@ def build_seeded(seed: int, factory: Callable[[], nn.Module]) -> nn.Module:
 
 class SupervisedWorkload(Workload):
     """Minibatch training of ``build_model()`` on ``dataset()`` with the warm-up + cosine lr
-    schedule; reports the validation loss.
+    schedule (none for schedule-free optimizers); reports the validation loss.
 
     Subclasses set ``batch_size`` and ``train_size`` and implement ``build_model``,
     ``make_dataset`` (CPU tensors, built once per instance and never modified) and ``loss`` (the
@@ -139,8 +117,11 @@ class SupervisedWorkload(Workload):
         )
         shuffle = torch.Generator().manual_seed(config.seed)
         n, batch = len(data.train), self.batch_size
-        schedule = LrSchedule(optimizer, epochs * math.ceil(n / batch))
-        step = 0
+        scheduler = None
+        if not optimizers.is_schedule_free(optimizer):
+            scheduler = optimizers.build_scheduler(
+                optimizer, WORKLOAD_SCHEDULE, epochs * math.ceil(n / batch)
+            )
         value = math.nan
         for epoch in range(epochs):
             model.train()
@@ -151,12 +132,12 @@ class SupervisedWorkload(Workload):
                 optimizer.zero_grad(set_to_none=True)
                 loss = self.loss(model(*part.inputs), part.target)
                 torch.autograd.backward(loss)
-                schedule.set(step)
                 optimizer.step()
-                step += 1
+                if scheduler is not None:
+                    scheduler.step()
                 train_sum += loss.detach()
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), optimizers.evaluation_mode(optimizer):
                 val = self.loss(model(*data.val.inputs), data.val.target)
             train_total, value = torch.stack([train_sum, val.float()]).tolist()
             if not math.isfinite(train_total):
