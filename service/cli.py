@@ -13,9 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
+import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from types import FrameType
 from typing import Any
 
 from pydantic import ValidationError
@@ -276,34 +279,93 @@ def _devices(args: argparse.Namespace) -> list[str]:
         raise CliError(str(exc)) from None
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` for the API, taken before anything starts, so a busy
+    port is one clear error and no worker is left behind."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (another "
+                       "server running? choose another --port)") from None
+    sock.listen(2048)  # uvicorn's backlog; a client that connects meanwhile waits, not refused
+    return sock
+
+
+@contextmanager
+def _stop_signals(on_signal: Callable[[int], None]) -> Iterator[None]:
+    """SIGTERM and SIGINT call ``on_signal(count)`` (1 for the first) while in the block."""
+    count = 0
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        nonlocal count
+        count += 1
+        on_signal(count)
+
+    previous = {signum: signal.signal(signum, handler)
+                for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from sqlalchemy import make_url
 
     from service.app import create_app
-    from service.db import upgrade
+    from service.db import prepare
     from service.logs import setup_logging
     from service.settings import Settings
-    from service.worker import start_workers, stop_workers
+    from service.supervisor import Supervisor
 
     url = database_url(args.db)
-    setup_logging("api")
-    upgrade(url)
+    if args.workers is not None and args.workers < 0:
+        raise CliError("--workers: must be 0 or more")
     devices = [] if args.workers == 0 else _devices(args)
-    processes = start_workers(_worker_config(args, url), devices) if devices else []
-    print(f"optpilot: API on http://{args.host}:{args.port} (docs at /docs), "
-          f"{len(processes)} worker(s) on {', '.join(devices) or 'none'}, database {url}",
-          file=sys.stderr)
+    sock = _listen(args.host, args.port)
     try:
-        uvicorn.run(create_app(Settings(database_url=url)), host=args.host, port=args.port,
-                    log_level="info", log_config=None)
+        setup_logging("api")
+        prepare(url)  # the schema once, before any worker: workers would race to create it
+        supervisor = Supervisor(_worker_config(args, url), devices,
+                                stop_timeout_s=args.stop_timeout)
+        server = uvicorn.Server(uvicorn.Config(create_app(Settings(database_url=url)),
+                                               log_level="info", log_config=None))
+
+        def on_signal(count: int) -> None:
+            # uvicorn handles the signals while it serves and raises them again when it has
+            # stopped; they end here, so the workers are stopped below, not orphaned.
+            server.should_exit = True
+            if count > 1:
+                supervisor.hurry()
+
+        with _stop_signals(on_signal):
+            supervisor.start()
+            try:
+                print(f"optpilot: API on http://{args.host}:{args.port} (docs at /docs), "
+                      f"{len(devices)} worker(s) on {', '.join(devices) or 'none'}, database "
+                      f"{make_url(url).render_as_string(hide_password=True)}", file=sys.stderr)
+                server.run(sockets=[sock])
+            finally:
+                supervisor.stop()
     finally:
-        stop_workers(processes)
+        sock.close()
+    if not server.started:
+        raise CliError("the API did not start (see the log above)")
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    import threading
+
     from service.logs import setup_logging
-    from service.worker import start_workers, worker_main
+    from service.supervisor import Supervisor
+    from service.worker import worker_main
 
     setup_logging("worker")
     url = database_url(args.db)
@@ -314,26 +376,41 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         worker_main(replace(config, device=devices[0]))
         return 0
-    processes = start_workers(config, devices)
-    try:
-        for p in processes:
-            p.join()
-    except KeyboardInterrupt:
-        from service.worker import stop_workers
+    supervisor = Supervisor(config, devices, stop_timeout_s=args.stop_timeout)
+    stop = threading.Event()
 
-        stop_workers(processes)
-    return max((p.exitcode or 0 for p in processes), default=0)
+    def on_signal(count: int) -> None:
+        stop.set()
+        if count > 1:
+            supervisor.hurry()
+
+    with _stop_signals(on_signal):
+        supervisor.start()
+        try:
+            while not stop.wait(0.5) and not supervisor.finished():
+                pass
+        finally:
+            supervisor.stop()
+    return 0
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from service.db import create_engine_for, current_revision, head_revision, upgrade
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.db import current_revision, head_revision, prepare, read_only_engine
 
     url = database_url(args.db)
     if args.action == "upgrade":
-        upgrade(url)
-    engine = create_engine_for(url)
+        prepare(url)  # the service's migrations and Optuna's tables
+    try:
+        engine = read_only_engine(url)  # `current` creates and changes nothing
+    except FileNotFoundError as exc:
+        raise CliError(f"no database at {exc} (`optpilot db upgrade` creates it)") from None
     try:
         print(f"database revision {current_revision(engine)} (head {head_revision()})")
+    except SQLAlchemyError as exc:
+        cause = getattr(exc, "orig", None) or exc
+        raise CliError(f"cannot read the database: {str(cause).splitlines()[0]}") from None
     finally:
         engine.dispose()
     return 0
@@ -347,6 +424,9 @@ def _add_worker_flags(p: argparse.ArgumentParser) -> None:
                    help="seconds between heartbeats")
     p.add_argument("--grace-period", type=int, default=60,
                    help="seconds without heartbeat before a trial is failed and retried")
+    p.add_argument("--stop-timeout", type=float, default=30.0,
+                   help="on SIGTERM/Ctrl-C, seconds a worker may take to finish its running "
+                   "trial before handing it back (several workers)")
 
 
 # -- against a running server: jobs, results ------------------------------------------------
