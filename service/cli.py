@@ -203,24 +203,36 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise CliError("--trials: must be between 1 and 100000")
     task = task_from_args(args) if args.family else None
     console = _console()
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("best {task.fields[best]}"), TimeElapsedColumn(),
-                  console=console, transient=False, disable=args.json) as progress:
-        bar = progress.add_task(f"tuning {workload.name}", total=args.trials, best="-")
+    # Drawn once tune() has checked every input: a bad argument is one error line, no bar.
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("best {task.fields[best]}"), TimeElapsedColumn(),
+                        console=console, transient=False, disable=args.json)
+    bar = progress.add_task(f"tuning {workload.name}", total=args.trials, best="-")
 
-        def on_trial(outcome: Any, summary: Any) -> None:
-            best = _fmt(summary.best_value)
-            if summary.best_optimizer:
-                best += f" ({summary.best_optimizer})"
-            progress.update(bar, advance=1, best=best)
+    def on_trial(outcome: Any, summary: Any) -> None:
+        best = _fmt(summary.best_value)
+        if summary.best_optimizer:
+            best += f" ({summary.best_optimizer})"
+        progress.update(bar, advance=1, best=best)
 
-        try:
-            result = tune(workload, n_trials=args.trials, task=task, storage=args.storage,
-                          study_name=args.study_name, optimizer_names=args.optimizers,
-                          seed=args.seed, pruner=args.pruner, epochs=args.epochs,
-                          device=args.device, timeout_s=args.timeout, callback=on_trial)
-        except ValueError as exc:
-            raise CliError(str(exc)) from None
+    started = False
+
+    def on_start() -> None:
+        nonlocal started
+        started = True
+        progress.start()
+
+    try:
+        result = tune(workload, n_trials=args.trials, task=task, storage=args.storage,
+                      study_name=args.study_name, optimizer_names=args.optimizers,
+                      seed=args.seed, pruner=args.pruner, epochs=args.epochs,
+                      device=args.device, timeout_s=args.timeout, callback=on_trial,
+                      on_start=on_start)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        if started:
+            progress.stop()
     summary = result.summary
     if args.json:
         print(json.dumps({
@@ -425,8 +437,8 @@ def _add_worker_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grace-period", type=int, default=60,
                    help="seconds without heartbeat before a trial is failed and retried")
     p.add_argument("--stop-timeout", type=float, default=30.0,
-                   help="on SIGTERM/Ctrl-C, seconds a worker may take to finish its running "
-                   "trial before handing it back (several workers)")
+                   help="on SIGTERM/Ctrl-C, seconds a supervised worker (serve, or worker with "
+                   "several devices) may take to finish its trial before handing it back")
 
 
 # -- against a running server: jobs, results ------------------------------------------------
@@ -481,6 +493,8 @@ def _progress_line(job: dict[str, Any]) -> str:
             f"{p['pruned']} pruned, {p['failed']} failed), {p['running']} running")
     if p["waiting"]:
         line += f", {p['waiting']} waiting"
+    if p.get("cancelled"):
+        line += f", {p['cancelled']} never run (job stopped)"
     if p["retried"]:
         line += f", {p['retried']} retried"
     return line
@@ -627,6 +641,9 @@ def cmd_results(args: argparse.Namespace) -> int:
                "min_parameters": args.min_params, "max_parameters": args.max_params}
     if not args.summary and (args.params is not None or args.factor is not None):
         raise CliError("--params and --factor go with --summary")
+    if args.min_params is not None and args.max_params is not None and \
+            args.min_params > args.max_params:
+        raise CliError("--min-params must not exceed --max-params")
     with _server(args) as client:
         if args.summary:
             data = client.results_summary(**filters, num_parameters=args.params,
@@ -681,8 +698,8 @@ def _add_remote_parsers(sub: Any) -> None:
     p = actions.add_parser("list", help="jobs, newest first")
     p.add_argument("--status", choices=statuses)
     p.add_argument("--workload")
-    p.add_argument("--limit", type=int, default=20)
-    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--limit", type=int, default=20, help="jobs per page")
+    p.add_argument("--offset", type=int, default=0, help="jobs to skip")
     _add_remote_flags(p)
     p.set_defaults(handler=cmd_jobs_list)
 
@@ -710,7 +727,8 @@ def _add_remote_parsers(sub: Any) -> None:
     p.add_argument("--trials", type=int, required=True, help="exact number of finished trials")
     p.add_argument("--optimizers", type=_names, help="comma-separated names (default: prior's)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
+    p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median",
+                   help="stops trials that do worse than others at the same epoch")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     p.add_argument("--max-retries", type=int, help="retries of a trial whose worker died")
     p.add_argument("--watch", action="store_true", help="then watch it until it finishes")
@@ -726,8 +744,8 @@ def _add_remote_parsers(sub: Any) -> None:
     p.add_argument("--workload")
     p.add_argument("--min-params", type=_count)
     p.add_argument("--max-params", type=_count)
-    p.add_argument("--limit", type=int, default=20)
-    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--limit", type=int, default=20, help="results per page")
+    p.add_argument("--offset", type=int, default=0, help="results to skip")
     p.add_argument("--summary", action="store_true", help="which optimizer won how often")
     p.add_argument("--params", type=_count, help="with --summary: tasks of a similar size")
     p.add_argument("--factor", type=float, help="with --params: within this factor (default 10)")
@@ -756,11 +774,39 @@ def _add_task_flags(p: argparse.ArgumentParser, required: bool) -> None:
     g.add_argument("--precision", help="fp32 (default), bf16, fp16")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it has none or already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (action.option_strings and default is not None and default is not False
+                and default != argparse.SUPPRESS and "default" not in text):
+            text += " (default: %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("optpilot")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="optpilot",
         description="Optimizer recommendations and prior-guided tuning for PyTorch training.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"optpilot {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
     p = sub.add_parser("optimizers", help="list the optimizer catalog")
     p.add_argument("--json", action="store_true")
@@ -772,16 +818,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("recommend", help="rank optimizers for a described model and task")
     _add_task_flags(p, required=True)
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--top-k", type=int, default=3, help="how many optimizers to rank")
     p.add_argument("--json", action="store_true", help="print the recommendation as JSON")
     p.set_defaults(handler=cmd_recommend)
 
     p = sub.add_parser("tune", help="tune a workload in this process (no server)")
     p.add_argument("--workload", required=True, help="registered workload name")
-    p.add_argument("--trials", type=int, default=30)
+    p.add_argument("--trials", type=int, default=30, help="trials to run")
     p.add_argument("--optimizers", type=_names, help="comma-separated names (default: prior's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
+    p.add_argument("--seed", type=int, default=0, help="the seed every trial trains with")
+    p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median",
+                   help="stops trials that do worse than others at the same epoch")
     p.add_argument("--epochs", type=int, help="training budget per trial (default: workload's)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
@@ -794,8 +841,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_tune)
 
     p = sub.add_parser("serve", help="run the API with local workers (embedded default)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="TCP port of the API")
     p.add_argument("--db", help="SQLite file or database URL (default: $DATABASE_URL or "
                    "./optpilot.db)")
     p.add_argument("--workers", type=int, help="CPU workers to start (0: none; default: one per "
@@ -824,6 +871,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:  # bare `optpilot`: what it can do
+        parser.print_help(sys.stderr)
+        return 2
     handler: Handler = args.handler
     try:
         return handler(args)

@@ -75,15 +75,16 @@ ParameterCount = Annotated[int, Field(ge=1, le=MAX_PARAMETERS)]
 
 OutFloat = Annotated[
     float | None,
-    PlainSerializer(jsonsafe.finite_or_none, return_type=float | None, when_used="always"),
+    PlainSerializer(jsonsafe.answer_float, return_type=float | None, when_used="always"),
 ]
-"""A float in a response: NaN and infinities become ``null``."""
+"""A float in a response: NaN and infinities become ``null``; 15 significant digits."""
 
 JsonObject = Annotated[
     dict[str, Any],
-    PlainSerializer(jsonsafe.sanitize, return_type=dict[str, Any], when_used="always"),
+    PlainSerializer(jsonsafe.answer, return_type=dict[str, Any], when_used="always"),
 ]
-"""A free-form JSON object in a response, with non-finite floats as ``null``."""
+"""A free-form JSON object in a response: non-finite floats as ``null``, 15 significant
+digits."""
 
 
 def one_of_names(names: Callable[[], Sequence[str]]) -> Callable[[dict[str, Any]], None]:
@@ -320,13 +321,17 @@ class ResultOut(ResponseModel):
 
 
 class OptimizerWins(BaseModel):
+    """How often an optimizer won on one metric (its results on another metric are another
+    row: values of different metrics are never ranked together)."""
+
     optimizer: str
     wins: int
-    share: OutFloat = Field(description="wins / decided")
+    share: OutFloat = Field(description="wins / decided results on this metric")
     median_best_value: OutFloat = Field(
-        default=None, description="Median best value of its wins, when they share one metric."
+        default=None, description="Median best value of its wins on this metric."
     )
-    metric: str | None = Field(default=None, description="That metric (null when mixed).")
+    metric: str = Field(description="The metric of these wins (val_loss, accuracy, ...).")
+    direction: Literal["minimize", "maximize"] = Field(description="Better is lower or higher.")
 
 
 class SimilarTo(BaseModel):
@@ -339,7 +344,9 @@ class SimilarTo(BaseModel):
 class ResultsSummary(BaseModel):
     total: int = Field(description="Results matching the filter.")
     decided: int = Field(description="Those with a winning optimizer.")
-    optimizers: list[OptimizerWins] = Field(description="Most wins first.")
+    optimizers: list[OptimizerWins] = Field(
+        description="Grouped by metric (the metric with most decided results first), most wins "
+        "first within a metric.")
     prior_agreement: OutFloat = Field(
         default=None,
         description="Share of decided results whose winner was the prior's top choice.",

@@ -14,6 +14,7 @@ from service import leases
 from service.db import SessionDep
 from service.errors import ProblemError, problem_responses
 from service.jobs import (
+    ACTIVE,
     MAX_TRIALS,
     JobConflict,
     JobNotFound,
@@ -113,7 +114,9 @@ class Progress(ResponseModel):
     pruned: int
     failed: int
     running: int
-    waiting: int
+    waiting: int = Field(description="Enqueued trials not started yet (0 once the job stopped).")
+    cancelled: int = Field(default=0, description="Enqueued trials that will never run: the job "
+                           "stopped (cancelled, out of time) before them.")
     retried: int = Field(description="Trials lost with their worker and run again.")
 
 
@@ -156,7 +159,8 @@ class JobOut(ResponseModel):
 
 class TrialOut(ResponseModel):
     number: int
-    state: str
+    state: str = Field(description="complete, pruned, fail, running, waiting (enqueued), or "
+                       "cancelled (enqueued in a job that stopped before it ran).")
     value: OutFloat
     optimizer: str | None
     hyperparameters: JsonObject
@@ -171,6 +175,7 @@ class TrialOut(ResponseModel):
 
 def job_out(view: JobView) -> JobOut:
     job, s = view.job, view.summary
+    stopped = job.status not in ACTIVE  # its enqueued trials will never run
     best = None
     if s.best_optimizer is not None:
         best = Best(value=s.best_value, optimizer=s.best_optimizer,
@@ -183,7 +188,8 @@ def job_out(view: JobView) -> JobOut:
         started_at=job.started_at, finished_at=job.finished_at,
         progress=Progress(total=job.n_trials, finished=view.finished, completed=s.completed,
                           pruned=s.pruned, failed=s.failed, running=s.running,
-                          waiting=s.waiting, retried=view.retried),
+                          waiting=0 if stopped else s.waiting,
+                          cancelled=s.waiting if stopped else 0, retried=view.retried),
         best=best,
         per_optimizer={name: OptimizerProgress(**vars(o)) for name, o in s.per_optimizer.items()},
         prior=job.prior or [],
@@ -263,7 +269,12 @@ def list_trials(job_id: Annotated[ResourceId, Path()], session: SessionDep,
                 storage: OptunaStorageDep) -> list[TrialOut]:
     view = describe(_lookup(session, job_id), storage)
     retried = retried_numbers(view.trials)
-    return [TrialOut(**trial_json(t, retried)) for t in view.trials]
+    trials = [TrialOut(**trial_json(t, retried)) for t in view.trials]
+    if view.job.status not in ACTIVE:  # enqueued trials of a stopped job will never run
+        for trial in trials:
+            if trial.state == "waiting":
+                trial.state = "cancelled"
+    return trials
 
 
 @router.post("/{job_id}/cancel", summary="Cancel a job",
