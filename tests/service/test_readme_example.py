@@ -57,3 +57,17 @@ def test_the_readme_example_tunes_its_own_model(tmp_path: Path) -> None:
     assert all(len(t["intermediate_values"]) >= 1 or t["state"] == "fail" for t in trials)
     assert f"best val_loss {job['best']['value']:.4f}" in run.stdout
     assert [r["job_id"] for r in results] == [job["id"]]
+
+
+def test_the_python_tour_runs(tmp_path: Path) -> None:
+    """The tour's snippet, with 2 trials instead of 30 and its database in a temporary
+    directory, runs in a fresh interpreter (every name it uses is defined in it)."""
+    code = readme_example("<!-- example: tour -->")
+    assert "n_trials=30" in code and '"sqlite:///tuning.db"' in code
+    code = code.replace("n_trials=30", "n_trials=2").replace(
+        '"sqlite:///tuning.db"', repr(f"sqlite:///{tmp_path / 'tuning.db'}"))
+    script = tmp_path / "tour.py"
+    script.write_text(code, encoding="utf-8")
+    run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
