@@ -116,12 +116,13 @@ def test_serve_supervises_its_workers(database_url: str, tmp_path: Path) -> None
         wait_for(lambda: polling(log) == 2, 120, f"two polling workers (log {log})")
         workers = worker_pids(process.pid)
         assert len(workers) == 2, "a worker died at start"
-        victim = min(workers)
-        os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: polling(log) == 3, 120, "a replacement worker")
-        assert "died (signal SIGKILL); starting another" in log.read_text()
-        workers = worker_pids(process.pid)
-        assert len(workers) == 2 and victim not in workers
+        if database_url.startswith("sqlite"):  # the restart does not depend on the database
+            victim = min(workers)
+            os.kill(victim, signal.SIGKILL)
+            wait_for(lambda: polling(log) == 3, 120, "a replacement worker")
+            assert "died (signal SIGKILL); starting another" in log.read_text()
+            workers = worker_pids(process.pid)
+            assert len(workers) == 2 and victim not in workers
 
         job_id = httpx.post(f"{base}/v1/jobs", timeout=30, json={
             "workload": "diabetes-mlp", "n_trials": 3, "seed": 1}).json()["id"]
