@@ -17,11 +17,12 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import APIRouter, Depends, FastAPI
 from sqlalchemy import Engine
 
-from service import db, errors, metrics, ui
+from service import db, docs, errors, metrics, ui
 from service.api import catalog, health, jobs, recommendations, reports, results
 from service.auth import require_api_key
 from service.leases import reap_all
 from service.limits import BodySizeLimitMiddleware
+from service.routes import RouteTemplates
 from service.settings import Settings, get_settings
 from service.storage import storage_for_app
 
@@ -44,8 +45,9 @@ DESCRIPTION = """\
 optpilot recommends a training optimizer for a described model and task, tunes it with Optuna
 on GPU or CPU workers, and keeps every result for later queries.
 
-Authentication: `Authorization: Bearer <key>` when the server has API keys configured.
-Errors are `application/problem+json` (RFC 9457).
+Authentication: `Authorization: Bearer <key>` when the server has API keys configured, on every
+route but `/healthz` and the documentation (`/docs`, `/redoc`, `/openapi.json`) and dashboard
+(`/ui`) pages, which are public. Errors are `application/problem+json` (RFC 9457).
 
 Also served: a job's HTML report (`/v1/jobs/{id}/report`), a web dashboard at `/ui`, and
 Prometheus metrics at `/metrics`.
@@ -114,7 +116,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         version=_version(),
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # service.docs serves /docs and /redoc with local assets
         redoc_url=None,
     )
     app.state.settings = settings
@@ -122,6 +124,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.sessionmaker = db.make_sessionmaker(bound)
     app.state.schema_head = db.head_revision()
     app.state.metrics = metrics.Metrics(bound)
+    app.state.route_templates = RouteTemplates(app)  # a 405's Allow header (service.errors)
 
     errors.install(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
@@ -132,4 +135,5 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     for router in V1_ROUTERS:
         app.include_router(router, dependencies=[Depends(require_api_key)])
     ui.install(app)
+    docs.install(app, auth_enabled=settings.auth_enabled)
     return app

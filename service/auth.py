@@ -1,4 +1,6 @@
-"""Bearer API keys: ``Authorization: Bearer <key>`` on every route but ``/healthz``.
+"""Bearer API keys: ``Authorization: Bearer <key>`` on every API route. Public by design:
+``/healthz``, the documentation (``/docs``, ``/redoc``, ``/openapi.json``: see ``service.docs``)
+and the dashboard page ``/ui`` (its data comes through the API with the user's key).
 
 Keys come from ``Settings.api_keys`` (users) and ``Settings.worker_api_key`` (workers). With no
 key configured authentication is off. A presented key is compared with every configured key in

@@ -13,9 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
+import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from types import FrameType
 from typing import Any
 
 from pydantic import ValidationError
@@ -219,24 +222,36 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise CliError("--trials: must be between 1 and 100000")
     task = task_from_args(args) if args.family else None
     console = _console()
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("best {task.fields[best]}"), TimeElapsedColumn(),
-                  console=console, transient=False, disable=args.json) as progress:
-        bar = progress.add_task(f"tuning {workload.name}", total=args.trials, best="-")
+    # Drawn once tune() has checked every input: a bad argument is one error line, no bar.
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("best {task.fields[best]}"), TimeElapsedColumn(),
+                        console=console, transient=False, disable=args.json)
+    bar = progress.add_task(f"tuning {workload.name}", total=args.trials, best="-")
 
-        def on_trial(outcome: Any, summary: Any) -> None:
-            best = _fmt(summary.best_value)
-            if summary.best_optimizer:
-                best += f" ({summary.best_optimizer})"
-            progress.update(bar, advance=1, best=best)
+    def on_trial(outcome: Any, summary: Any) -> None:
+        best = _fmt(summary.best_value)
+        if summary.best_optimizer:
+            best += f" ({summary.best_optimizer})"
+        progress.update(bar, advance=1, best=best)
 
-        try:
-            result = tune(workload, n_trials=args.trials, task=task, storage=args.storage,
-                          study_name=args.study_name, optimizer_names=args.optimizers,
-                          seed=args.seed, pruner=args.pruner, epochs=args.epochs,
-                          device=args.device, timeout_s=args.timeout, callback=on_trial)
-        except ValueError as exc:
-            raise CliError(str(exc)) from None
+    started = False
+
+    def on_start() -> None:
+        nonlocal started
+        started = True
+        progress.start()
+
+    try:
+        result = tune(workload, n_trials=args.trials, task=task, storage=args.storage,
+                      study_name=args.study_name, optimizer_names=args.optimizers,
+                      seed=args.seed, pruner=args.pruner, epochs=args.epochs,
+                      device=args.device, timeout_s=args.timeout, callback=on_trial,
+                      on_start=on_start)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        if started:
+            progress.stop()
     summary = result.summary
     if args.json:
         print(json.dumps({
@@ -295,34 +310,93 @@ def _devices(args: argparse.Namespace) -> list[str]:
         raise CliError(str(exc)) from None
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` for the API, taken before anything starts, so a busy
+    port is one clear error and no worker is left behind."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (another "
+                       "server running? choose another --port)") from None
+    sock.listen(2048)  # uvicorn's backlog; a client that connects meanwhile waits, not refused
+    return sock
+
+
+@contextmanager
+def _stop_signals(on_signal: Callable[[int], None]) -> Iterator[None]:
+    """SIGTERM and SIGINT call ``on_signal(count)`` (1 for the first) while in the block."""
+    count = 0
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        nonlocal count
+        count += 1
+        on_signal(count)
+
+    previous = {signum: signal.signal(signum, handler)
+                for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from sqlalchemy import make_url
 
     from service.app import create_app
-    from service.db import upgrade
+    from service.db import prepare
     from service.logs import setup_logging
     from service.settings import Settings
-    from service.worker import start_workers, stop_workers
+    from service.supervisor import Supervisor
 
     url = database_url(args.db)
-    setup_logging("api")
-    upgrade(url)
+    if args.workers is not None and args.workers < 0:
+        raise CliError("--workers: must be 0 or more")
     devices = [] if args.workers == 0 else _devices(args)
-    processes = start_workers(_worker_config(args, url), devices) if devices else []
-    print(f"optpilot: API on http://{args.host}:{args.port} (docs at /docs), "
-          f"{len(processes)} worker(s) on {', '.join(devices) or 'none'}, database {url}",
-          file=sys.stderr)
+    sock = _listen(args.host, args.port)
     try:
-        uvicorn.run(create_app(Settings(database_url=url)), host=args.host, port=args.port,
-                    log_level="info", log_config=None)
+        setup_logging("api")
+        prepare(url)  # the schema once, before any worker: workers would race to create it
+        supervisor = Supervisor(_worker_config(args, url), devices,
+                                stop_timeout_s=args.stop_timeout)
+        server = uvicorn.Server(uvicorn.Config(create_app(Settings(database_url=url)),
+                                               log_level="info", log_config=None))
+
+        def on_signal(count: int) -> None:
+            # uvicorn handles the signals while it serves and raises them again when it has
+            # stopped; they end here, so the workers are stopped below, not orphaned.
+            server.should_exit = True
+            if count > 1:
+                supervisor.hurry()
+
+        with _stop_signals(on_signal):
+            supervisor.start()
+            try:
+                print(f"optpilot: API on http://{args.host}:{args.port} (docs at /docs), "
+                      f"{len(devices)} worker(s) on {', '.join(devices) or 'none'}, database "
+                      f"{make_url(url).render_as_string(hide_password=True)}", file=sys.stderr)
+                server.run(sockets=[sock])
+            finally:
+                supervisor.stop()
     finally:
-        stop_workers(processes)
+        sock.close()
+    if not server.started:
+        raise CliError("the API did not start (see the log above)")
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    import threading
+
     from service.logs import setup_logging
-    from service.worker import start_workers, worker_main
+    from service.supervisor import Supervisor
+    from service.worker import worker_main
 
     setup_logging("worker")
     url = database_url(args.db)
@@ -333,26 +407,41 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         worker_main(replace(config, device=devices[0]))
         return 0
-    processes = start_workers(config, devices)
-    try:
-        for p in processes:
-            p.join()
-    except KeyboardInterrupt:
-        from service.worker import stop_workers
+    supervisor = Supervisor(config, devices, stop_timeout_s=args.stop_timeout)
+    stop = threading.Event()
 
-        stop_workers(processes)
-    return max((p.exitcode or 0 for p in processes), default=0)
+    def on_signal(count: int) -> None:
+        stop.set()
+        if count > 1:
+            supervisor.hurry()
+
+    with _stop_signals(on_signal):
+        supervisor.start()
+        try:
+            while not stop.wait(0.5) and not supervisor.finished():
+                pass
+        finally:
+            supervisor.stop()
+    return 0
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from service.db import create_engine_for, current_revision, head_revision, upgrade
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.db import current_revision, head_revision, prepare, read_only_engine
 
     url = database_url(args.db)
     if args.action == "upgrade":
-        upgrade(url)
-    engine = create_engine_for(url)
+        prepare(url)  # the service's migrations and Optuna's tables
+    try:
+        engine = read_only_engine(url)  # `current` creates and changes nothing
+    except FileNotFoundError as exc:
+        raise CliError(f"no database at {exc} (`optpilot db upgrade` creates it)") from None
     try:
         print(f"database revision {current_revision(engine)} (head {head_revision()})")
+    except SQLAlchemyError as exc:
+        cause = getattr(exc, "orig", None) or exc
+        raise CliError(f"cannot read the database: {str(cause).splitlines()[0]}") from None
     finally:
         engine.dispose()
     return 0
@@ -366,6 +455,9 @@ def _add_worker_flags(p: argparse.ArgumentParser) -> None:
                    help="seconds between heartbeats")
     p.add_argument("--grace-period", type=int, default=60,
                    help="seconds without heartbeat before a trial is failed and retried")
+    p.add_argument("--stop-timeout", type=float, default=30.0,
+                   help="on SIGTERM/Ctrl-C, seconds a supervised worker (serve, or worker with "
+                   "several devices) may take to finish its trial before handing it back")
 
 
 # -- against a running server: jobs, results ------------------------------------------------
@@ -420,6 +512,8 @@ def _progress_line(job: dict[str, Any]) -> str:
             f"{p['pruned']} pruned, {p['failed']} failed), {p['running']} running")
     if p["waiting"]:
         line += f", {p['waiting']} waiting"
+    if p.get("cancelled"):
+        line += f", {p['cancelled']} never run (job stopped)"
     if p["retried"]:
         line += f", {p['retried']} retried"
     return line
@@ -566,6 +660,9 @@ def cmd_results(args: argparse.Namespace) -> int:
                "min_parameters": args.min_params, "max_parameters": args.max_params}
     if not args.summary and (args.params is not None or args.factor is not None):
         raise CliError("--params and --factor go with --summary")
+    if args.min_params is not None and args.max_params is not None and \
+            args.min_params > args.max_params:
+        raise CliError("--min-params must not exceed --max-params")
     with _server(args) as client:
         if args.summary:
             data = client.results_summary(**filters, num_parameters=args.params,
@@ -620,8 +717,8 @@ def _add_remote_parsers(sub: Any) -> None:
     p = actions.add_parser("list", help="jobs, newest first")
     p.add_argument("--status", choices=statuses)
     p.add_argument("--workload")
-    p.add_argument("--limit", type=int, default=20)
-    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--limit", type=int, default=20, help="jobs per page")
+    p.add_argument("--offset", type=int, default=0, help="jobs to skip")
     _add_remote_flags(p)
     p.set_defaults(handler=cmd_jobs_list)
 
@@ -649,7 +746,8 @@ def _add_remote_parsers(sub: Any) -> None:
     p.add_argument("--trials", type=int, required=True, help="exact number of finished trials")
     p.add_argument("--optimizers", type=_names, help="comma-separated names (default: prior's)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
+    p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median",
+                   help="stops trials that do worse than others at the same epoch")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     p.add_argument("--max-retries", type=int, help="retries of a trial whose worker died")
     p.add_argument("--watch", action="store_true", help="then watch it until it finishes")
@@ -665,8 +763,8 @@ def _add_remote_parsers(sub: Any) -> None:
     p.add_argument("--workload")
     p.add_argument("--min-params", type=_count)
     p.add_argument("--max-params", type=_count)
-    p.add_argument("--limit", type=int, default=20)
-    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--limit", type=int, default=20, help="results per page")
+    p.add_argument("--offset", type=int, default=0, help="results to skip")
     p.add_argument("--summary", action="store_true", help="which optimizer won how often")
     p.add_argument("--params", type=_count, help="with --summary: tasks of a similar size")
     p.add_argument("--factor", type=float, help="with --params: within this factor (default 10)")
@@ -700,11 +798,39 @@ def _add_task_flags(p: argparse.ArgumentParser, required: bool) -> None:
     g.add_argument("--precision", help="fp32 (default), bf16, fp16")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it has none or already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (action.option_strings and default is not None and default is not False
+                and default != argparse.SUPPRESS and "default" not in text):
+            text += " (default: %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("optpilot")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="optpilot",
         description="Optimizer recommendations and prior-guided tuning for PyTorch training.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"optpilot {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
     p = sub.add_parser("optimizers", help="list the optimizer catalog")
     p.add_argument("--json", action="store_true")
@@ -716,7 +842,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("recommend", help="rank optimizers for a described model and task")
     _add_task_flags(p, required=True)
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--top-k", type=int, default=3, help="how many optimizers to rank")
     p.add_argument("--json", action="store_true", help="print the recommendation as JSON")
     p.add_argument("--no-evidence", action="store_true",
                    help="the rules alone: no published trainings move the ranking or the lrs")
@@ -724,10 +850,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="tune a workload in this process (no server)")
     p.add_argument("--workload", required=True, help="registered workload name")
-    p.add_argument("--trials", type=int, default=30)
+    p.add_argument("--trials", type=int, default=30, help="trials to run")
     p.add_argument("--optimizers", type=_names, help="comma-separated names (default: prior's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
+    p.add_argument("--seed", type=int, default=0, help="the seed every trial trains with")
+    p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median",
+                   help="stops trials that do worse than others at the same epoch")
     p.add_argument("--epochs", type=int, help="training budget per trial (default: workload's)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
@@ -740,8 +867,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_tune)
 
     p = sub.add_parser("serve", help="run the API with local workers (embedded default)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="TCP port of the API")
     p.add_argument("--db", help="SQLite file or database URL (default: $DATABASE_URL or "
                    "./optpilot.db)")
     p.add_argument("--workers", type=int, help="CPU workers to start (0: none; default: one per "
@@ -770,6 +897,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:  # bare `optpilot`: what it can do
+        parser.print_help(sys.stderr)
+        return 2
     handler: Handler = args.handler
     try:
         return handler(args)

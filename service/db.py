@@ -21,7 +21,7 @@ from fastapi import Depends, Request
 from sqlalchemy import Engine, MetaData, create_engine, event, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import NullPool, StaticPool
 
 from service import jsonsafe
 
@@ -103,6 +103,24 @@ def create_engine_for(
     return engine
 
 
+def read_only_engine(url: str | URL) -> Engine:
+    """An engine that reads ``url`` without creating or changing anything: no file, directory
+    or journal mode for SQLite (FileNotFoundError when the file is missing), nothing for
+    PostgreSQL. For inspecting a database (``optpilot db current``)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, poolclass=NullPool)
+    if _sqlite_in_memory(parsed):
+        return create_engine(parsed, poolclass=StaticPool)
+    path = Path(parsed.database or "").expanduser().resolve()
+    if not path.is_file():
+        raise FileNotFoundError(str(path))
+    # Read-only mode leaves -wal/-shm files behind; without a -wal file every committed change
+    # is in the main file, which "immutable" reads without them.
+    mode = "mode=ro" if Path(f"{path}-wal").exists() else "immutable=1"
+    return create_engine(f"sqlite:///file:{path}?{mode}&uri=true", poolclass=NullPool)
+
+
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     """Sessions bound to ``engine``; objects stay readable after commit."""
     return sessionmaker(bind=engine, expire_on_commit=False)
@@ -159,6 +177,17 @@ def upgrade(url: str | URL, revision: str = "head", *, engine: Engine | None = N
     an advisory lock; on SQLite call it from one process before starting workers.
     """
     _run_migration(url, engine, "upgrade", revision)
+
+
+def prepare(url: str | URL) -> None:
+    """Everything a database needs before workers start: the service's migrations and Optuna's
+    own tables. Workers that find no Optuna tables create them, and several doing so at once on
+    a fresh database collide ("table studies already exists")."""
+    import optuna
+
+    upgrade(url)
+    storage = optuna.storages.RDBStorage(make_url(url).render_as_string(hide_password=False))
+    storage.engine.dispose()
 
 
 def downgrade(url: str | URL, revision: str = "base", *, engine: Engine | None = None) -> None:

@@ -172,15 +172,25 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
             errors=[{"loc": ["body"], "field": "body", "msg": message, "type": "json_invalid"}],
         )
     extra: dict[str, Any] = {} if isinstance(exc.detail, str) else {"errors": exc.detail}
+    headers = dict(exc.headers or {})
     if exc.status_code == 404 and detail == _phrase(404):
         detail = f"no route matches {request.method} {request.url.path}"
+    if exc.status_code == 405:
+        # Starlette names only the methods of the first route whose path matched; a path served
+        # by several routes (GET and POST /v1/jobs) allows all of theirs.
+        allowed = {m.strip() for m in headers.get("Allow", "").split(",") if m.strip()}
+        templates = getattr(request.app.state, "route_templates", None)
+        if templates is not None:
+            allowed.update(templates.methods(request.url.path))
+        headers["Allow"] = ", ".join(sorted(allowed))
     return problem_response(
         exc.status_code,
         detail=detail,
         instance=_instance(request),
-        headers=exc.headers,
+        headers=headers,
         **extra,
     )
+
 
 
 def _loc(parts: Sequence[Any]) -> list[str | int]:

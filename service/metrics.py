@@ -34,7 +34,6 @@ compared with the database's own ``now()``.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -52,7 +51,9 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.auth import require_api_key
+from service.errors import problem_responses
 from service.models import JOB_STATUSES, Job
+from service.routes import RouteTemplates
 from service.storage import DEFAULT_GRACE_PERIOD_S
 
 log = logging.getLogger(__name__)
@@ -203,39 +204,6 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class RouteTemplates:
-    """Path templates of the app's API routes (from its OpenAPI document), to label requests
-    answered before routing (e.g. a 413 from the body limit) by the route they were for."""
-
-    def __init__(self, app: Any) -> None:
-        self._app = app
-        self._compiled: list[tuple[re.Pattern[str], frozenset[str], str]] | None = None
-
-    def _patterns(self) -> list[tuple[re.Pattern[str], frozenset[str], str]]:
-        if self._compiled is None:
-            compiled = []
-            try:
-                paths = self._app.openapi().get("paths", {})
-            except Exception:  # a broken schema must not break requests
-                log.exception("metrics: cannot read the OpenAPI paths")
-                paths = {}
-            for template, operations in paths.items():
-                regex = re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template))
-                compiled.append((re.compile(f"^{regex}$"),
-                                 frozenset(m.upper() for m in operations), template))
-            self._compiled = compiled
-        return self._compiled
-
-    def match(self, method: str, path: str) -> str | None:
-        fallback = None
-        for pattern, methods, template in self._patterns():
-            if pattern.match(path):
-                if method in methods:
-                    return template
-                fallback = fallback or template
-        return fallback
-
-
 def route_template(scope: Scope, templates: RouteTemplates | None = None) -> str:
     """The matched route's path template (bounded cardinality), never the raw path."""
     route = scope.get("route")
@@ -283,7 +251,8 @@ router = APIRouter(tags=["health"])
 @router.get("/metrics", summary="Prometheus metrics (text format)",
             dependencies=[Depends(require_api_key)],
             responses={200: {"content": {CONTENT_TYPE_LATEST: {}},
-                             "description": "Prometheus text exposition format."}})
+                             "description": "Prometheus text exposition format."},
+                       **problem_responses(401)})
 def metrics_endpoint(request: Request) -> Response:
     metrics: Metrics = request.app.state.metrics
     return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST,

@@ -29,7 +29,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from service.jobs import JobView, retried_numbers, trial_reason
+from service.jobs import ACTIVE, JobView, retried_numbers, trial_reason
 from service.plots import (
     PALETTE,
     Series,
@@ -344,7 +344,9 @@ class _Report:
             "parameters": params_text,
             "trials": f"{self.view.finished} of {job.n_trials} finished",
             "completed / pruned / failed": f"{s.completed} / {s.pruned} / {s.failed}",
-            "running / waiting": f"{s.running} / {s.waiting}",
+            "running / waiting": f"{s.running} / {s.waiting}"
+            if job.status in ACTIVE or not s.waiting
+            else f"{s.running} / 0 ({s.waiting} never run: the job stopped)",
             "retried (lost workers)": str(self.view.retried),
             "pruner / seed": f"{job.pruner} / {job.seed if job.seed is not None else '—'}",
             "created": _fmt_time(job.created_at),

@@ -8,8 +8,9 @@ infinity: such floats are serialized as ``null``. The task description itself is
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Annotated, Any, Generic, Literal, Self, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -18,17 +19,17 @@ from pydantic import (
     Field,
     PlainSerializer,
     StringConstraints,
-    model_validator,
 )
 
+import optimizers
 from optimizers import HyperparameterPrior, SearchRange
 from service import jsonsafe
 from tuner.evidence.records import Evidence
-from tuner.task import MAX_PARAMETERS, ModelFamily, TaskDescription, TaskType
+from tuner.task import MAX_PARAMETERS, ModelFamily, TaskDescription, TaskType, WholeNumber
 
 T = TypeVar("T")
 
-MAX_TOP_K = 20
+MAX_TOP_K = len(optimizers.names())  # every registered optimizer (muon needs torch >= 2.9)
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
 MAX_OFFSET = 10**9
@@ -49,37 +50,71 @@ def reject_unsafe_text(value: str) -> str:
     return value
 
 
-SafeStr = Annotated[str, AfterValidator(reject_unsafe_text)]
-"""Any text without NUL characters or lone surrogates; add a length bound where it is used."""
+NO_NUL_PATTERN = r"^[^\u0000]*$"
+"""States the NUL rule in the OpenAPI document (lone surrogates, also refused, cannot be said in
+JSON Schema; no JSON generator produces them by accident)."""
 
-ShortText = Annotated[SafeStr, StringConstraints(max_length=1_000)]
+# Each type below states its length bounds and pattern in ONE StringConstraints placed before the
+# validator: constraints added after an AfterValidator are enforced but left out of the OpenAPI
+# document, so a client (or schemathesis) cannot know them.
+
+ShortText = Annotated[str, StringConstraints(max_length=1_000, pattern=NO_NUL_PATTERN),
+                      AfterValidator(reject_unsafe_text)]
 """Free text up to 1,000 characters."""
 
-Name = Annotated[
-    SafeStr, StringConstraints(min_length=1, max_length=64, pattern=NAME_PATTERN)
-]
+ClientId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=NO_NUL_PATTERN),
+                     AfterValidator(reject_unsafe_text)]
+"""Who evaluates a client-side trial: up to 128 characters."""
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=NAME_PATTERN)]
 """A registry handle (optimizer, workload): letters, digits, ``_``, ``.``, ``-``; <= 64 chars."""
 
-ResourceId = Annotated[SafeStr, StringConstraints(min_length=1, max_length=64)]
+ResourceId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=NO_NUL_PATTERN),
+                       AfterValidator(reject_unsafe_text)]
 """A path identifier as received (unknown ones are 404s, over-long ones 422s)."""
 
 ParameterCount = Annotated[int, Field(ge=1, le=MAX_PARAMETERS)]
 
 OutFloat = Annotated[
     float | None,
-    PlainSerializer(jsonsafe.finite_or_none, return_type=float | None, when_used="always"),
+    PlainSerializer(jsonsafe.answer_float, return_type=float | None, when_used="always"),
 ]
-"""A float in a response: NaN and infinities become ``null``."""
+"""A float in a response: NaN and infinities become ``null``; 15 significant digits."""
 
 JsonObject = Annotated[
     dict[str, Any],
-    PlainSerializer(jsonsafe.sanitize, return_type=dict[str, Any], when_used="always"),
+    PlainSerializer(jsonsafe.answer, return_type=dict[str, Any], when_used="always"),
 ]
-"""A free-form JSON object in a response, with non-finite floats as ``null``."""
+"""A free-form JSON object in a response: non-finite floats as ``null``, 15 significant
+digits."""
+
+
+def one_of_names(names: Callable[[], Sequence[str]]) -> Callable[[dict[str, Any]], None]:
+    """``json_schema_extra`` for a :data:`Name` field (alone, in a list, or nullable) that must
+    be one of ``names()``: the registered optimizers or workloads, listed when the OpenAPI
+    document is built (after plugins registered theirs)."""
+
+    def state(schema: dict[str, Any]) -> None:
+        for branch in schema.get("anyOf", [schema]):
+            target = branch.get("items", {}) if branch.get("type") == "array" else branch
+            if target.get("type") == "string":
+                target["enum"] = list(names())
+
+    return state
 
 
 class RequestModel(BaseModel):
+    """Request parameters: unknown fields are rejected."""
+
     model_config = ConfigDict(extra="forbid")
+
+
+class BodyModel(RequestModel):
+    """A JSON request body, validated as strictly as its schema reads: a boolean is ``true`` or
+    ``false``, a number a JSON number (not a string or a boolean), an integer a whole JSON number
+    without a fraction part."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ResponseModel(BaseModel):
@@ -100,7 +135,7 @@ _TASK_EXAMPLE: dict[str, Any] = {
 }
 
 
-class RecommendationRequest(RequestModel):
+class RecommendationRequest(BodyModel):
     """``POST /v1/recommendations``: describe the model; get ranked optimizers with priors."""
 
     model_config = ConfigDict(
@@ -114,7 +149,8 @@ class RecommendationRequest(RequestModel):
     )
 
     task: TaskDescription
-    top_k: int = Field(default=3, ge=1, le=MAX_TOP_K, description="How many candidates.")
+    top_k: WholeNumber = Field(default=3, ge=1, le=MAX_TOP_K,
+                               description="How many candidates (at most every optimizer).")
 
 
 class MemoryOut(ResponseModel):
@@ -221,21 +257,19 @@ class Page(BaseModel, Generic[T]):
 
 
 class ResultsFilter(RequestModel):
-    """Which results to consider (query parameters; all optional, combined with AND)."""
+    """Which results to consider (query parameters; all optional, combined with AND).
+
+    The size range is inclusive; a ``min_parameters`` above ``max_parameters`` matches nothing
+    (an empty page, not an error: no schema can state a rule across two query parameters)."""
 
     model_family: ModelFamily | None = None
     task_type: TaskType | None = None
     optimizer: Name | None = Field(default=None, description="The winning optimizer.")
     workload: Name | None = None
-    min_parameters: ParameterCount | None = None
-    max_parameters: ParameterCount | None = None
-
-    @model_validator(mode="after")
-    def _range(self) -> Self:
-        low, high = self.min_parameters, self.max_parameters
-        if low is not None and high is not None and low > high:
-            raise ValueError("min_parameters must not exceed max_parameters")
-        return self
+    min_parameters: ParameterCount | None = Field(
+        default=None, description="At least this many parameters.")
+    max_parameters: ParameterCount | None = Field(
+        default=None, description="At most this many (below min_parameters: nothing matches).")
 
 
 class ResultsQuery(ResultsFilter):
@@ -281,13 +315,17 @@ class ResultOut(ResponseModel):
 
 
 class OptimizerWins(BaseModel):
+    """How often an optimizer won on one metric (its results on another metric are another
+    row: values of different metrics are never ranked together)."""
+
     optimizer: str
     wins: int
-    share: OutFloat = Field(description="wins / decided")
+    share: OutFloat = Field(description="wins / decided results on this metric")
     median_best_value: OutFloat = Field(
-        default=None, description="Median best value of its wins, when they share one metric."
+        default=None, description="Median best value of its wins on this metric."
     )
-    metric: str | None = Field(default=None, description="That metric (null when mixed).")
+    metric: str = Field(description="The metric of these wins (val_loss, accuracy, ...).")
+    direction: Literal["minimize", "maximize"] = Field(description="Better is lower or higher.")
 
 
 class SimilarTo(BaseModel):
@@ -300,7 +338,9 @@ class SimilarTo(BaseModel):
 class ResultsSummary(BaseModel):
     total: int = Field(description="Results matching the filter.")
     decided: int = Field(description="Those with a winning optimizer.")
-    optimizers: list[OptimizerWins] = Field(description="Most wins first.")
+    optimizers: list[OptimizerWins] = Field(
+        description="Grouped by metric (the metric with most decided results first), most wins "
+        "first within a metric.")
     prior_agreement: OutFloat = Field(
         default=None,
         description="Share of decided results whose winner was the prior's top choice.",

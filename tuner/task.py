@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 ModelFamily = Literal["linear", "mlp", "cnn", "rnn", "transformer", "gnn", "other"]
 TaskType = Literal[
@@ -26,7 +26,23 @@ FineTuningKind = Literal["full", "parameter_efficient"]
 MAX_PARAMETERS = 10**15
 MAX_COUNT = 10**13
 
-PositiveCount = Annotated[int, Field(ge=1, le=MAX_COUNT)]
+
+def whole_number(value: object) -> object:
+    """JSON has one number type: 3.0 is the integer 3, as JSON Schema counts it."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(whole_number)]
+"""An integer that also takes 3.0 (not 3.5, "3" or true, in a strict model)."""
+
+# Bounds go before the validator, and none is added at the field: pydantic otherwise writes
+# them into the JSON schema as "ge"/"le", which JSON Schema does not know.
+PositiveCount = Annotated[int, Field(ge=1, le=MAX_COUNT), BeforeValidator(whole_number)]
+LayerCount = Annotated[int, Field(ge=1, le=100_000), BeforeValidator(whole_number)]
+FrozenCount = Annotated[int, Field(ge=0, le=MAX_PARAMETERS), BeforeValidator(whole_number)]
+
 FINE_TUNING_VALUES = (False, True, "full", "parameter_efficient")
 # A Transformer fine-tuned with fewer trainable parameters than this, when the frozen ones are not
 # given, is read as parameter-efficient: LoRA, adapters and prompt tuning train 0.3-40M
@@ -48,7 +64,9 @@ class TaskDescription(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         frozen=True,
-        strict=False,
+        # As its JSON schema reads: false/true for the flags, numbers for the sizes ("0" and
+        # 0 are not booleans, "5" and true are not counts; 5.0 is 5: WholeNumber).
+        strict=True,
         json_schema_extra={
             "examples": [
                 {"model_family": "transformer", "task_type": "language_modeling",
@@ -60,8 +78,9 @@ class TaskDescription(BaseModel):
 
     model_family: ModelFamily = Field(description="Architecture family (LSTM/GRU are 'rnn').")
     task_type: TaskType = "classification"
-    num_parameters: int = Field(ge=1, le=MAX_PARAMETERS, description="Trainable parameters.")
-    num_layers: PositiveCount | None = Field(default=None, le=100_000, description="Depth.")
+    num_parameters: WholeNumber = Field(ge=1, le=MAX_PARAMETERS,
+                                        description="Trainable parameters.")
+    num_layers: LayerCount | None = Field(default=None, description="Depth.")
     dataset_size: PositiveCount | None = Field(
         default=None, description="Training examples (sequences for language models)."
     )
@@ -75,12 +94,13 @@ class TaskDescription(BaseModel):
                     "most of the model is frozen), \"full\" or \"parameter_efficient\" "
                     "(adapters, LoRA: few trainable parameters on a large frozen model).",
     )
-    frozen_parameters: int | None = Field(
-        default=None, ge=0, le=MAX_PARAMETERS,
-        description="Pretrained parameters kept frozen (not counted in num_parameters); they "
-                    "take memory but no gradients or optimizer state. Only with fine_tuning.",
+    frozen_parameters: FrozenCount | None = Field(
+        default=None,
+        description="Parameters kept frozen (not counted in num_parameters): they take memory "
+                    "but no gradients or optimizer state. With fine_tuning true, more frozen "
+                    "than trainable parameters reads as parameter-efficient fine-tuning.",
     )
-    num_devices: int = Field(
+    num_devices: WholeNumber = Field(
         default=1, ge=1, le=1_000_000, description="Accelerators used together."
     )
     memory_budget_gb: float | None = Field(
@@ -88,14 +108,6 @@ class TaskDescription(BaseModel):
         description="Accelerator memory per device, in GB.",
     )
     precision: Precision = Field(default="fp32", description="Parameter/gradient precision.")
-
-    @field_validator("frozen_parameters")
-    @classmethod
-    def _frozen_means_fine_tuning(cls, value: int | None, info: ValidationInfo) -> int | None:
-        if value and info.data.get("fine_tuning", True) is False:
-            raise ValueError("frozen pretrained parameters mean fine-tuning: set fine_tuning "
-                             "(true, \"full\" or \"parameter_efficient\")")
-        return value
 
     @property
     def fine_tuning_kind(self) -> FineTuningKind | None:

@@ -11,6 +11,7 @@ pruner said stop       PRUNED    ``pruned``
 NaN/inf metric         PRUNED    ``diverged``; ``nan`` reported at that epoch
 per-trial timeout      PRUNED    ``timeout`` (FAIL when nothing was reported)
 job cancelled          FAIL      ``cancelled``
+worker stopping        FAIL      the reason ``should_stop`` gave (the worker hands the trial back)
 CUDA out of memory     FAIL      ``cuda_oom`` (memory freed)
 any other exception    FAIL      ``error: <type>: <message>``; ``traceback`` kept
 =====================  ========  ===============================================
@@ -58,12 +59,17 @@ ATTR_DEVICE = "device"
 ATTR_SECONDS = "seconds"
 
 
-class TrialStopped(Exception):
-    """Raised from the reporter to end a trial early; ``reason`` says why."""
+CANCELLED = "cancelled"
 
-    def __init__(self, reason: str) -> None:
+
+class TrialStopped(Exception):
+    """Raised from the reporter to end a trial early; ``reason`` says why. ``interrupted``: the
+    caller stopped it (``should_stop``), so it ends FAIL rather than PRUNED."""
+
+    def __init__(self, reason: str, interrupted: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.interrupted = interrupted
 
 
 @dataclass(frozen=True)
@@ -106,12 +112,14 @@ def run_trial(
     device: str | None = None,
     epochs: int | None = None,
     timeout_s: float | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: Callable[[], bool | str] | None = None,
 ) -> TrialOutcome:
     """Run one trial of ``study`` end to end and tell Optuna how it ended.
 
     ``trial`` may be passed when the caller already asked for one (a worker that claimed it);
-    otherwise one is asked here. ``should_stop`` is polled at every report (job cancellation).
+    otherwise one is asked here. ``should_stop`` is polled at every report: True ends the trial
+    FAIL with reason ``cancelled`` (the job was cancelled), a string ends it FAIL with that
+    reason (e.g. a stopping worker handing the trial back).
     """
     trial = trial if trial is not None else study.ask()
     device = device or default_device()
@@ -127,8 +135,9 @@ def run_trial(
             raise TrialStopped(DIVERGED)
         trial.report(value, epoch)
         reported.add(epoch)
-        if should_stop is not None and should_stop():
-            raise TrialStopped("cancelled")
+        stop = should_stop() if should_stop is not None else False
+        if stop:
+            raise TrialStopped(stop if isinstance(stop, str) else CANCELLED, interrupted=True)
         if trial.should_prune():
             raise TrialStopped("pruned")
         if deadline is not None and time.monotonic() > deadline:
@@ -155,7 +164,7 @@ def run_trial(
             state, reason = TrialState.PRUNED, DIVERGED
     except TrialStopped as stop:
         reason = stop.reason
-        if stop.reason == "cancelled":
+        if stop.interrupted:
             state = TrialState.FAIL
         else:
             state = TrialState.PRUNED if reported else TrialState.FAIL

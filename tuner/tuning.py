@@ -252,11 +252,13 @@ def tune(
     timeout_s: float | None = None,
     trial_timeout_s: float | None = None,
     callback: Callable[[TrialOutcome, StudySummary], Any] | None = None,
+    on_start: Callable[[], Any] | None = None,
 ) -> TuneResult:
     """Tune ``workload`` in this process (no service) on any Optuna storage (in memory default).
 
     Runs exactly ``n_trials`` trials (fewer only when ``timeout_s`` runs out); failed, pruned and
-    diverged trials count toward the budget and never stop the study.
+    diverged trials count toward the budget and never stop the study. ``on_start`` is called
+    once every input has been checked (ValueError before it), before the first trial.
     """
     if n_trials < 1:
         raise ValueError("n_trials: must be >= 1")
@@ -270,6 +272,8 @@ def tune(
     plan = study_plan(study)
     deadline = time.monotonic() + timeout_s if timeout_s is not None else None
     outcomes: list[TrialOutcome] = []
+    if on_start is not None:
+        on_start()
     for _ in range(n_trials):
         if deadline is not None and time.monotonic() >= deadline:
             break

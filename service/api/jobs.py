@@ -6,14 +6,15 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Path, Query, Request, Response
-from pydantic import ConfigDict, Field, StringConstraints, field_validator, model_validator
+from fastapi import APIRouter, Body, Path, Query, Request, Response
+from pydantic import BeforeValidator, ConfigDict, Field, field_validator
 
 import optimizers
 from service import leases
 from service.db import SessionDep
 from service.errors import ProblemError, problem_responses
 from service.jobs import (
+    ACTIVE,
     MAX_TRIALS,
     JobConflict,
     JobNotFound,
@@ -31,52 +32,71 @@ from service.schemas import (
     DEFAULT_PAGE_SIZE,
     MAX_OFFSET,
     MAX_PAGE_SIZE,
+    BodyModel,
+    ClientId,
     JsonObject,
     Name,
     OutFloat,
     Page,
-    RequestModel,
     ResourceId,
     ResponseModel,
-    SafeStr,
     ShortText,
+    one_of_names,
 )
 from service.settings import SettingsDep
 from service.storage import OptunaStorageDep
-from tuner.task import TaskDescription
+from tuner.task import TaskDescription, WholeNumber, whole_number
 from tuner.workloads import workload_names
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 MAX_TIMEOUT_S = 30 * 24 * 3600.0
 MAX_SEED = 2**31 - 1
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED), BeforeValidator(whole_number)]
 
 
-class JobCreate(RequestModel):
+def _optimizer_list(schema: dict[str, Any]) -> None:
+    """The ``optimizers`` list in the OpenAPI document: registered names, each at most once."""
+    one_of_names(optimizers.names)(schema)
+    for branch in schema.get("anyOf", [schema]):
+        if branch.get("type") == "array":
+            branch["uniqueItems"] = True
+
+
+class JobCreate(BodyModel):
     """``POST /v1/jobs``: tune a workload (server-side trials) or a task (``workload: null``,
     client-evaluated trials)."""
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [
-            {"workload": "digits-mlp", "n_trials": 30, "seed": 0, "pruner": "median"},
-            {"workload": "rosenbrock", "n_trials": 20, "optimizers": ["adam", "sgd_momentum"]},
-            {"workload": None, "n_trials": 20,
-             "task": {"model_family": "transformer", "num_parameters": 124_000_000}},
-        ]},
+        json_schema_extra={
+            # A workload, or (workload null) a task: the rule launch_job enforces, stated.
+            "anyOf": [{"properties": {"workload": {"type": "string"}}},
+                      {"properties": {"task": {"type": "object"}}, "required": ["task"]}],
+            "examples": [
+                {"workload": "digits-mlp", "n_trials": 30, "seed": 0, "pruner": "median"},
+                {"workload": "rosenbrock", "n_trials": 20,
+                 "optimizers": ["adam", "sgd_momentum"]},
+                {"workload": None, "n_trials": 20,
+                 "task": {"model_family": "transformer", "num_parameters": 124_000_000}},
+            ]},
     )
 
-    workload: Name | None = Field(description="Registered workload, or null for ask/tell jobs.")
+    workload: Name | None = Field(
+        description="Registered workload, or null for ask/tell jobs.",
+        json_schema_extra=one_of_names(workload_names))
     task: TaskDescription | None = Field(
         default=None, description="Defaults to the workload's own task description.")
-    n_trials: int = Field(ge=1, le=MAX_TRIALS, description="Exact number of finished trials.")
+    n_trials: WholeNumber = Field(ge=1, le=MAX_TRIALS,
+                                  description="Exact number of finished trials.")
     timeout_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)
     optimizers: list[Name] | None = Field(
         default=None, min_length=1, max_length=32,
-        description="Restrict the search to these optimizers (default: the prior's top 3).")
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+        description="Restrict the search to these optimizers (default: the prior's top 3).",
+        json_schema_extra=_optimizer_list)
+    seed: Seed | None = None
     pruner: Literal["median", "hyperband", "none"] = "median"
-    max_retries: int = Field(default=2, ge=0, le=10,
+    max_retries: WholeNumber = Field(default=2, ge=0, le=10,
                              description="Retries of a trial whose worker died.")
 
     @field_validator("optimizers")
@@ -94,7 +114,9 @@ class Progress(ResponseModel):
     pruned: int
     failed: int
     running: int
-    waiting: int
+    waiting: int = Field(description="Enqueued trials not started yet (0 once the job stopped).")
+    cancelled: int = Field(default=0, description="Enqueued trials that will never run: the job "
+                           "stopped (cancelled, out of time) before them.")
     retried: int = Field(description="Trials lost with their worker and run again.")
 
 
@@ -137,7 +159,8 @@ class JobOut(ResponseModel):
 
 class TrialOut(ResponseModel):
     number: int
-    state: str
+    state: str = Field(description="complete, pruned, fail, running, waiting (enqueued), or "
+                       "cancelled (enqueued in a job that stopped before it ran).")
     value: OutFloat
     optimizer: str | None
     hyperparameters: JsonObject
@@ -152,6 +175,7 @@ class TrialOut(ResponseModel):
 
 def job_out(view: JobView) -> JobOut:
     job, s = view.job, view.summary
+    stopped = job.status not in ACTIVE  # its enqueued trials will never run
     best = None
     if s.best_optimizer is not None:
         best = Best(value=s.best_value, optimizer=s.best_optimizer,
@@ -164,7 +188,8 @@ def job_out(view: JobView) -> JobOut:
         started_at=job.started_at, finished_at=job.finished_at,
         progress=Progress(total=job.n_trials, finished=view.finished, completed=s.completed,
                           pruned=s.pruned, failed=s.failed, running=s.running,
-                          waiting=s.waiting, retried=view.retried),
+                          waiting=0 if stopped else s.waiting,
+                          cancelled=s.waiting if stopped else 0, retried=view.retried),
         best=best,
         per_optimizer={name: OptimizerProgress(**vars(o)) for name, o in s.per_optimizer.items()},
         prior=job.prior or [],
@@ -244,7 +269,12 @@ def list_trials(job_id: Annotated[ResourceId, Path()], session: SessionDep,
                 storage: OptunaStorageDep) -> list[TrialOut]:
     view = describe(_lookup(session, job_id), storage)
     retried = retried_numbers(view.trials)
-    return [TrialOut(**trial_json(t, retried)) for t in view.trials]
+    trials = [TrialOut(**trial_json(t, retried)) for t in view.trials]
+    if view.job.status not in ACTIVE:  # enqueued trials of a stopped job will never run
+        for trial in trials:
+            if trial.state == "waiting":
+                trial.state = "cancelled"
+    return trials
 
 
 @router.post("/{job_id}/cancel", summary="Cancel a job",
@@ -261,11 +291,10 @@ def cancel(job_id: Annotated[ResourceId, Path()], session: SessionDep,
 
 # -- client-evaluated trials (ask/tell under leases) ----------------------------------------
 
-ClientId = Annotated[SafeStr, StringConstraints(min_length=1, max_length=128)]
 MAX_STEP = 10**9
 
 
-class TrialAsk(RequestModel):
+class TrialAsk(BodyModel):
     model_config = ConfigDict(extra="forbid",
                               json_schema_extra={"examples": [{"client_id": "gpu-box-1:4242"}]})
 
@@ -282,11 +311,11 @@ class LeasedTrialOut(ResponseModel):
     lease_expires_at: datetime
 
 
-class TrialReport(RequestModel):
+class TrialReport(BodyModel):
     model_config = ConfigDict(extra="forbid",
                               json_schema_extra={"examples": [{"step": 3, "value": 0.42}]})
 
-    step: int = Field(ge=0, le=MAX_STEP)
+    step: WholeNumber = Field(ge=0, le=MAX_STEP)
     value: float = Field(allow_inf_nan=False)
 
 
@@ -299,29 +328,34 @@ class LeaseOut(ResponseModel):
     lease_expires_at: datetime
 
 
-class TrialResult(RequestModel):
-    """``{"value": x}`` for a finished trial, or ``{"state": "failed"|"pruned", "reason"}``."""
+class TrialValue(BodyModel):
+    """A trial that finished: its final value."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"value": 0.137}, {"state": "pruned", "reason": "should_prune"},
-        {"state": "failed", "reason": "CUDA out of memory"}]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"value": 0.137}]})
 
-    value: float | None = Field(default=None, allow_inf_nan=False)
-    state: Literal["failed", "pruned"] | None = None
-    reason: ShortText | None = None
-
-    @model_validator(mode="after")
-    def _one_outcome(self) -> TrialResult:
-        if (self.value is None) == (self.state is None):
-            raise ValueError("give either value or state")
-        if self.value is not None and self.reason is not None:
-            raise ValueError("reason goes with state, not with value")
-        return self
+    value: float = Field(allow_inf_nan=False)
 
     def outcome(self) -> dict[str, Any]:
-        if self.value is not None:
-            return {"value": self.value}
+        return {"value": self.value}
+
+
+class TrialEnd(BodyModel):
+    """A trial that ended without a value: failed or pruned, and why."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"state": "pruned", "reason": "should_prune"},
+        {"state": "failed", "reason": "CUDA out of memory"}]})
+
+    state: Literal["failed", "pruned"]
+    reason: ShortText | None = None
+
+    def outcome(self) -> dict[str, Any]:
         return {"state": self.state, "reason": self.reason}
+
+
+TrialResult = Annotated[TrialValue | TrialEnd, Body(
+    description='``{"value": x}`` for a finished trial, or ``{"state": "failed"|"pruned", '
+                '"reason"}``: one or the other, never both.')]
 
 
 def _leased_out(trial: LeasedTrial) -> LeasedTrialOut:
@@ -346,8 +380,10 @@ TrialNumber = Annotated[int, Path(ge=0, le=MAX_TRIALS * 100)]
 
 
 @router.post("/{job_id}/trials", status_code=201, summary="Ask for a trial to evaluate",
-             response_description="A new trial (201) or the client's open one (200).",
-             responses=problem_responses(401, 404, 409, 413, 422, 503))
+             response_description="A new trial for the client.",
+             responses={200: {"model": LeasedTrialOut,
+                              "description": "The trial the client already holds (asked again)."},
+                        **problem_responses(401, 404, 409, 413, 422, 503)})
 def ask_trial(job_id: Annotated[ResourceId, Path()], body: TrialAsk, session: SessionDep,
               storage: OptunaStorageDep, settings: SettingsDep,
               response: Response) -> LeasedTrialOut:

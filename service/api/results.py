@@ -99,42 +99,44 @@ def summarize_results(
         ]
     total = session.scalar(select(func.count()).select_from(Result).where(*where)) or 0
     rows = session.execute(
-        select(Result.best_optimizer, Result.metric, Result.best_value, Result.prior_top).where(
-            *where, Result.best_optimizer.is_not(None)
-        )
+        select(Result.best_optimizer, Result.metric, Result.direction, Result.best_value,
+               Result.prior_top).where(*where, Result.best_optimizer.is_not(None))
     ).all()
     return summarize(rows, total=total, similar_to=similar)
 
 
 def summarize(rows: Any, *, total: int, similar_to: SimilarTo | None = None) -> ResultsSummary:
-    """Wins per optimizer from ``(best_optimizer, metric, best_value, prior_top)`` rows."""
-    wins: dict[str, list[tuple[str, float | None]]] = defaultdict(list)
+    """Wins per optimizer from ``(best_optimizer, metric, direction, best_value, prior_top)``
+    rows, ranked within each metric: a win on val_loss and one on accuracy are not comparable,
+    so each (metric, direction) is its own table (most decided results first), and ``share``
+    is the share of that metric's decided results."""
+    wins: dict[tuple[str, str, str], list[float | None]] = defaultdict(list)
+    decided_by_metric: dict[tuple[str, str], int] = defaultdict(int)
     with_prior = agreed = 0
-    for optimizer, metric, value, prior_top in rows:
-        wins[optimizer].append((metric, value))
+    for optimizer, metric, direction, value, prior_top in rows:
+        wins[(metric, direction, optimizer)].append(value)
+        decided_by_metric[(metric, direction)] += 1
         if prior_top is not None:
             with_prior += 1
             agreed += prior_top == optimizer
-    decided = sum(len(entries) for entries in wins.values())
     summary: list[OptimizerWins] = []
-    for optimizer, entries in wins.items():
-        metrics = {metric for metric, _ in entries}
-        metric = next(iter(metrics)) if len(metrics) == 1 else None
-        values = [v for _, v in entries if v is not None and math.isfinite(v)]
-        median = statistics.median(values) if metric is not None and values else None
+    for (metric, direction, optimizer), values in wins.items():
+        finite = [v for v in values if v is not None and math.isfinite(v)]
         summary.append(
             OptimizerWins(
                 optimizer=optimizer,
-                wins=len(entries),
-                share=len(entries) / decided,
-                median_best_value=median,
+                wins=len(values),
+                share=len(values) / decided_by_metric[(metric, direction)],
+                median_best_value=statistics.median(finite) if finite else None,
                 metric=metric,
+                direction=direction,
             )
         )
-    summary.sort(key=lambda item: (-item.wins, item.optimizer))
+    summary.sort(key=lambda item: (-decided_by_metric[(item.metric, item.direction)],
+                                   item.metric, item.direction, -item.wins, item.optimizer))
     return ResultsSummary(
         total=total,
-        decided=decided,
+        decided=sum(decided_by_metric.values()),
         optimizers=summary,
         prior_agreement=agreed / with_prior if with_prior else None,
         similar_to=similar_to,

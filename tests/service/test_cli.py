@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import optuna
@@ -83,7 +84,7 @@ def test_recommend_takes_fine_tuning_kinds_and_frozen_parameters(
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["recommend", "--family", "lstm", "--params", "1e6"], "model_family:"),
-    (["recommend", "--family", "mlp", "--params", "1e6", "--frozen-params", "1e9"],
+    (["recommend", "--family", "mlp", "--params", "1e6", "--frozen-params", "-1"],
      "frozen_parameters:"),
     (["recommend", "--family", "mlp", "--params", "0"], "num_parameters:"),
     (["recommend", "--family", "mlp", "--params", "1e6", "--memory-gb", "nan"],
@@ -151,3 +152,67 @@ def test_service_commands_parse() -> None:
     args = parser.parse_args(["worker", "--devices", "cuda:0,cuda:1", "--grace-period", "9"])
     assert args.devices == "cuda:0,cuda:1" and args.grace_period == 9
     assert parser.parse_args(["db", "upgrade"]).action == "upgrade"
+
+
+def test_version_and_a_bare_command_list_what_there_is(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("optpilot ")
+    code, _, err = run(capsys)
+    assert code == 2
+    for command in ("recommend", "tune", "serve", "worker", "db", "jobs", "results", "report"):
+        assert command in err
+
+
+@pytest.mark.parametrize(("argv", "defaults"), [
+    (["serve", "--help"], ["(default: 8000)", "(default: 127.0.0.1)", "(default: 30.0)"]),
+    (["tune", "--help"], ["(default: 30)", "(default: 0)", "(default: median)"]),
+    (["recommend", "--help"], ["(default: 3)"]),
+])
+def test_help_shows_the_defaults(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                 defaults: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(argv)
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for default in defaults:
+        assert default in out
+
+
+def test_a_bad_tune_argument_draws_no_progress_bar(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "tune", "--workload", "rosenbrock", "--optimizers", "adamx")
+    assert code == 2 and "adamx" in err and out == ""
+
+
+def test_serve_on_a_busy_port_is_one_error_line_and_starts_nothing(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = run(capsys, "serve", "--port", str(port), "--workers", "1",
+                             "--db", str(tmp_path / "serve.db"))
+    assert code == 2
+    assert err.count("\n") == 1 and f"127.0.0.1:{port}" in err and "API on" not in err
+    assert not (tmp_path / "serve.db").exists()  # nothing prepared, no worker started
+
+
+def test_db_current_creates_and_changes_nothing(capsys: pytest.CaptureFixture[str],
+                                               tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "optpilot.db"
+    code, _, err = run(capsys, "db", "current", "--db", str(missing))
+    assert code == 2 and "no database" in err
+    assert not missing.parent.exists()
+    path = tmp_path / "optpilot.db"
+    assert main(["db", "upgrade", "--db", str(path)]) == 0
+    capsys.readouterr()
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    code, out, _ = run(capsys, "db", "current", "--db", str(path))
+    assert code == 0 and "revision 0" in out
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
+
+
+def test_results_refuses_an_empty_size_range(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "results", "--min-params", "1e6", "--max-params", "1e3",
+                       "--url", "http://127.0.0.1:9")
+    assert code == 2 and "--min-params" in err

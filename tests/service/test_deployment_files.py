@@ -66,3 +66,24 @@ def test_dockerfile_installs_the_package_and_runs_the_cli() -> None:
     argv = [part.strip().strip('"') for part in cmd.group(1).split(",")]
     assert argv[0] == "optpilot"
     assert build_parser().parse_args(argv[1:]).command == "serve"
+
+
+def test_bootstrap_runs_pip_only_when_the_install_is_not_current(tmp_path: Path) -> None:
+    """scripts/bootstrap (behind scripts/serve and scripts/test) against a stand-in venv whose
+    python records its calls: pip runs once for three starts from the same files."""
+    import subprocess
+
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    calls = tmp_path / "calls"
+    python = venv / "bin" / "python"
+    python.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    python.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "OPTPILOT_VENV": str(venv)}
+    for extras in ("dev", "", "dev"):  # serve after test needs nothing more
+        subprocess.run(["bash", str(ROOT / "scripts" / "bootstrap"), *([extras] if extras else [])],
+                       check=True, env=env)
+    assert calls.read_text().count("pip install") == 1
+    (venv / ".optpilot-install").write_text("stale\n")  # pyproject.toml changed since
+    subprocess.run(["bash", str(ROOT / "scripts" / "bootstrap")], check=True, env=env)
+    assert calls.read_text().count("pip install") == 2

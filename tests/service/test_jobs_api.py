@@ -51,7 +51,7 @@ def test_launch_returns_202_location_and_a_queued_job_with_its_prior(client: Tes
     progress = job["progress"]
     assert 1 <= progress.pop("waiting") <= 6  # the warm start: prior defaults enqueued
     assert progress == {"total": 12, "finished": 0, "completed": 0, "pruned": 0, "failed": 0,
-                        "running": 0, "retried": 0}
+                        "running": 0, "retried": 0, "cancelled": 0}
     assert job["best"] is None
     assert client.get(r.headers["location"]).json()["id"] == job["id"]
     trials = client.get(f"/v1/jobs/{job['id']}/trials").json()
@@ -181,3 +181,38 @@ def test_jobs_require_the_api_key_when_configured(migrated_url: str) -> None:
         r = client.post("/v1/jobs", json=body, headers={"Authorization": "Bearer s3cret"})
         assert r.status_code == 202
         assert client.get("/healthz").status_code == 200
+
+
+def test_a_cancelled_jobs_enqueued_trials_are_cancelled_not_waiting(client: TestClient) -> None:
+    job = launch(client, n_trials=20)
+    before = client.get(f"/v1/jobs/{job['id']}").json()["progress"]
+    assert before["waiting"] > 0 and before["cancelled"] == 0  # the warm start, enqueued
+    progress = client.post(f"/v1/jobs/{job['id']}/cancel").json()["progress"]
+    assert progress["waiting"] == 0 and progress["cancelled"] == before["waiting"]
+    states = {t["state"] for t in client.get(f"/v1/jobs/{job['id']}/trials").json()}
+    assert states == {"cancelled"}
+
+
+def test_derived_values_come_without_float_noise(client: TestClient) -> None:
+    """An lr derived by arithmetic reads 0.00012, not 0.00011999999999999999 (stored values
+    keep every bit; answers carry 15 significant digits)."""
+    floats: list[float] = []
+
+    def collect(node: Any) -> None:
+        if isinstance(node, float):
+            floats.append(node)
+        elif isinstance(node, dict):
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, list):
+            for value in node:
+                collect(value)
+
+    for family, params, batch in (("transformer", 1_000, 512), ("mlp", 100_000, 4096),
+                                  ("cnn", 120_000_000, None), ("rnn", 1_000, None)):
+        task = {"model_family": family, "num_parameters": params, "batch_size": batch}
+        collect(client.post("/v1/recommendations", json={"task": task, "top_k": 5}).json())
+        collect(client.post("/v1/jobs", json={"workload": None, "n_trials": 5,
+                                              "task": task}).json())
+    assert floats
+    assert [f for f in floats if float(f"{f:.15g}") != f] == []

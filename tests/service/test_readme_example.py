@@ -57,3 +57,15 @@ def test_the_readme_example_tunes_its_own_model(tmp_path: Path) -> None:
     assert all(len(t["intermediate_values"]) >= 1 or t["state"] == "fail" for t in trials)
     assert f"best val_loss {job['best']['value']:.4f}" in run.stdout
     assert [r["job_id"] for r in results] == [job["id"]]
+
+
+def test_the_python_tour_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tour's snippet runs on its own (every name it uses is defined in it), with 1 trial
+    instead of 30 and its database in a temporary directory."""
+    code = readme_example("<!-- example: tour -->")
+    assert "n_trials=30" in code and '"sqlite:///tuning.db"' in code
+    code = code.replace("n_trials=30", "n_trials=1").replace(
+        '"sqlite:///tuning.db"', repr(f"sqlite:///{tmp_path / 'tuning.db'}"))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md tour", "exec"), {"__name__": "tour"})
+    assert (tmp_path / "tuning.db").exists()

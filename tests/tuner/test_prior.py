@@ -300,7 +300,6 @@ def test_rules_table_is_well_formed() -> None:
     {"model_family": "mlp", "num_parameters": 10, "fine_tuning": 1},
     {"model_family": "mlp", "num_parameters": 10, "fine_tuning": "true"},
     {"model_family": "mlp", "num_parameters": 10, "fine_tuning": True, "frozen_parameters": -1},
-    {"model_family": "mlp", "num_parameters": 10, "frozen_parameters": 100},
 ])
 def test_task_validation_rejects(fields: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
@@ -312,9 +311,16 @@ def test_task_errors_name_the_field() -> None:
         task(model_family="mlp", num_parameters=10, fine_tuning="lora")
     assert [e["loc"] for e in bad_kind.value.errors()] == [("fine_tuning",)]
     with pytest.raises(ValidationError) as frozen:
-        task(model_family="mlp", num_parameters=10, frozen_parameters=100)
+        task(model_family="mlp", num_parameters=10, fine_tuning=True, frozen_parameters=-1)
     assert [e["loc"] for e in frozen.value.errors()] == [("frozen_parameters",)]
-    assert "fine_tuning" in frozen.value.errors()[0]["msg"]
+
+
+def test_frozen_parameters_without_fine_tuning_only_take_memory() -> None:
+    # A frozen part trained around from scratch (e.g. fixed embeddings): it is held in memory,
+    # but no fine-tuning kind is read from it (the schema states no rule across the two fields).
+    frozen = task(model_family="mlp", num_parameters=10, frozen_parameters=100)
+    assert frozen.fine_tuning_kind is None
+    assert frozen.total_parameters == 110
 
 
 @pytest.mark.parametrize(("family", "trainable", "fine_tuning", "frozen", "kind"), [

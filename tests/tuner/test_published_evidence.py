@@ -32,7 +32,7 @@ FAMILIES_NOT_REQUIRED = {"other"}
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
 def test_row_is_a_valid_task_description(row: PublishedTraining) -> None:
-    task = TaskDescription(**row.task_fields())
+    task = TaskDescription.model_validate(row.task_fields())
     assert task.num_parameters == row.num_parameters
     assert task.fine_tuning == (row.fine_tuning is not None)
     assert set(row.task_fields()) <= set(TaskDescription.model_fields)
@@ -77,7 +77,7 @@ def test_task_fields_leave_out_what_the_paper_does_not_say() -> None:
     row = next(r for r in ROWS if r.num_devices is None and r.precision is None)
     fields = row.task_fields()
     assert "num_devices" not in fields and "precision" not in fields
-    assert TaskDescription(**fields).num_devices == 1  # the task description's default
+    assert TaskDescription.model_validate(fields).num_devices == 1  # the task description's default
     peft = next(r for r in ROWS if r.fine_tuning == "parameter_efficient")
     assert peft.task_fields()["fine_tuning"] is True
     assert "frozen_parameters" not in peft.task_fields()
