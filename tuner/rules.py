@@ -760,7 +760,10 @@ class ScheduleRule:
         return (self.only_for is None or self.only_for(spec)) and self.applies(task)
 
 
-_DEFAULT_SCHEDULE = Schedule("cosine", warmup_fraction=WARMUP_FRACTION, final_lr_fraction=0.0)
+# The schedule of every task no other row claims, of the built-in workloads, and of trials that
+# name none (plans stored before schedules).
+DEFAULT_SCHEDULE: Final = Schedule("cosine", warmup_fraction=WARMUP_FRACTION,
+                                   final_lr_fraction=0.0)
 _ALGOPERF = "Dahl et al. 2023, Benchmarking Neural Network Training Algorithms (AlgoPerf)"
 
 SCHEDULE_RULES: Final[tuple[ScheduleRule, ...]] = (
@@ -823,7 +826,7 @@ SCHEDULE_RULES: Final[tuple[ScheduleRule, ...]] = (
     ScheduleRule(
         name="convolutional",
         applies=is_convolutional_supervised,
-        schedule=lambda t: _DEFAULT_SCHEDULE,
+        schedule=lambda t: DEFAULT_SCHEDULE,
         rationale="convolutional network: cosine decay to 0 (as good as the older step decay, "
                   "lr / 10 at 50% and 75% of training, He et al. 2016) after a 5% warm-up "
                   "(Goyal et al.'s 5 epochs, needed at large batches)",
@@ -851,7 +854,7 @@ SCHEDULE_RULES: Final[tuple[ScheduleRule, ...]] = (
     ScheduleRule(
         name="default",
         applies=lambda t: True,
-        schedule=lambda t: _DEFAULT_SCHEDULE,
+        schedule=lambda t: DEFAULT_SCHEDULE,
         rationale=f"{WARMUP_FRACTION:.0%} linear warm-up, then cosine decay to 0: the AlgoPerf "
                   "baselines' schedule",
         reference=_ALGOPERF,

@@ -84,7 +84,8 @@ def plan_from_recommendation(recommendation: Recommendation, n_trials: int) -> S
     """The search plan of a recommendation; the lr range gets ``LR_HEADROOM`` above the prior's
     range except when fine-tuning (``tuner.space`` says why)."""
     return SearchPlan.build(
-        [(c.optimizer, c.score, c.hyperparameters) for c in recommendation.candidates],
+        [(c.optimizer, c.score, c.hyperparameters, c.schedule)
+         for c in recommendation.candidates],
         n_trials,
         lr_headroom=1.0 if recommendation.task.fine_tuning else LR_HEADROOM,
     )

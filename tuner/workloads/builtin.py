@@ -1,8 +1,9 @@
 """The built-in workloads: small, fast (about a second per trial on one CPU core at the default
 budget), deterministic for a seed, and discriminative (optimizers and learning rates reach clearly
 different values). Every one minimises its metric. The supervised ones train with linear warm-up
-and cosine decay of the lr (``tuner.workloads.training``); Rosenbrock runs at a constant lr.
-Schedule-free optimizers run without a schedule and are measured at their evaluation point.
+and cosine decay of the lr (``tuner.workloads.training``) unless the trial names another
+schedule; Rosenbrock runs at a constant lr unless the trial names one. Schedule-free optimizers
+run without a schedule (unless the trial names one) and are measured at their evaluation point.
 
 Data ship with scikit-learn (``load_digits``, ``load_diabetes``; never downloaded) or are
 generated from a fixed data seed, so trials differ only by their initialisation and shuffling
@@ -54,7 +55,7 @@ class Rosenbrock(Workload):
     The start is the classic (-1.5, 2) pattern repeated, jittered by the seed (std 0.05). One
     "epoch" is ``steps_per_epoch`` optimizer steps. The metric is ``log10(1 + f(x))``: monotone in
     f, 0 at the optimum and on a scale TPE handles well (f itself spans many orders of magnitude
-    between good and bad settings).
+    between good and bad settings). It runs at a constant lr unless the trial names a schedule.
     """
 
     name = "rosenbrock"
@@ -77,12 +78,15 @@ class Rosenbrock(Workload):
         epochs = self.resolve_epochs(config)
         x = nn.Parameter(self.start(config.seed).to(config.device))
         optimizer = optimizers.create(config.optimizer, [x], **config.hyperparameters)
+        scheduler = self.scheduler(config, optimizer, epochs * self.steps_per_epoch)
         value = math.nan
         for epoch in range(epochs):
             for _ in range(self.steps_per_epoch):
                 optimizer.zero_grad(set_to_none=True)
                 torch.autograd.backward(rosenbrock(x))
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
             with torch.no_grad(), optimizers.evaluation_mode(optimizer):
                 value = math.log10(1.0 + float(rosenbrock(x)))
             if not report_epoch(report, epoch, value):
