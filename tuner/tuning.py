@@ -25,6 +25,7 @@ from tuner.trial import (
     ATTR_OPTIMIZER,
     TrialOutcome,
     run_trial,
+    trial_schedule,
 )
 from tuner.workloads import Workload, get_workload
 
@@ -175,6 +176,7 @@ class StudySummary:
     best_hyperparameters: dict[str, float]
     best_trial: int | None
     per_optimizer: dict[str, OptimizerSummary]
+    best_schedule: dict[str, Any] | None = None  # None: no best yet, or recorded without one
 
     @property
     def finished(self) -> int:
@@ -220,6 +222,7 @@ def summarize(trials: Sequence[FrozenTrial], direction: str) -> StudySummary:
         best_hyperparameters=dict(best.user_attrs.get(ATTR_HYPERPARAMETERS, {})) if best else {},
         best_trial=best.number if best else None,
         per_optimizer=per,
+        best_schedule=trial_schedule(best) if best else None,
     )
 
 
