@@ -101,6 +101,9 @@ class Workload(ABC):
     default_epochs: ClassVar[int]
     default_schedule: ClassVar[Schedule | None] = None
     """The lr schedule of a trial that names none (None: a constant lr)."""
+    schedule_override: ClassVar[Schedule | None] = None
+    """When set, the schedule every trial of a tuning job on this workload trains with, instead
+    of the one the prior recommends (``tuner.tuning.create_study``)."""
 
     def resolve_epochs(self, config: TrialConfig) -> int:
         """The budget for ``config``: its ``epochs`` or this workload's ``default_epochs``."""

@@ -35,6 +35,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 import optimizers
+from optimizers.schedules import Schedule
 from tuner.task import TaskDescription
 from tuner.workloads.base import Reporter, TrialConfig, Workload, report_epoch
 from tuner.workloads.training import Dataset, Split, SupervisedWorkload, count_parameters
@@ -55,7 +56,12 @@ class Rosenbrock(Workload):
     The start is the classic (-1.5, 2) pattern repeated, jittered by the seed (std 0.05). One
     "epoch" is ``steps_per_epoch`` optimizer steps. The metric is ``log10(1 + f(x))``: monotone in
     f, 0 at the optimum and on a scale TPE handles well (f itself spans many orders of magnitude
-    between good and bad settings). It runs at a constant lr unless the trial names a schedule.
+    between good and bad settings).
+
+    It runs at a constant lr unless the trial names a schedule, and its tuning jobs keep it
+    constant (``schedule_override``): with exact gradients an lr decay only slows the descent
+    down the valley within the budget (measured: Adam at lr 0.3 ends at 1e-9 at a constant lr,
+    at 0.61 with 5% warm-up + cosine; at lr 0.1, 0.11 against 1.02).
     """
 
     name = "rosenbrock"
@@ -68,6 +74,7 @@ class Rosenbrock(Workload):
     task = TaskDescription(model_family="other", task_type="other", num_parameters=dims)
     metric = "objective"
     default_epochs = 20
+    schedule_override = Schedule("constant")
 
     def start(self, seed: int) -> torch.Tensor:
         pattern = torch.tensor([-1.5, 2.0]).repeat((self.dims + 1) // 2)[: self.dims]
