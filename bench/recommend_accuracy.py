@@ -328,7 +328,7 @@ def sweep(view: View) -> str:
         lines.append("schedule pseudocount (the rules' schedule against the similar trainings') "
                      "-> sched@1, sched@any, sched@any (buildable)")
         for pseudocount in SWEEP_SCHEDULE_PSEUDOCOUNTS:
-            prior.EVIDENCE_SCHEDULE_PSEUDOCOUNT = pseudocount
+            setattr(*schedule_strength, pseudocount)
             f = Figures.of(evaluate(rows, True, view))
             lines.append(f"  {pseudocount:4g} -> {_pct(f.schedule_first)} {_pct(f.schedule_any)} "
                          f"{_pct(f.schedule_buildable)}")

@@ -196,11 +196,11 @@ def main(argv: list[str] | None = None) -> None:
     if unknown or args.seeds < 1 or args.jobs < 1:
         p.error(f"unknown workload(s) {unknown}" if unknown else "--seeds, --jobs must be >= 1")
     if args.report:
-        data, results = load(args.report)
+        data, stored = load(args.report)
         info = data["config"]["machine"]
         print(f"{args.report}: {data['config']['seeds']} seeds, measured on {info['cpu']} "
               f"({info['cpu_capability']}, torch {info['torch']})\n")
-        print(table(results, [w for w in args.workloads if w in data["config"]["workloads"]]))
+        print(table(stored, [w for w in args.workloads if w in data["config"]["workloads"]]))
         return
     tasks = [Task(m, w, s) for w in args.workloads for s in range(args.seeds)
              for m in ("schedule-free", "adamw")]

@@ -323,8 +323,9 @@ def build_scheduler(
     ``schedule`` object of a recommendation or of an ask/tell trial in JSON), or a name
     (``cosine``, ``linear``, ``wsd``, ``constant``, ``inverse_sqrt``, ``none``) with the record's
     fields as keywords. ``total_steps`` may be left out for schedules without a horizon
-    (``constant``, ``inverse_sqrt`` with ``warmup_steps``, ``none``). Schedule-free optimizers (:func:`is_schedule_free`) are meant to run at a
-    constant lr after their own warm-up; a schedule on top of them is allowed but seldom wanted.
+    (``constant``, ``inverse_sqrt`` with ``warmup_steps``, ``none``). Schedule-free optimizers
+    (:func:`is_schedule_free`) are meant to run at a constant lr after their own warm-up (the
+    ``none`` schedule); a schedule on top of them is allowed but seldom wanted.
     """
     knobs: dict[str, Any] = {
         "warmup_steps": warmup_steps, "warmup_fraction": warmup_fraction,

@@ -49,6 +49,7 @@ from optimizers.registry import (
     OptimizerSpec,
     SearchRange,
 )
+from optimizers.schedules import SCHEDULE_NAMES, Schedule, ScheduleName
 from tuner.evidence.records import (
     Evidence,
     EvidencePool,
@@ -56,7 +57,6 @@ from tuner.evidence.records import (
     Scored,
     published_pool,
 )
-from optimizers.schedules import SCHEDULE_NAMES, Schedule, ScheduleName
 from tuner.rules import (
     BASE_REFERENCE,
     BASE_WEIGHTS,

@@ -307,14 +307,15 @@ def test_a_schedule_says_what_it_is() -> None:
 
 
 def test_build_scheduler_takes_the_records_fields_as_json() -> None:
-    fields = {"name": "wsd", "warmup_steps": 5, "warmup_fraction": None,
-              "final_lr_fraction": 0.1, "decay_fraction": 0.3, "decay_shape": "cosine"}
+    fields: dict[str, Any] = {"name": "wsd", "warmup_steps": 5, "warmup_fraction": None,
+                              "final_lr_fraction": 0.1, "decay_fraction": 0.3,
+                              "decay_shape": "cosine"}
     as_json = json.loads(json.dumps(fields))
     assert lrs_per_step(as_json, 50) == lrs_per_step(Schedule(**fields), 50)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1)
-    with pytest.raises(ValueError, match="^warmup_steps: pass either"):
+    with pytest.raises(ValueError, match=r"^warmup_steps: pass either"):
         build_scheduler(opt, as_json, 50, warmup_steps=3)
-    with pytest.raises(ValueError, match="^warmup: not a schedule field"):
+    with pytest.raises(ValueError, match=r"^warmup: not a schedule field"):
         build_scheduler(opt, {"name": "cosine", "warmup": 3}, 50)
     # 'none' needs no horizon and leaves every lr alone
     scheduler = build_scheduler(opt, {"name": "none"})

@@ -127,7 +127,7 @@ def test_ask_tell_hands_out_the_schedule_and_the_client_builds_it(
     with live_server(app) as base, OptpilotClient(base) as remote:
         for trial in remote.trials(job["id"], poll_s=0.1):
             with trial:
-                assert trial.schedule == planned[trial.optimizer]
+                assert trial.schedule is not None and trial.schedule == planned[trial.optimizer]
                 handed[trial.number] = trial.schedule
                 model = torch.nn.Linear(3, 1)
                 opt = optimizers.create(trial.optimizer, model.parameters(),

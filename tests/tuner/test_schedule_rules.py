@@ -102,7 +102,7 @@ def test_the_schedule_table_is_well_formed() -> None:
     assert default.only_for is None and default.applies(task(model_family="other",
                                                              num_parameters=1))
     assert default.schedule(task(model_family="other", num_parameters=1)) == DEFAULT_SCHEDULE
-    assert DEFAULT_SCHEDULE == Schedule("cosine", warmup_fraction=0.05, final_lr_fraction=0.0)
+    assert Schedule("cosine", warmup_fraction=0.05, final_lr_fraction=0.0) == DEFAULT_SCHEDULE
 
 
 # -- schedule-free optimizers and the horizon --------------------------------------------------

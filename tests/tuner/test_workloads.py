@@ -630,7 +630,7 @@ def test_trial_config_takes_a_schedule_or_its_fields() -> None:
     fields = {"name": "cosine", "warmup_steps": 3, "final_lr_fraction": 0.1}
     config = TrialConfig("adam", {}, schedule=fields)  # type: ignore[arg-type]
     assert config.schedule == optimizers.Schedule("cosine", warmup_steps=3, final_lr_fraction=0.1)
-    with pytest.raises(ValueError, match="^schedule: "):
+    with pytest.raises(ValueError, match=r"^schedule: "):
         TrialConfig("adam", {}, schedule="cosine")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="^warmup: not a schedule field"):
+    with pytest.raises(ValueError, match=r"^warmup: not a schedule field"):
         TrialConfig("adam", {}, schedule={"name": "cosine", "warmup": 3})  # type: ignore[arg-type]
