@@ -511,9 +511,8 @@ def _schedule_evidence(rules: Schedule, scored: list[Scored]) -> tuple[Schedule,
         stated = finals.get(name)
         final = (max(stated, key=lambda v: (stated[v], v)) if stated
                  else rules.final_lr_fraction or 0.0)
-    schedule = Schedule(
-        cast(ScheduleName, name), warmup_steps=None if rules.warmup_fraction else
-        rules.warmup_steps, warmup_fraction=rules.warmup_fraction, final_lr_fraction=final)
+    schedule = Schedule(cast(ScheduleName, name), warmup_steps=rules.warmup_steps,
+                        warmup_fraction=rules.warmup_fraction, final_lr_fraction=final)
     line = (f"schedule from evidence: {counts[name]} similar training(s) used {name} (weight "
             f"{votes[name]:.2f}) against the rules' {rules.name} (weight "
             f"{EVIDENCE_SCHEDULE_PSEUDOCOUNT:g} + {votes.get(rules.name, 0.0):.2f}) "

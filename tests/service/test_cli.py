@@ -159,7 +159,7 @@ def test_tune_prints_best_configuration_ready_to_paste(
                        "--optimizers", "adam")
     assert code == 0
     assert "optimizers.create('adam', model.parameters(), lr=" in out
-    assert "schedule cosine: 5% warm-up, then cosine decay to 0" in out
+    assert "schedule constant: a constant lr, no warm-up" in out  # Rosenbrock keeps it
     assert "Per-optimizer summary" in out
 
 
