@@ -15,7 +15,12 @@ rules alone (an empty evidence pool). Measured per row:
 * lr within 3x (top-3), over the rows whose top-3 is right: the same test on the candidate of
   the published optimizer, wherever it ranks among the three;
 * lr within 3x (any rank), over every row: the same test on the published optimizer's candidate
-  in the full ranking (how good the lr prior is even when the ranking is not).
+  in the full ranking (how good the lr prior is even when the ranking is not);
+* schedule agrees (no target; reported): over the rows that state a schedule, the first
+  candidate's schedule has the published schedule's name (``sched@1``), and the published
+  optimizer's candidate's does, at any rank (``sched@any``). Published step, plateau and
+  exponential decays have no counterpart among optpilot's schedules, so they never agree;
+  ``sched@any (buildable)`` counts only the rows whose schedule optpilot can build.
 
 Printed: overall figures against the targets, one table per domain and per kind of training,
 the rows the recommendation gets wrong, and ``recommend()`` latency with and without evidence
@@ -41,6 +46,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 import optimizers
+from optimizers.schedules import SCHEDULE_NAMES
 from tuner.evidence.published import PublishedTraining, published_trainings
 from tuner.evidence.records import EMPTY_POOL, EvidencePool, published_pool, published_record_task
 from tuner.prior import Candidate, recommend
@@ -51,6 +57,7 @@ LR_TOLERANCE = 3.0
 SWEEP_FLOORS = (0.3, 0.5, 0.7, 0.8)
 SWEEP_RATES = (1.0, 2.0, 3.0, 5.0, 8.0)
 SWEEP_PSEUDOCOUNTS = (0.5, 2.0, 8.0)
+SWEEP_SCHEDULE_PSEUDOCOUNTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 # Targets, leave-one-out (top-1, top-3, lr within 3x where top-1 is right).
 TARGETS: dict[str, tuple[float, float, float]] = {
@@ -81,6 +88,9 @@ class RowResult:
     lr_ok_first: bool
     lr_ok_top3: bool
     lr_ok_any: bool
+    published_schedule: str | None = None
+    schedule_first: str | None = None  # the first candidate's schedule name
+    schedule_published_candidate: str | None = None  # the published optimizer's candidate's
 
     @property
     def top1(self) -> bool:
@@ -89,6 +99,14 @@ class RowResult:
     @property
     def top3(self) -> bool:
         return self.published in self.ranked
+
+    @property
+    def states_schedule(self) -> bool:
+        return self.published_schedule is not None
+
+    @property
+    def buildable_schedule(self) -> bool:
+        return self.published_schedule in SCHEDULE_NAMES
 
 
 def lr_ok(candidate: Candidate, published_lr: float) -> bool:
@@ -122,6 +140,9 @@ def score_row(row: PublishedTraining, pool: EvidencePool, view: View) -> RowResu
         lr_ok_first=ranked[0] == row.optimizer and lr_ok(first, row.lr),
         lr_ok_top3=row.optimizer in ranked and ok_any,
         lr_ok_any=ok_any,
+        published_schedule=row.schedule,
+        schedule_first=first.schedule.name,
+        schedule_published_candidate=None if mine is None else mine.schedule.name,
     )
 
 
@@ -146,6 +167,14 @@ class Figures:
     lr_first: float  # over rows with top-1 right (the target's figure)
     lr_top3: float  # over rows with top-3 right
     lr_any: float  # over every row
+    # Over the rows that state a schedule (no target): the first candidate's schedule name is
+    # the published one; the published optimizer's candidate's is; the same over the rows whose
+    # schedule optpilot can build.
+    schedule_rows: int = 0
+    schedule_first: float = math.nan
+    schedule_any: float = math.nan
+    schedule_buildable_rows: int = 0
+    schedule_buildable: float = math.nan
 
     @classmethod
     def of(cls, results: Iterable[RowResult]) -> Figures:
@@ -156,10 +185,19 @@ class Figures:
 
         n1 = sum(r.top1 for r in rs)
         n3 = sum(r.top3 for r in rs)
+        stated = [r for r in rs if r.states_schedule]
+        buildable = [r for r in stated if r.buildable_schedule]
         return cls(
             len(rs), share((r.top1 for r in rs), len(rs)), share((r.top3 for r in rs), len(rs)),
             share((r.lr_ok_first for r in rs), n1), share((r.lr_ok_top3 for r in rs), n3),
             share((r.lr_ok_any for r in rs), len(rs)),
+            len(stated), share((r.schedule_first == r.published_schedule for r in stated),
+                               len(stated)),
+            share((r.schedule_published_candidate == r.published_schedule for r in stated),
+                  len(stated)),
+            len(buildable),
+            share((r.schedule_published_candidate == r.published_schedule for r in buildable),
+                  len(buildable)),
         )
 
     def meets(self, targets: tuple[float, float, float]) -> bool:
@@ -172,16 +210,16 @@ def _pct(x: float) -> str:
 
 
 def table(title: str, groups: dict[str, tuple[list[RowResult], list[RowResult]]]) -> str:
-    head = (f"{title:<22} {'rows':>4} | with evidence:   top1   top3   lr@1   lr@3 lr@any"
-            f" | rules alone:   top1   top3   lr@1   lr@3 lr@any")
+    head = (f"{title:<22} {'rows':>4} | with evidence:   top1   top3   lr@1   lr@3 lr@any "
+            f"sched@any | rules alone:   top1   top3   lr@1   lr@3 lr@any sched@any")
     lines = [head, "-" * len(head)]
     for name, (with_ev, alone) in groups.items():
         a, b = Figures.of(with_ev), Figures.of(alone)
         lines.append(
             f"{name:<22} {a.rows:>4} |                {_pct(a.top1)} {_pct(a.top3)} "
-            f"{_pct(a.lr_first)} {_pct(a.lr_top3)} {_pct(a.lr_any)} |              "
-            f"{_pct(b.top1)} {_pct(b.top3)} {_pct(b.lr_first)} {_pct(b.lr_top3)} "
-            f"{_pct(b.lr_any)}")
+            f"{_pct(a.lr_first)} {_pct(a.lr_top3)} {_pct(a.lr_any)}    {_pct(a.schedule_any)} |"
+            f"              {_pct(b.top1)} {_pct(b.top3)} {_pct(b.lr_first)} "
+            f"{_pct(b.lr_top3)} {_pct(b.lr_any)}    {_pct(b.schedule_any)}")
     return "\n".join(lines)
 
 
@@ -193,6 +231,21 @@ def grouped(with_ev: list[RowResult], alone: list[RowResult],
         pair[0].append(a)
         pair[1].append(b)
     return dict(sorted(out.items()))
+
+
+def schedule_confusion(results: list[RowResult]) -> str:
+    """Published schedule -> the published optimizer's candidate's schedule, counted."""
+    counts: dict[tuple[str, str], int] = {}
+    for r in results:
+        if r.published_schedule is None:
+            continue
+        key = (r.published_schedule, r.schedule_published_candidate or "-")
+        counts[key] = counts.get(key, 0) + 1
+    lines = ["schedules (with evidence): published -> recommended for the published optimizer"]
+    for (published, mine), n in sorted(counts.items(), key=lambda kv: (kv[0][0], -kv[1])):
+        mark = "" if published == mine else "  (differs)"
+        lines.append(f"  {published:>12} -> {mine:<12} {n:>3}{mark}")
+    return "\n".join(lines)
 
 
 def misses(results: list[RowResult], label: str) -> str:
@@ -245,8 +298,10 @@ def sweep(view: View) -> str:
     rows = published_trainings()
     strengths = ((similarity, "SIMILARITY_FLOOR"), (prior, "EVIDENCE_SCORE_RATE"),
                  (prior, "EVIDENCE_LR_PSEUDOCOUNT"))
+    schedule_strength = (prior, "EVIDENCE_SCHEDULE_PSEUDOCOUNT")
     shape = ((similarity, "_WIDTHS"), (similarity, "UNKNOWN_SIZE"))
-    saved = [(module, name, getattr(module, name)) for module, name in (*strengths, *shape)]
+    saved = [(module, name, getattr(module, name))
+             for module, name in (*strengths, *shape, schedule_strength)]
     widths = similarity._WIDTHS
 
     def score(settings: Sequence[tuple[object, str]], values: Sequence[object]) -> str:
@@ -268,6 +323,15 @@ def sweep(view: View) -> str:
         for width, unknown in itertools.product((0.5, 1.0, 1.5), (0.7, 0.9)):
             result = score(shape, ((width, width, *widths[2:]), unknown))
             lines.append(f"  {width:4g} {unknown:4g} -> {result}")
+        for module, name, value in saved:
+            setattr(module, name, value)
+        lines.append("schedule pseudocount (the rules' schedule against the similar trainings') "
+                     "-> sched@1, sched@any, sched@any (buildable)")
+        for pseudocount in SWEEP_SCHEDULE_PSEUDOCOUNTS:
+            setattr(*schedule_strength, pseudocount)
+            f = Figures.of(evaluate(rows, True, view))
+            lines.append(f"  {pseudocount:4g} -> {_pct(f.schedule_first)} {_pct(f.schedule_any)} "
+                         f"{_pct(f.schedule_buildable)}")
     finally:
         for module, name, value in saved:
             setattr(module, name, value)
@@ -344,6 +408,15 @@ def main(argv: list[str] | None = None) -> None:
               f"(target {t[1]:.0%}), lr within 3x where top-1 is right {_pct(f.lr_first)} "
               f"(target {t[2]:.0%}) -> {verdict}; lr within 3x where top-3 is right "
               f"{_pct(f.lr_top3)}, at any rank {_pct(f.lr_any)}")
+    for label, f in overall.items():
+        print(f"{label:>8}: schedule agrees with the published one (no target), over the "
+              f"{f.schedule_rows} trainings that state one: first candidate "
+              f"{_pct(f.schedule_first)}, the published optimizer's candidate "
+              f"{_pct(f.schedule_any)}; over the {f.schedule_buildable_rows} whose schedule "
+              f"optpilot can build (not step, plateau, exponential): "
+              f"{_pct(f.schedule_buildable)}")
+    print()
+    print(schedule_confusion(with_ev))
     print()
     print(table("domain", grouped(with_ev, alone, lambda r: r.domain)))
     print()

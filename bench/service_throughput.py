@@ -272,7 +272,7 @@ def plain_optuna(db_url: str, n_trials: int, seed: int, pruner: str,
         plan = study_plan(study)
 
         def objective(trial: optuna.Trial) -> float:
-            optimizer, hyperparameters = plan.suggest(trial)
+            optimizer, hyperparameters, schedule = plan.suggest(trial)
 
             def report(epoch: int, value: float) -> None:
                 if not math.isfinite(value):
@@ -281,7 +281,8 @@ def plain_optuna(db_url: str, n_trials: int, seed: int, pruner: str,
                 if trial.should_prune():
                     raise optuna.TrialPruned()
 
-            config = TrialConfig(optimizer, hyperparameters, seed=seed, device="cpu")
+            config = TrialConfig(optimizer, hyperparameters, seed=seed, device="cpu",
+                                 schedule=schedule)
             return float(workload.run(config, report))
 
         study.optimize(objective, n_trials=n_trials, catch=(Exception,))

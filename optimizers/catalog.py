@@ -304,7 +304,7 @@ SCHEDULEFREE_ADAMW = register(OptimizerSpec(
     search_space={"lr": SearchRange(1e-4, 1e-1), "beta1": _SCHEDULE_FREE_INTERPOLATION,
                   "beta2": _BETA2, "eps": _ADAM_EPS, "weight_decay": _ADAM_WD},
     state_bytes_per_param=8, references=(_SCHEDULE_FREE, _ALGOPERF),
-    tuning_order=_ADAM_ORDER,
+    tuning_order=_ADAM_ORDER, schedule_free=True,
 ))
 SCHEDULEFREE_SGD = register(OptimizerSpec(
     name="schedulefree_sgd", family="sgd",
@@ -316,7 +316,7 @@ SCHEDULEFREE_SGD = register(OptimizerSpec(
     search_space={"lr": SearchRange(0.1, 10.0), "momentum": _SCHEDULE_FREE_INTERPOLATION,
                   "weight_decay": _SGD_WD},
     state_bytes_per_param=4, references=(_SCHEDULE_FREE, _ALGOPERF),
-    tuning_order=("lr", "momentum", "weight_decay"),
+    tuning_order=("lr", "momentum", "weight_decay"), schedule_free=True,
 ))
 
 if hasattr(torch.optim, "Muon"):

@@ -133,6 +133,8 @@ class OptimizerSpec:
     references: tuple[str, ...]
     # Names the tuner should tune first, in order of importance (REFERENCE's budget policy).
     tuning_order: tuple[str, ...] = ()
+    # Runs without an lr schedule (train()/eval() modes, its own warm-up): Defazio et al. 2024.
+    schedule_free: bool = False
 
     def __post_init__(self) -> None:
         for hp, value in self.defaults.items():

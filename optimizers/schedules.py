@@ -21,6 +21,9 @@ warm-up           ``(s + 1) / W`` for ``s < W`` (every schedule; none when ``W =
 ``constant``      ``1``
 ``inverse_sqrt``  ``sqrt(max(W, 1) / (s + 1))``: continuous with the warm-up at ``s = W - 1``,
                   no horizon (``T`` is needed only for ``warmup_fraction``)
+``none``          ``1`` and no warm-up: the lr is left alone (schedule-free optimizers, which warm
+                  up on their own); a scheduler for it is a no-op, so code that always steps a
+                  scheduler needs no special case
 ================  ===========================================================================
 
 ``f`` is ``final_lr_fraction``. The decaying schedules reach ``f`` at ``s = T``, the value the
@@ -58,7 +61,7 @@ __all__ = [
     "is_schedule_free",
 ]
 
-ScheduleName: TypeAlias = Literal["cosine", "linear", "wsd", "constant", "inverse_sqrt"]
+ScheduleName: TypeAlias = Literal["cosine", "linear", "wsd", "constant", "inverse_sqrt", "none"]
 DecayShape: TypeAlias = Literal["linear", "cosine", "1-sqrt"]
 SCHEDULE_NAMES: tuple[str, ...] = get_args(ScheduleName)
 DECAY_SHAPES: tuple[str, ...] = get_args(DecayShape)
@@ -117,6 +120,10 @@ class Schedule:
             self._set("warmup_fraction", _fraction("warmup_fraction", self.warmup_fraction))
         else:
             self._set("warmup_steps", check_steps("warmup_steps", self.warmup_steps or 0))
+        if self.name == "none" and (self.warmup_fraction or self.warmup_steps):
+            key = "warmup_fraction" if self.warmup_fraction else "warmup_steps"
+            raise ValueError(f"{key}: the 'none' schedule leaves the lr alone (a schedule-free "
+                             "optimizer warms up through its own warmup_steps)")
         decaying = self.name in _DECAYING
         if self.final_lr_fraction is not None or decaying:
             if not decaying:
@@ -163,6 +170,29 @@ class Schedule:
         """Whether the schedule depends on the number of steps (a decay, or a warm-up fraction)."""
         return self.name in _DECAYING or self.warmup_fraction is not None
 
+    def describe(self) -> str:
+        """The schedule in words, e.g. ``5% warm-up, then cosine decay to 10% of the peak``."""
+        if self.name == "none":
+            return "no schedule: the lr stays as set"
+        if self.warmup_fraction is not None:
+            warmup = f"{100 * self.warmup_fraction:.3g}% warm-up"
+        else:
+            warmup = f"{self.warmup_steps}-step warm-up" if self.warmup_steps else ""
+        final = (f"{100 * self.final_lr_fraction:.3g}% of the peak" if self.final_lr_fraction
+                 else "0")
+        if self.name == "cosine":
+            after = f"cosine decay to {final}"
+        elif self.name == "linear":
+            after = f"linear decay to {final}"
+        elif self.name == "wsd":
+            after = (f"the peak held until the last {100 * cast(float, self.decay_fraction):.3g}% "
+                     f"of the steps, then a {self.decay_shape} decay to {final}")
+        elif self.name == "constant":
+            after = "a constant lr"
+        else:
+            after = "decay as 1/sqrt(step)"
+        return f"{warmup}, then {after}" if warmup else f"{after}, no warm-up"
+
     def warmup(self, total_steps: int | None = None) -> int:
         """Warm-up length in steps, for ``total_steps`` steps."""
         if self.warmup_fraction is None:
@@ -187,7 +217,7 @@ class Schedule:
         warmup = self.warmup(total_steps)
         if step < warmup:
             return (step + 1) / warmup
-        if self.name == "constant":
+        if self.name in ("constant", "none"):
             return 1.0
         if self.name == "inverse_sqrt":
             return math.sqrt(max(warmup, 1) / (step + 1))
@@ -278,7 +308,7 @@ class ScheduledLR(LRScheduler):
 
 def build_scheduler(
     optimizer: torch.optim.Optimizer,
-    schedule: Schedule | str,
+    schedule: Schedule | str | Mapping[str, Any],
     total_steps: int | None = None,
     *,
     warmup_steps: int | None = None,
@@ -289,17 +319,21 @@ def build_scheduler(
 ) -> ScheduledLR:
     """A torch ``LRScheduler`` running ``schedule`` over ``total_steps`` optimizer steps.
 
-    ``schedule`` is a :class:`Schedule`, or a name (``cosine``, ``linear``, ``wsd``,
-    ``constant``, ``inverse_sqrt``) with the record's fields as keywords. ``total_steps`` may be
-    left out for schedules without a horizon (``constant``, ``inverse_sqrt`` with
-    ``warmup_steps``). Schedule-free optimizers (:func:`is_schedule_free`) are meant to run at a
-    constant lr after their own warm-up; a schedule on top of them is allowed but seldom wanted.
+    ``schedule`` is a :class:`Schedule`, its fields as a mapping (``Schedule.to_dict()``, the
+    ``schedule`` object of a recommendation or of an ask/tell trial in JSON), or a name
+    (``cosine``, ``linear``, ``wsd``, ``constant``, ``inverse_sqrt``, ``none``) with the record's
+    fields as keywords. ``total_steps`` may be left out for schedules without a horizon
+    (``constant``, ``inverse_sqrt`` with ``warmup_steps``, ``none``). Schedule-free optimizers
+    (:func:`is_schedule_free`) are meant to run at a constant lr after their own warm-up (the
+    ``none`` schedule); a schedule on top of them is allowed but seldom wanted.
     """
     knobs: dict[str, Any] = {
         "warmup_steps": warmup_steps, "warmup_fraction": warmup_fraction,
         "final_lr_fraction": final_lr_fraction, "decay_fraction": decay_fraction,
         "decay_shape": decay_shape,
     }  # fmt: skip
+    if isinstance(schedule, Mapping):
+        schedule = Schedule.from_dict(schedule)
     if isinstance(schedule, Schedule):
         given = [key for key, value in knobs.items() if value is not None]
         if given:

@@ -59,6 +59,17 @@ def _fine_tuning_kind(text: str) -> str:
     return text
 
 
+def _training_steps(text: str) -> int | str:
+    """A number of steps (as ``_count`` reads it) or ``unknown``."""
+    if text == "unknown":
+        return text
+    try:
+        return _count(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of steps or 'unknown', got {text!r}") from None
+
+
 def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
@@ -131,6 +142,7 @@ TASK_FLAGS: dict[str, str] = {
     "sparse": "sparse_features", "fine_tuning": "fine_tuning",
     "frozen_params": "frozen_parameters", "devices": "num_devices",
     "memory_gb": "memory_budget_gb", "precision": "precision",
+    "training_steps": "training_steps",
 }
 
 
@@ -158,6 +170,7 @@ def render_recommendation(recommendation: Any, console: Console) -> None:
             scale = ("log" if p.log else "linear") + (" of 1-x" if p.complement else "")
             table.add_row(hp, f"{p.default:.4g}", f"{p.low:.4g}", f"{p.high:.4g}", scale)
         console.print(table)
+        console.print(escape(f"   schedule: {schedule_text(c.schedule)}"))
         for line in c.rationale:
             console.print(f"   - {escape(line)}")
         for e in c.evidence:
@@ -170,6 +183,14 @@ def render_recommendation(recommendation: Any, console: Console) -> None:
                           style="dim")
         console.print(escape(f"   references: {'; '.join(c.references)}"), style="dim")
         console.print()
+
+
+def schedule_text(schedule: Any) -> str:
+    """A schedule (``optimizers.Schedule``, its fields, or None) in words."""
+    import optimizers
+    from service.report import schedule_text as text
+
+    return text(schedule.to_dict() if isinstance(schedule, optimizers.Schedule) else schedule)
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
@@ -258,6 +279,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             "workload": workload.name, "metric": workload.metric, "direction": summary.direction,
             "best_value": summary.best_value, "best_optimizer": summary.best_optimizer,
             "best_hyperparameters": summary.best_hyperparameters,
+            "best_schedule": summary.best_schedule,
             "completed": summary.completed, "pruned": summary.pruned, "failed": summary.failed,
             "per_optimizer": {k: vars(v) for k, v in summary.per_optimizer.items()},
         }, indent=2))
@@ -268,6 +290,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         hps = ", ".join(f"{k}={v:.4g}" for k, v in summary.best_hyperparameters.items())
         console.print(f"  optimizers.create({summary.best_optimizer!r}, model.parameters(), "
                       f"{hps})")
+        if summary.best_schedule:
+            console.print(escape(f"  schedule {schedule_text(summary.best_schedule)}"))
     console.print(f"Trials: {summary.completed} completed, {summary.pruned} pruned, "
                   f"{summary.failed} failed")
     render_summary(summary, console)
@@ -532,6 +556,8 @@ def render_job(job: dict[str, Any], console: Console) -> None:
         trial = f" (trial {best['trial']})" if best.get("trial") is not None else ""
         console.print(f"best: {_fmt(best['value'])} with [bold]{best['optimizer']}[/bold]"
                       f"{trial}  {_hps(best['hyperparameters'])}")
+        if best.get("schedule"):
+            console.print(escape(f"      schedule {schedule_text(best['schedule'])}"))
     if job.get("error"):
         console.print(f"error: {job['error']}")
     if job["per_optimizer"]:
@@ -577,11 +603,13 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
     render_job(job, console)
     if trials is not None:
         table = Table(title="Trials")
-        for col in ("#", "state", "value", "optimizer", "hyperparameters", "reason"):
+        for col in ("#", "state", "value", "optimizer", "hyperparameters", "schedule",
+                    "reason"):
             table.add_column(col)
         for t in trials:
             table.add_row(str(t["number"]), t["state"] + (" (retried)" if t["retried"] else ""),
                           _fmt(t["value"]), t["optimizer"] or "-", _hps(t["hyperparameters"]),
+                          escape(schedule_text(t.get("schedule"))),
                           t["reason"] or "")
         console.print(table)
     return 0
@@ -796,6 +824,9 @@ def _add_task_flags(p: argparse.ArgumentParser, required: bool) -> None:
     g.add_argument("--devices", type=_count, help="accelerators used together")
     g.add_argument("--memory-gb", type=float, help="accelerator memory per device (GB)")
     g.add_argument("--precision", help="fp32 (default), bf16, fp16")
+    g.add_argument("--training-steps", type=_training_steps, metavar="N|unknown",
+                   help="training horizon in optimizer steps, or 'unknown' for open-ended "
+                   "training (schedule-free optimizers and WSD schedules then come first)")
 
 
 class _HelpFormatter(argparse.HelpFormatter):

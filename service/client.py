@@ -11,8 +11,9 @@
             with trial:  # an exception in the body fails the trial with its type and message
                 opt = optimizers.create(trial.optimizer, model.parameters(),
                                         **trial.hyperparameters)
+                scheduler = trial.scheduler(opt, total_steps=10 * steps_per_epoch)
                 for epoch in range(10):
-                    val_loss = train_one_epoch(model, opt)
+                    val_loss = train_one_epoch(model, opt, scheduler)  # scheduler.step() per step
                     if trial.report(epoch, val_loss):
                         trial.prune()
                         break
@@ -45,11 +46,16 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
+
+if TYPE_CHECKING:  # torch and the optimizer library load only when a trial builds a scheduler
+    import torch
+
+    from optimizers.schedules import ScheduledLR
 
 log = logging.getLogger(__name__)
 
@@ -509,8 +515,9 @@ class TrialPruned(Exception):
 
 
 class ClientTrial:
-    """One leased trial: train with ``optimizer`` and ``hyperparameters``, ``report`` per
-    epoch, then ``complete``, ``fail`` or ``prune``.
+    """One leased trial: train with ``optimizer`` and ``hyperparameters`` under ``schedule``
+    (:meth:`scheduler` builds it), ``report`` per epoch, then ``complete``, ``fail`` or
+    ``prune``.
 
     Heartbeats go out from a daemon thread every third of the lease until the trial is
     finished. ``with trial:`` fails the trial with the exception's type and message if the
@@ -527,6 +534,10 @@ class ClientTrial:
         self.optimizer = str(data["optimizer"])
         self.hyperparameters: dict[str, float] = {
             str(k): float(v) for k, v in data["hyperparameters"].items()}
+        schedule = data.get("schedule")
+        self.schedule: dict[str, Any] | None = None if schedule is None else dict(schedule)
+        """The lr schedule's fields (``optimizers.Schedule``): ``hyperparameters["lr"]`` is its
+        peak. None in jobs created before schedules."""
         self.lease_expires_at = _parse_time(str(data["lease_expires_at"]))
         self.state: TrialState = "running"
         self.value: float | None = None
@@ -545,6 +556,7 @@ class ClientTrial:
     def __repr__(self) -> str:
         return (f"ClientTrial(job={self.job_id!r}, number={self.number}, "
                 f"optimizer={self.optimizer!r}, hyperparameters={self.hyperparameters!r}, "
+                f"schedule={self.schedule!r}, "
                 f"state={self.state!r})")
 
     @property
@@ -552,6 +564,23 @@ class ClientTrial:
         return self.state != "running"
 
     # -- what the user calls --
+
+    def scheduler(self, optimizer: torch.optim.Optimizer,
+                  total_steps: int | None = None) -> ScheduledLR:
+        """A torch ``LRScheduler`` for ``optimizer`` running this trial's schedule over
+        ``total_steps`` optimizer steps: call its ``step()`` after every ``optimizer.step()``.
+
+        Build ``optimizer`` with this trial's hyperparameters first (the schedule scales each
+        group's lr from its peak). A ``none`` schedule (schedule-free optimizers) gives a
+        scheduler that leaves the lr alone. A trial of a job created before schedules gets the
+        schedule its lr was recommended for: 5% linear warm-up, then cosine decay to 0.
+        ``total_steps`` may be left out only for schedules without a horizon.
+        """
+        import optimizers
+        from tuner.rules import DEFAULT_SCHEDULE
+
+        schedule = DEFAULT_SCHEDULE if self.schedule is None else self.schedule
+        return optimizers.build_scheduler(optimizer, schedule, total_steps)
 
     def report(self, step: int, value: float) -> bool:
         """Record the metric at ``step`` (an epoch); True when the trial should stop (the

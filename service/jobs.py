@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.models import Job, JobStatus, Result, new_id, utcnow
 from tuner.prior import Recommendation
 from tuner.task import TaskDescription
-from tuner.trial import ATTR_HYPERPARAMETERS, ATTR_OPTIMIZER, ATTR_REASON
+from tuner.trial import ATTR_HYPERPARAMETERS, ATTR_OPTIMIZER, ATTR_REASON, trial_schedule
 from tuner.tuning import PrunerName, StudySummary, create_study, summarize
 from tuner.workloads import get_workload
 
@@ -351,6 +351,7 @@ def trial_json(trial: FrozenTrial, retried: set[int]) -> dict[str, Any]:
                       # a waiting (enqueued) trial has only its fixed parameters
                       or trial.system_attrs.get("fixed_params", {}).get("optimizer")),
         "hyperparameters": trial.user_attrs.get(ATTR_HYPERPARAMETERS, {}),
+        "schedule": trial_schedule(trial),
         "reason": trial_reason(trial),
         "retried": trial.number in retried,
         "worker": trial.user_attrs.get("worker"),

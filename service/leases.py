@@ -45,6 +45,8 @@ from tuner.trial import (
     ATTR_REASON,
     DIVERGED,
     report_diverged,
+    suggest_and_record,
+    trial_schedule,
 )
 from tuner.tuning import load_study, study_plan
 
@@ -74,6 +76,7 @@ class LeasedTrial:
     lease: TrialLease
     optimizer: str
     hyperparameters: dict[str, float]
+    schedule: dict[str, Any] | None = None  # None: a job created before schedules
 
 
 def _study(storage: optuna.storages.BaseStorage, job: Job) -> optuna.Study:
@@ -87,10 +90,15 @@ def _ask_and_tell_job(session: Session, job_id: str) -> Job:
     return job
 
 
+def leased(lease: TrialLease, trial: optuna.trial.FrozenTrial) -> LeasedTrial:
+    """The leased trial as recorded: optimizer, hyperparameters, schedule."""
+    return LeasedTrial(lease, str(trial.user_attrs.get(ATTR_OPTIMIZER)),
+                       dict(trial.user_attrs.get(ATTR_HYPERPARAMETERS, {})),
+                       trial_schedule(trial))
+
+
 def _leased(lease: TrialLease, study: optuna.Study) -> LeasedTrial:
-    trial = study._storage.get_trial(lease.trial_id)
-    return LeasedTrial(lease, str(trial.user_attrs[ATTR_OPTIMIZER]),
-                       dict(trial.user_attrs[ATTR_HYPERPARAMETERS]))
+    return leased(lease, study._storage.get_trial(lease.trial_id))
 
 
 def ask(session: Session, storage: optuna.storages.BaseStorage, job_id: str, client_id: str,
@@ -112,12 +120,10 @@ def ask(session: Session, storage: optuna.storages.BaseStorage, job_id: str, cli
     with _ask_guard(session):
         try:
             trial = storage_ask(study)
-            optimizer, hyperparameters = study_plan(study).suggest(trial)
+            choice = suggest_and_record(study_plan(study), trial)
         except Exception:
             release_trial_slot(session, job_id)
             raise
-        trial.set_user_attr(ATTR_OPTIMIZER, optimizer)
-        trial.set_user_attr(ATTR_HYPERPARAMETERS, hyperparameters)
         trial.set_user_attr(ATTR_CLIENT, client_id)
         now = utcnow()
         lease = TrialLease(id=new_id(), job_id=job_id, trial_number=trial.number,
@@ -144,7 +150,8 @@ def ask(session: Session, storage: optuna.storages.BaseStorage, job_id: str, cli
             if not handed_back:
                 release_trial_slot(session, job_id)
             return ask(session, storage, job_id, client_id, lease_s)
-    return LeasedTrial(lease, optimizer, hyperparameters), True
+    return LeasedTrial(lease, choice.optimizer, choice.hyperparameters,
+                       None if choice.schedule is None else choice.schedule.to_dict()), True
 
 
 def _lease(session: Session, job_id: str, number: int) -> TrialLease:

@@ -9,7 +9,8 @@ from a database with ``--db``) produce the same page. It shows, answer first:
 - the optimization history with the best so far, the values per optimizer (box + strip), the
   learning rate against the value per optimizer on a log axis, hyperparameter importances
   (Optuna's fANOVA on completed trials; too few trials are said, not plotted);
-- the best configurations and every trial.
+- the best configurations and every trial, each with its lr schedule (trials recorded before
+  schedules show "not recorded": they trained with the workload's own).
 
 NaN and infinities are never printed as numbers: missing and non-finite values show as "—".
 """
@@ -29,6 +30,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+import optimizers
 from service.jobs import ACTIVE, JobView, retried_numbers, trial_reason
 from service.plots import (
     PALETTE,
@@ -41,7 +43,7 @@ from service.plots import (
     xy_chart,
 )
 from tuner.space import OPTIMIZER_PARAM
-from tuner.trial import ATTR_HYPERPARAMETERS, ATTR_OPTIMIZER
+from tuner.trial import ATTR_HYPERPARAMETERS, ATTR_OPTIMIZER, trial_schedule
 
 MIN_IMPORTANCE_TRIALS = 5
 TOP_CONFIGURATIONS = 5
@@ -60,6 +62,7 @@ class Point:
     optimizer: str
     value: float
     hyperparameters: dict[str, float]
+    schedule: dict[str, Any] | None = None
 
 
 def trial_optimizer(trial: FrozenTrial) -> str | None:
@@ -76,7 +79,7 @@ def completed_points(trials: Sequence[FrozenTrial]) -> list[Point]:
         assert t.value is not None
         hps = {str(k): float(v) for k, v in dict(t.user_attrs.get(ATTR_HYPERPARAMETERS, {})).items()
                if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
-        out.append(Point(t.number, name, float(t.value), hps))
+        out.append(Point(t.number, name, float(t.value), hps, trial_schedule(t)))
     return sorted(out, key=lambda p: p.number)
 
 
@@ -98,6 +101,23 @@ def create_call(optimizer: str, hyperparameters: Mapping[str, float]) -> str:
     args = "".join(f", {name}={python_value(v)}" for name, v in hyperparameters.items()
                    if finite(v))
     return f'optimizers.create("{optimizer}", model.parameters(){args})'
+
+
+def schedule_text(schedule: Mapping[str, Any] | None) -> str:
+    """A recorded schedule in words ("not recorded" for trials from before schedules)."""
+    if schedule is None:
+        return "not recorded (a trial from before schedules)"
+    try:
+        record = optimizers.Schedule.from_dict(schedule)
+    except (ValueError, TypeError):
+        return "unreadable: " + _hps_text(schedule)
+    return f"{record.name}: {record.describe()}"
+
+
+def scheduler_call(schedule: Mapping[str, Any]) -> str:
+    """The line that builds a recorded schedule (its set fields), ready to paste."""
+    fields = {k: v for k, v in schedule.items() if v is not None}
+    return f"scheduler = optimizers.build_scheduler(opt, {fields!r}, total_steps)"
 
 
 def _metric_of(workload: str | None) -> str:
@@ -366,10 +386,14 @@ class _Report:
             return ('<h2 id="best">Best so far</h2><div class="card note">No trial has '
                     "completed yet.</div>")
         call = create_call(s.best_optimizer, s.best_hyperparameters)
+        code = f"import optimizers\n\nopt = {call}"
+        if s.best_schedule is not None:
+            code += f"\n{scheduler_call(s.best_schedule)}  # lr is its peak"
         return (f'<h2 id="best">Best so far</h2><div class="card"><div class="verdict">'
                 f"{esc(self.metric)} <b>{esc(number(s.best_value))}</b> with "
-                f"<b>{esc(s.best_optimizer)}</b> (trial {esc(s.best_trial)})</div>"
-                f'<pre class="code">import optimizers\n\nopt = {esc(call)}</pre></div>')
+                f"<b>{esc(s.best_optimizer)}</b> (trial {esc(s.best_trial)}); schedule "
+                f"{esc(schedule_text(s.best_schedule))}</div>"
+                f'<pre class="code">{esc(code)}</pre></div>')
 
     def verdict(self) -> tuple[str, str]:
         """(css class, html sentence) answering "did the prior's top pick win?"."""
@@ -557,7 +581,8 @@ class _Report:
                 f'<td class="nowrap"><span class="swatch" '
                 f'style="background:{self.colors.get(p.optimizer)}"></span>{esc(p.optimizer)}</td>'
                 f'<td class="num">{esc(number(p.value))}</td>'
-                f"<td><code>{esc(create_call(p.optimizer, p.hyperparameters))}</code></td></tr>")
+                f"<td><code>{esc(create_call(p.optimizer, p.hyperparameters))}</code></td>"
+                f"<td>{esc(schedule_text(p.schedule))}</td></tr>")
         if not rows:
             return ('<h2 id="configs">Best configurations</h2><p class="note">No completed '
                     "trial yet.</p>")
@@ -565,7 +590,8 @@ class _Report:
                 f'<p class="note">The {TOP_CONFIGURATIONS} best trials, plus the best of every '
                 "other optimizer, ready to paste (<code>import optimizers</code>).</p>"
                 "<table><thead><tr><th class=num>rank</th><th class=num>trial</th>"
-                f"<th>optimizer</th><th class=num>{esc(self.metric)}</th><th>code</th></tr>"
+                f"<th>optimizer</th><th class=num>{esc(self.metric)}</th><th>code</th>"
+                "<th>schedule (lr is its peak)</th></tr>"
                 f"</thead><tbody>{''.join(rows)}</tbody></table>")
 
     def trials_table(self) -> str:
@@ -579,13 +605,14 @@ class _Report:
             rows.append(f'<tr><td class="num">{t.number}</td><td>{esc(state)}</td>'
                         f'<td class="num">{esc(number(value))}</td>'
                         f"<td>{esc(trial_optimizer(t) or '—')}</td><td>{esc(_hps_text(hps))}</td>"
+                        f"<td>{esc(schedule_text(trial_schedule(t)))}</td>"
                         f"<td>{esc(trial_reason(t) or '')}</td></tr>")
         more = len(trials) - MAX_TRIAL_ROWS
         tail = f'<p class="note">… and {more} more trials.</p>' if more > 0 else ""
         return (f'<details><summary id="trials">All trials ({len(trials)})</summary>'
                 "<table><thead><tr><th class=num>#</th><th>state</th>"
                 f"<th class=num>{esc(self.metric)}</th><th>optimizer</th>"
-                "<th>hyperparameters</th><th>reason</th></tr></thead>"
+                "<th>hyperparameters</th><th>schedule</th><th>reason</th></tr></thead>"
                 f"<tbody>{''.join(rows)}</tbody></table>{tail}</details>")
 
     def render(self) -> str:

@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 import optimizers
-from optimizers import HyperparameterPrior, SearchRange
+from optimizers import HyperparameterPrior, Schedule, SearchRange
 from service import jsonsafe
 from tuner.evidence.records import Evidence
 from tuner.task import MAX_PARAMETERS, ModelFamily, TaskDescription, TaskType, WholeNumber
@@ -174,6 +174,12 @@ class CandidateOut(ResponseModel):
         description="The most similar published trainings (and past jobs) that moved this "
                     "candidate, most similar first; empty in recommendations stored before "
                     "evidence existed.")
+    schedule: Schedule | None = Field(
+        default=None,
+        description="The lr schedule the lr belongs to: hyperparameters.lr.default is its peak "
+                    "(the rationale says so in words). Build it with "
+                    "optimizers.build_scheduler(optimizer, schedule, total_steps); 'none' for "
+                    "schedule-free optimizers. Null in recommendations stored before schedules.")
 
 
 class RecommendationOut(ResponseModel):
@@ -197,8 +203,13 @@ class RecommendationOut(ResponseModel):
                             },
                             "memory": {"state_bytes": 992_000_000, "total_bytes": 1_488_000_000,
                                        "fits": True},
-                            "rationale": ["transformer family: AdamW is the standard choice"],
+                            "rationale": ["transformer family: AdamW is the standard choice",
+                                          "lr is the peak of its schedule: 1% warm-up, then "
+                                          "cosine decay to 10% of the peak"],
                             "references": ["Loshchilov & Hutter 2019"],
+                            "schedule": {"name": "cosine", "warmup_steps": None,
+                                         "warmup_fraction": 0.01, "final_lr_fraction": 0.1,
+                                         "decay_fraction": None, "decay_shape": None},
                         }
                     ],
                 }

@@ -20,8 +20,13 @@ weights, the ``RULES`` table and the evidence constants); this module applies th
 3. memory: parameters and gradients at the task's precision plus fp32 optimizer state, per device,
    sharded over ``num_devices`` (ZeRO-3/FSDP, stated as an assumption); ``fits`` is null without a
    budget. Every candidate that fits ranks above every one that does not, and scores follow;
-4. rationale: the optimizer's ``when_to_use``, then one line per rule or evidence step that changed
-   its score or a value, naming the change; references: the optimizer's, then those rules'.
+4. schedule: the first row of ``SCHEDULE_RULES`` that applies to the task and optimizer gives the
+   lr schedule whose peak the candidate's lr is (``schedule``); then the similar published
+   trainings' schedules may change its name (``_schedule_evidence``). A schedule-free optimizer
+   gets ``none`` and, when the horizon is stated, its own warm-up (``warmup_steps``);
+5. rationale: the optimizer's ``when_to_use``, what the lr means (the peak of which schedule),
+   then one line per rule or evidence step that changed its score or a value, naming the
+   change, then the schedule's line; references: the optimizer's, then those rules'.
 
 Pure and deterministic; per-optimizer base data is cached, as are the rules' lrs for the
 evidence's tasks; values are only computed for the returned candidates.
@@ -33,6 +38,7 @@ import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,6 +49,7 @@ from optimizers.registry import (
     OptimizerSpec,
     SearchRange,
 )
+from optimizers.schedules import SCHEDULE_NAMES, Schedule, ScheduleName
 from tuner.evidence.records import (
     Evidence,
     EvidencePool,
@@ -56,10 +63,12 @@ from tuner.rules import (
     DEFAULT_BASE_WEIGHT,
     EVIDENCE_LR_PSEUDOCOUNT,
     EVIDENCE_PER_CANDIDATE,
+    EVIDENCE_SCHEDULE_PSEUDOCOUNT,
     EVIDENCE_SCORE_RATE,
     LR_GROUP_DISCOUNT,
     MEMORY_PENALTY,
     RULES,
+    WARMUP_FRACTION,
     Derive,
     MemoryUse,
     Rule,
@@ -67,6 +76,8 @@ from tuner.rules import (
     SetRange,
     lr_group,
     memory_use,
+    open_ended_warmup_steps,
+    schedule_rule,
 )
 from tuner.task import TaskDescription
 
@@ -109,6 +120,12 @@ class Candidate(BaseModel):
         default_factory=list,
         description="The most similar trainings that used this optimizer (or, for the lr, one "
                     "of its lr group), most similar first.",
+    )
+    schedule: Schedule = Field(
+        description="The lr schedule the lr belongs to: lr.default is its peak. Build it with "
+                    "optimizers.build_scheduler(optimizer, schedule, total_steps); 'none' for "
+                    "schedule-free optimizers (their own warm-up is the warmup_steps "
+                    "hyperparameter).",
     )
 
 
@@ -337,7 +354,7 @@ def _cite(scored: Scored, lr_for_task: float | None) -> Evidence:
         source=r.source, citation=r.citation, job_id=r.job_id, label=r.label,
         similarity=round(scored.similarity, 4), weight=round(scored.weight, 4),
         optimizer=r.optimizer, lr=r.lr, batch_size=r.task.batch_size, outcome=r.outcome,
-        lr_for_task=lr_for_task,
+        lr_for_task=lr_for_task, schedule=r.schedule,
     )
 
 
@@ -428,6 +445,99 @@ def _lr_evidence(
 
 
 # --------------------------------------------------------------------------------------------
+# Schedule
+# --------------------------------------------------------------------------------------------
+
+
+def lr_meaning(schedule: Schedule) -> str:
+    """What a candidate's lr is, given its schedule."""
+    if schedule.name == "none":
+        return ("lr is used as given: constant after the optimizer's own warm-up "
+                "(warmup_steps), no lr schedule")
+    if schedule.name == "constant":
+        return f"lr is the constant lr of the schedule: {schedule.describe()}"
+    where = " (reached at the end of the warm-up)" if schedule.name == "inverse_sqrt" else ""
+    return f"lr is the peak{where} of its schedule: {schedule.describe()}"
+
+
+def _schedule_free_warmup(task: TaskDescription, priors: _Priors) -> str | None:
+    """A schedule-free optimizer's own warm-up: ``WARMUP_FRACTION`` of a stated horizon, the
+    open-ended warm-up when it is unknown; nothing when it is not stated."""
+    if isinstance(task.training_steps, int):
+        steps = round(WARMUP_FRACTION * task.training_steps)
+        why = f"{WARMUP_FRACTION:.0%} of the {task.training_steps} training steps"
+    elif task.horizon_unknown:
+        steps = open_ended_warmup_steps(task)
+        why = "the open-ended warm-up (2000 steps, at most 5 epochs)"
+    else:
+        return None
+    priors["warmup_steps"] = HyperparameterPrior(low=0.0, high=float(max(2 * steps, 1)),
+                                                 log=False, default=float(steps))
+    return f"warmup_steps {steps}: {why}, the optimizer's own linear warm-up"
+
+
+_DECAYING = ("cosine", "linear", "wsd")
+
+
+def _schedule_evidence(rules: Schedule, scored: list[Scored]) -> tuple[Schedule, str | None]:
+    """The rules' schedule, or the one the similar trainings used when their weight for it
+    outweighs the rules' (``EVIDENCE_SCHEDULE_PSEUDOCOUNT`` plus the trainings that agree).
+
+    Every similar training counts, whatever its optimizer (a schedule follows the kind of
+    training more than the optimizer); those whose schedule optpilot cannot build (step,
+    plateau, exponential decay) do not vote. A new name keeps the rules' warm-up; its final lr
+    fraction is the one its trainings state most (weight), else the rules' (0 without one)."""
+    votes: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    finals: dict[str, dict[float, float]] = {}
+    for s in scored:
+        name = s.record.schedule
+        if name not in SCHEDULE_NAMES:
+            continue
+        votes[name] = votes.get(name, 0.0) + s.weight
+        counts[name] = counts.get(name, 0) + 1
+        if s.record.final_lr_fraction is not None:
+            by_value = finals.setdefault(name, {})
+            by_value[s.record.final_lr_fraction] = (by_value.get(s.record.final_lr_fraction, 0.0)
+                                                    + s.weight)
+    if not votes:
+        return rules, None
+    held = EVIDENCE_SCHEDULE_PSEUDOCOUNT + votes.get(rules.name, 0.0)
+    name = max(votes, key=lambda n: (votes[n], n))
+    if name == rules.name or votes[name] <= held:
+        return rules, None
+    final: float | None = None
+    if name in _DECAYING:
+        stated = finals.get(name)
+        final = (max(stated, key=lambda v: (stated[v], v)) if stated
+                 else rules.final_lr_fraction or 0.0)
+    schedule = Schedule(cast(ScheduleName, name), warmup_steps=rules.warmup_steps,
+                        warmup_fraction=rules.warmup_fraction, final_lr_fraction=final)
+    line = (f"schedule from evidence: {counts[name]} similar training(s) used {name} (weight "
+            f"{votes[name]:.2f}) against the rules' {rules.name} (weight "
+            f"{EVIDENCE_SCHEDULE_PSEUDOCOUNT:g} + {votes.get(rules.name, 0.0):.2f}) "
+            f"[{schedule.describe()}]")
+    return schedule, line
+
+
+def _schedule(task: TaskDescription, spec: OptimizerSpec, priors: _Priors,
+              scored: list[Scored]) -> tuple[Schedule, list[str], str]:
+    """The candidate's schedule, its rationale lines and its reference."""
+    rule = schedule_rule(task, spec)
+    schedule = rule.schedule(task)
+    lines = [f"schedule: {rule.rationale.format(t=task)} [{schedule.describe()}]"]
+    if rule.evidence_may_change:
+        schedule, line = _schedule_evidence(schedule, scored)
+        if line is not None:
+            lines.append(line)
+    if spec.schedule_free and "warmup_steps" in spec.defaults:
+        warmup = _schedule_free_warmup(task, priors)
+        if warmup is not None:
+            lines.append(warmup)
+    return schedule, lines, rule.reference
+
+
+# --------------------------------------------------------------------------------------------
 # Engine
 # --------------------------------------------------------------------------------------------
 
@@ -506,7 +616,9 @@ def recommend(
     for name in ranked:
         base = _base(optimizers.get(name))
         mem = memory_use(task, base.spec)
-        lines = [base.line]
+        schedule, schedule_lines, schedule_ref = _schedule(task, base.spec, priors[name],
+                                                           ev.scored)
+        lines = [base.line, lr_meaning(schedule)]
         refs = list(base.references)
         for i in rules.rows[name]:
             if effects[name, i]:
@@ -521,6 +633,9 @@ def recommend(
         if mem.fits is False and demote != 1.0:
             lines.append(f"does not fit while others do: ranked below every candidate that "
                          f"fits [score x{demote:.3g}]")
+        lines += schedule_lines
+        if schedule_ref not in refs:
+            refs.append(schedule_ref)
         if mem.fits or (mem.fits is None and task.num_devices > 1):
             lines.append(_memory_line(task, mem))
         # Built from validated parts; model_construct skips a second validation (latency).
@@ -533,5 +648,6 @@ def recommend(
             rationale=lines,
             references=refs,
             evidence=entries,
+            schedule=schedule,
         ))
     return Recommendation.model_construct(task=task, candidates=candidates)

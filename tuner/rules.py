@@ -50,7 +50,26 @@ published-trainings benchmark, ``bench/recommend_accuracy.py``, scores them):
   root for the Adam family up to x2. Batches below 256 keep the reference lr: on the built-in
   workloads (batch 32-128, ``bench/lr_sweep.py``) the best lr did not fall with the batch.
 * Lion: lr = AdamW's / 5 (range /10../3), weight decay = AdamW's x 5 (range x3..x10).
+* open-ended training (``training_steps: "unknown"``): schedule-free AdamW (and SGD) up.
+* schedule-free: lr = AdamW's x 2.5 (range x1..x10), SGD momentum's x 10 (x10..x50).
 * does not fit the memory budget: score x0.01, and below every candidate that fits.
+
+The lr a candidate gets is the PEAK of an lr schedule, which a second table, ``SCHEDULE_RULES``,
+chooses per candidate (the first row that applies; the last always does):
+
+* schedule-free optimizers: none (their own warm-up, ``warmup_steps``: 5% of a known horizon).
+* open-ended training (horizon unknown): WSD, 1-sqrt cool-down over the last 20%, warm-up in
+  steps (2000, at most 5 epochs).
+* GPT-style LM pretraining (Transformer LM from scratch, >= 7e7 parameters): 1% warm-up, cosine
+  to 10%.
+* fine-tuning (full or parameter-efficient): 6% warm-up, linear decay to 0.
+* Transformer sequence-to-sequence (task ``other``): 4000-step warm-up, inverse square root.
+* convolutional networks on labels: 5% warm-up, cosine to 0 (step decay is the older practice).
+* reinforcement learning, image generation: constant lr, no warm-up.
+* everything else: 5% warm-up, cosine to 0 (the AlgoPerf baselines, the built-in workloads).
+
+Evidence (the similar published trainings' schedules) may then change the schedule's name
+(``tuner.prior``).
 """
 
 from __future__ import annotations
@@ -63,6 +82,7 @@ from types import MappingProxyType
 from typing import Final, TypeAlias
 
 from optimizers.registry import OptimizerSpec
+from optimizers.schedules import DECAY_SHAPES, Schedule
 from tuner.task import TaskDescription
 
 # --------------------------------------------------------------------------------------------
@@ -119,6 +139,52 @@ IMAGE_GENERATION_BETA1: Final = (0.5, 0.01, 0.9)
 GRAPH_LR: Final = (1e-2, 1e-3, 1e-1)
 MEMORY_PENALTY: Final = 0.01  # score factor for a candidate that does not fit the budget
 
+# Schedule-free optimizers (Defazio et al. 2024; the authors' README): lrs 1-10x a scheduled
+# AdamW's (their package's default 2.5e-3 is 2.5x torch AdamW's 1e-3) and 10-50x a scheduled
+# SGD's (1.0 against SGD momentum's 0.1).
+SCHEDULE_FREE_ADAMW_LR: Final = (2.5, 1.0, 10.0)
+SCHEDULE_FREE_SGD_LR: Final = (10.0, 10.0, 50.0)
+# Open-ended training: schedule-free AdamW was the best tuning-free entry of AlgoPerf 2024 (the
+# self-tuning track) and needs no horizon; scheduled optimizers cannot decay towards an end they
+# do not know. These factors lift schedule-free AdamW from its base weight (0.2) above Adam's, the
+# general default (3.0; x20 -> 4.0), and schedule-free SGD above SGD momentum's (1.5; x10 -> 2.0).
+OPEN_ENDED_SCHEDULE_FREE_ADAMW: Final = 20.0
+OPEN_ENDED_SCHEDULE_FREE_SGD: Final = 10.0
+
+# -- Schedules (SCHEDULE_RULES) --
+# The AlgoPerf baselines (Dahl et al. 2023) and the built-in workloads: linear warm-up over 5% of
+# the steps, then cosine decay to 0. Goyal et al. 2017's 5 warm-up epochs of ResNet-50's 90 are
+# 5.6%.
+WARMUP_FRACTION: Final = 0.05
+# GPT-style LM pretraining: cosine to 10% of the peak (GPT-3, Brown et al. 2020, Sec. B; LLaMA,
+# Touvron et al. 2023, Sec. 2.2; Pythia, Biderman et al. 2023), warm-up over 1% of the steps
+# (Pythia; LLaMA's 2000 steps are about 0.8% of its 1T tokens at 4M tokens a batch). From Pythia's
+# smallest model, the smallest published LM pretraining in the evidence table.
+LM_WARMUP_FRACTION: Final = 0.01
+LM_FINAL_LR_FRACTION: Final = 0.1
+LM_SCHEDULE_PARAMETERS: Final = 70_000_000
+# Fine-tuning: linear decay to 0 after a 6% warm-up (RoBERTa, Liu et al. 2019, Table 10; LoRA,
+# Hu et al. 2021, Appendix D).
+FINE_TUNING_WARMUP_FRACTION: Final = 0.06
+# Transformer sequence-to-sequence: inverse square root after 4000 warm-up steps (Vaswani et al.
+# 2017, Sec. 5.3).
+SEQ2SEQ_WARMUP_STEPS: Final = 4000
+# Open-ended training: WSD with a 1-sqrt cool-down over the last 20% (Hägele et al. 2024: it
+# matches cosine at the same length and the cool-down can start whenever training is to end).
+# A fraction-based warm-up needs the horizon, so the warm-up is in steps: 2000 (LLaMA, OPT-175B:
+# the warm-up most often stated in the evidence table), at most 5 epochs when the data and batch
+# sizes say how many steps an epoch is (Goyal et al. 2017).
+OPEN_ENDED_DECAY_FRACTION: Final = 0.2
+OPEN_ENDED_DECAY_SHAPE: Final = "1-sqrt"
+OPEN_ENDED_WARMUP_STEPS: Final = 2000
+OPEN_ENDED_WARMUP_EPOCHS: Final = 5
+# Tuned schedule knobs: warm-up from none (He et al. 2016 at batch 256; DCGAN) to 10% (BERT's
+# fine-tuning code, warmup_proportion 0.1); final lr from 0 (AlgoPerf, BERT) to 10% (GPT-3,
+# LLaMA); WSD's cool-down shapes.
+WARMUP_FRACTION_RANGE: Final = (0.0, 0.1)
+FINAL_LR_FRACTION_RANGE: Final = (0.0, 0.1)
+WSD_DECAY_SHAPES: Final = DECAY_SHAPES
+
 GB: Final = 1e9  # memory_budget_gb is in decimal gigabytes
 PRECISION_BYTES: Final[Mapping[str, int]] = MappingProxyType({"fp32": 4, "bf16": 2, "fp16": 2})
 ADAM_STATE_BYTES: Final = 8  # two fp32 moments per parameter
@@ -147,6 +213,12 @@ EVIDENCE_LR_PSEUDOCOUNT: Final = 0.5
 # Nesterov) counts with this share of its weight.
 LR_GROUP_DISCOUNT: Final = 0.5
 EVIDENCE_PER_CANDIDATE: Final = 3  # evidence entries shown per candidate
+# A schedule (tuner.prior): the similar trainings' summed weight for another schedule must exceed
+# this plus their weight for the rules' schedule to replace it. Leave-one-out on the published
+# table (bench/recommend_accuracy.py --sweep), the published optimizer's schedule agreed 41% of
+# the time at 0 and 0.1, 39% at 0.25, 38% at 0.5, 35% at 1 (36% with the rules alone): the
+# similar trainings know better than the rules; 0.1 keeps the faintest ones from overruling them.
+EVIDENCE_SCHEDULE_PSEUDOCOUNT: Final = 0.1
 
 
 def lr_group(optimizer: str) -> str:
@@ -608,6 +680,30 @@ RULES: Final[tuple[Rule, ...]] = (
         reference="Chen et al. 2023, Symbolic Discovery of Optimization Algorithms",
     ),
     Rule(
+        name="open_ended_training",
+        applies=lambda t: t.horizon_unknown,
+        weights={"schedulefree_adamw": OPEN_ENDED_SCHEDULE_FREE_ADAMW,
+                 "schedulefree_sgd": OPEN_ENDED_SCHEDULE_FREE_SGD},
+        rationale="training horizon unknown: schedule-free optimizers need none (constant lr "
+                  "after their warm-up, stop at any step) and schedule-free AdamW was "
+                  "AlgoPerf 2024's best tuning-free entry; scheduled ones cannot decay towards "
+                  "an end they do not know",
+        reference="Defazio et al. 2024, The Road Less Scheduled; Kasimbeg et al. 2025, "
+                  "Accelerating Neural Network Training: An Analysis of the AlgoPerf Training "
+                  "Algorithms Competition",
+    ),
+    Rule(
+        name="schedule_free_lr",
+        applies=lambda t: True,
+        adjust=(Derive(frozenset({"schedulefree_adamw"}), "lr", "adamw",
+                       *SCHEDULE_FREE_ADAMW_LR),
+                Derive(frozenset({"schedulefree_sgd"}), "lr", "sgd_momentum",
+                       *SCHEDULE_FREE_SGD_LR)),
+        rationale="schedule-free lr from the scheduled optimizer's peak: 1-10x AdamW's, 10-50x "
+                  "SGD momentum's (the authors' advice; their defaults are 2.5x and 10x)",
+        reference="Defazio et al. 2024, The Road Less Scheduled",
+    ),
+    Rule(
         name="does_not_fit_memory",
         applies=lambda t: t.memory_budget_gb is not None,
         only_for=lambda t, spec: memory_use(t, spec).fits is False,
@@ -619,3 +715,154 @@ RULES: Final[tuple[Rule, ...]] = (
                   "Parameter Models",
     ),
 )
+
+
+# --------------------------------------------------------------------------------------------
+# THE SCHEDULE TABLE: which lr schedule a candidate's (peak) lr belongs to
+# --------------------------------------------------------------------------------------------
+
+
+def open_ended_warmup_steps(t: TaskDescription) -> int:
+    """Warm-up steps without a horizon: ``OPEN_ENDED_WARMUP_STEPS``, at most
+    ``OPEN_ENDED_WARMUP_EPOCHS`` epochs when the data and batch sizes are known."""
+    steps = OPEN_ENDED_WARMUP_STEPS
+    if t.dataset_size is not None and t.batch_size is not None:
+        steps = min(steps, OPEN_ENDED_WARMUP_EPOCHS * -(-t.dataset_size // t.batch_size))
+    return steps
+
+
+def is_gpt_style_pretraining(t: TaskDescription) -> bool:
+    return (t.model_family == "transformer" and t.task_type == "language_modeling"
+            and not t.fine_tuning and t.num_parameters >= LM_SCHEDULE_PARAMETERS)
+
+
+def is_transformer_seq2seq(t: TaskDescription) -> bool:
+    return t.model_family == "transformer" and t.task_type == "other" and not t.fine_tuning
+
+
+@dataclass(frozen=True)
+class ScheduleRule:
+    """One row of the schedule table: when ``applies`` (and ``only_for`` the optimizer, when
+    given), the candidate's lr is the peak of ``schedule(task)``. ``rationale`` is a
+    ``str.format`` template over ``t``, the task."""
+
+    name: str
+    applies: Callable[[TaskDescription], bool]
+    schedule: Callable[[TaskDescription], Schedule]
+    rationale: str
+    reference: str
+    only_for: Callable[[OptimizerSpec], bool] | None = None
+    # Whether the similar published trainings' schedules may replace this row's (not for
+    # schedule-free optimizers, nor for open-ended training, which no published one was).
+    evidence_may_change: bool = True
+
+    def matches(self, task: TaskDescription, spec: OptimizerSpec) -> bool:
+        return (self.only_for is None or self.only_for(spec)) and self.applies(task)
+
+
+# The schedule of every task no other row claims, of the built-in workloads, and of trials that
+# name none (plans stored before schedules).
+DEFAULT_SCHEDULE: Final = Schedule("cosine", warmup_fraction=WARMUP_FRACTION,
+                                   final_lr_fraction=0.0)
+_ALGOPERF = "Dahl et al. 2023, Benchmarking Neural Network Training Algorithms (AlgoPerf)"
+
+SCHEDULE_RULES: Final[tuple[ScheduleRule, ...]] = (
+    ScheduleRule(
+        name="schedule_free",
+        only_for=lambda spec: spec.schedule_free,
+        applies=lambda t: True,
+        schedule=lambda t: Schedule("none"),
+        evidence_may_change=False,
+        rationale="schedule-free: no lr schedule and no horizon; the lr is constant after the "
+                  "optimizer's own linear warm-up (its warmup_steps hyperparameter, about "
+                  f"{WARMUP_FRACTION:.0%} of the steps); evaluate and save in eval mode",
+        reference="Defazio et al. 2024, The Road Less Scheduled",
+    ),
+    ScheduleRule(
+        name="open_ended",
+        applies=lambda t: t.horizon_unknown,
+        schedule=lambda t: Schedule("wsd", warmup_steps=open_ended_warmup_steps(t),
+                                    decay_fraction=OPEN_ENDED_DECAY_FRACTION,
+                                    decay_shape=OPEN_ENDED_DECAY_SHAPE, final_lr_fraction=0.0),
+        evidence_may_change=False,
+        rationale="training horizon unknown: warm-up-stable-decay instead of cosine; the lr "
+                  "stays at the peak whatever total_steps is, so build the scheduler once the "
+                  "end is known (or rebuild it then) and the cool-down takes the last "
+                  f"{OPEN_ENDED_DECAY_FRACTION:.0%}; a checkpoint from the stable phase can be "
+                  "cooled down at any length; the warm-up is in steps (2000 as LLaMA and OPT, at "
+                  "most 5 epochs)",
+        reference="Hägele et al. 2024, Scaling Laws and Compute-Optimal Training Beyond Fixed "
+                  "Training Durations; Hu et al. 2024, MiniCPM",
+    ),
+    ScheduleRule(
+        name="lm_pretraining",
+        applies=is_gpt_style_pretraining,
+        schedule=lambda t: Schedule("cosine", warmup_fraction=LM_WARMUP_FRACTION,
+                                    final_lr_fraction=LM_FINAL_LR_FRACTION),
+        rationale="GPT-style LM pretraining: cosine decay to 10% of the peak after a short "
+                  "warm-up (1%: Pythia; LLaMA's 2000 steps)",
+        reference="Brown et al. 2020 (GPT-3); Touvron et al. 2023 (LLaMA); Biderman et al. "
+                  "2023 (Pythia)",
+    ),
+    ScheduleRule(
+        name="fine_tuning",
+        applies=lambda t: bool(t.fine_tuning),
+        schedule=lambda t: Schedule("linear", warmup_fraction=FINE_TUNING_WARMUP_FRACTION,
+                                    final_lr_fraction=0.0),
+        rationale="fine-tuning (BERT-style, adapters, LoRA): linear decay to 0 after a 6% "
+                  "warm-up",
+        reference="Devlin et al. 2019 (BERT); Liu et al. 2019 (RoBERTa), Table 10; Hu et al. "
+                  "2021 (LoRA)",
+    ),
+    ScheduleRule(
+        name="transformer_seq2seq",
+        applies=is_transformer_seq2seq,
+        schedule=lambda t: Schedule("inverse_sqrt", warmup_steps=SEQ2SEQ_WARMUP_STEPS),
+        rationale="Transformer sequence-to-sequence: inverse square root decay after "
+                  f"{SEQ2SEQ_WARMUP_STEPS} warm-up steps; the lr is the value at the end of the "
+                  "warm-up",
+        reference="Vaswani et al. 2017, Attention Is All You Need, Sec. 5.3",
+    ),
+    ScheduleRule(
+        name="convolutional",
+        applies=is_convolutional_supervised,
+        schedule=lambda t: DEFAULT_SCHEDULE,
+        rationale="convolutional network: cosine decay to 0 (as good as the older step decay, "
+                  "lr / 10 at 50% and 75% of training, He et al. 2016) after a 5% warm-up "
+                  "(Goyal et al.'s 5 epochs, needed at large batches)",
+        reference="Loshchilov & Hutter 2017, SGDR: Stochastic Gradient Descent with Warm "
+                  f"Restarts; {_GOYAL}; {_HE}",
+    ),
+    ScheduleRule(
+        name="reinforcement_learning",
+        applies=is_policy_network,
+        schedule=lambda t: Schedule("constant"),
+        rationale="reinforcement learning: a constant lr, as DQN, SAC and PPO on MuJoCo "
+                  "trained (PPO on Atari anneals it linearly)",
+        reference="Mnih et al. 2015 (DQN); Haarnoja et al. 2018 (SAC); Schulman et al. 2017 "
+                  "(PPO)",
+    ),
+    ScheduleRule(
+        name="image_generation",
+        applies=is_image_generation,
+        schedule=lambda t: Schedule("constant"),
+        rationale="image generation: a constant lr (GANs: DCGAN; diffusion models too: DiT, "
+                  "and DDPM and Stable Diffusion after a 5k-10k step warm-up)",
+        reference="Radford et al. 2016 (DCGAN); Ho et al. 2020 (DDPM); Peebles & Xie 2023 "
+                  "(DiT)",
+    ),
+    ScheduleRule(
+        name="default",
+        applies=lambda t: True,
+        schedule=lambda t: DEFAULT_SCHEDULE,
+        rationale=f"{WARMUP_FRACTION:.0%} linear warm-up, then cosine decay to 0: the AlgoPerf "
+                  "baselines' schedule",
+        reference=_ALGOPERF,
+    ),
+)
+
+
+def schedule_rule(task: TaskDescription, spec: OptimizerSpec) -> ScheduleRule:
+    """The first row of ``SCHEDULE_RULES`` for this task and optimizer (the last always
+    applies)."""
+    return next(rule for rule in SCHEDULE_RULES if rule.matches(task, spec))

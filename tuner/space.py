@@ -26,20 +26,35 @@ best x3 point beat the best default on 6 of 7, and on that grid the best of the 
 came within 2% of plain TPE's 50-trial best (``bench/tuning_efficiency.py``) on 5 of 7 in this
 order against 4 of 7 with the defaults first.
 With 3 candidates the warm start is 9 trials, at most half the budget.
+
+Schedules: each candidate carries the lr schedule of its recommendation (``Schedule``; a plan
+stored before schedules has none, and its trials train with the workload's own schedule). The
+schedule's knobs (warm-up fraction, final lr fraction, WSD's cool-down shape: ``SCHEDULE_KNOBS``)
+join the tuned hyperparameters after the optimizer's ``SCHEDULE_KNOBS_AFTER`` most important
+ones (lr, beta1 or momentum, weight decay), before eps and beta2. The Tuning Playbook tunes the
+lr first and momentum second, and treats the schedule as fixed until those are tuned; once the
+peak lr is tuned for a schedule it absorbs most of what the schedule's knobs change (a longer
+warm-up or a higher final lr act through the effective lr). So the knobs are tuned only in the
+largest budget tier (``tuned_count``: 100 trials per optimizer and more), where everything is.
+Optuna names them ``adamw.schedule.warmup_fraction`` and so on; a trial's schedule is the
+candidate's with the sampled knobs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import optuna
 
 import optimizers
 from optimizers.registry import HYPERPARAMETER_BOUNDS, HyperparameterPrior
+from optimizers.schedules import Schedule
+from tuner.rules import FINAL_LR_FRACTION_RANGE, WARMUP_FRACTION_RANGE, WSD_DECAY_SHAPES
 
 OPTIMIZER_PARAM = "optimizer"
 COMPLEMENT_PREFIX = "one_minus_"
@@ -48,28 +63,63 @@ LR_HEADROOM = 3.0  # the searched lr range ends this many times above the prior'
 # the rest after them.
 LR_LADDER = (3.0, 1 / 3)
 LADDER_CANDIDATES = 3  # the top candidates that get an lr ladder
+SCHEDULE_PREFIX = "schedule."
+SCHEDULE_KNOBS = ("warmup_fraction", "final_lr_fraction", "decay_shape")
+SCHEDULE_KNOBS_AFTER = 3  # the schedule's knobs come after this many of the optimizer's own
 
 
 @dataclass(frozen=True)
 class PlannedOptimizer:
     """One candidate of the plan: fixed values for every hyperparameter, ranges (each with its
-    default) for the tuned."""
+    default) for the tuned; its lr schedule (None in plans stored before schedules), with
+    ranges for the tuned numeric knobs and the cool-down shapes to choose from when the shape
+    is tuned."""
 
     name: str
     score: float
     defaults: Mapping[str, float]
     tuned: Mapping[str, HyperparameterPrior]
+    schedule: Schedule | None = None
+    schedule_tuned: Mapping[str, HyperparameterPrior] = field(default_factory=dict)
+    decay_shapes: tuple[str, ...] = ()
 
 
-def tuned_count(trials_per_optimizer: float) -> int:
-    """How many hyperparameters to tune for an optimizer given its share of the budget."""
+class Suggestion(NamedTuple):
+    """One trial's configuration: optimizer, flat hyperparameters (for ``optimizers.create``)
+    and lr schedule (None: the workload's own)."""
+
+    optimizer: str
+    hyperparameters: dict[str, float]
+    schedule: Schedule | None
+
+
+def tuned_count(trials_per_optimizer: float) -> int | None:
+    """How many hyperparameters to tune for an optimizer given its share of the budget (None:
+    all of them, the schedule's knobs included)."""
     if trials_per_optimizer < 10:
         return 1
     if trials_per_optimizer < 25:
         return 2
     if trials_per_optimizer < 100:
         return 3
-    return 5
+    return None
+
+
+def schedule_knobs(schedule: Schedule) -> dict[str, HyperparameterPrior | tuple[str, ...]]:
+    """The knobs of ``schedule`` worth tuning, each with its range (the cool-down shape with
+    its choices): a warm-up given as a fraction, a decaying schedule's final lr fraction,
+    WSD's shape. Ranges are ``WARMUP_FRACTION_RANGE`` and ``FINAL_LR_FRACTION_RANGE``, widened
+    to hold the schedule's own value."""
+    knobs: dict[str, HyperparameterPrior | tuple[str, ...]] = {}
+    for knob, (low, high) in (("warmup_fraction", WARMUP_FRACTION_RANGE),
+                              ("final_lr_fraction", FINAL_LR_FRACTION_RANGE)):
+        value = getattr(schedule, knob)
+        if value is not None:
+            knobs[knob] = HyperparameterPrior(min(low, value), max(high, value), log=False,
+                                              default=value)
+    if schedule.decay_shape is not None:
+        knobs["decay_shape"] = WSD_DECAY_SHAPES
+    return knobs
 
 
 @dataclass(frozen=True)
@@ -80,14 +130,18 @@ class SearchPlan:
     def build(
         cls,
         candidates: Sequence[
-            tuple[str, float, Mapping[str, HyperparameterPrior | Mapping[str, Any]]]],
+            tuple[str, float, Mapping[str, HyperparameterPrior | Mapping[str, Any]]]
+            | tuple[str, float, Mapping[str, HyperparameterPrior | Mapping[str, Any]],
+                    Schedule | None]],
         n_trials: int,
         lr_headroom: float = LR_HEADROOM,
     ) -> SearchPlan:
-        """Plan from ``(optimizer, score, {hp: prior})`` triples, ranked best first; a prior is a
-        ``HyperparameterPrior`` (or its fields as a mapping). Hyperparameters without a
-        prior keep the registry default. The lr range is searched up to ``lr_headroom`` times
-        above the prior's high end (1: as given)."""
+        """Plan from ``(optimizer, score, {hp: prior}[, schedule])`` tuples, ranked best first;
+        a prior is a ``HyperparameterPrior`` (or its fields as a mapping). Hyperparameters
+        without a prior keep the registry default; priors of hyperparameters outside the
+        optimizer's search space (a schedule-free optimizer's ``warmup_steps``) are fixed
+        values, never searched. The lr range is searched up to ``lr_headroom`` times above the
+        prior's high end (1: as given)."""
         if not candidates:
             raise ValueError("optimizers: a search plan needs at least one candidate")
         if not lr_headroom >= 1.0:
@@ -95,7 +149,8 @@ class SearchPlan:
         share = n_trials / len(candidates)
         lr_max = HYPERPARAMETER_BOUNDS["lr"].high
         planned: list[PlannedOptimizer] = []
-        for name, score, priors in candidates:
+        for name, score, priors, *rest in candidates:
+            schedule = rest[0] if rest else None
             spec = optimizers.get(name)
             defaults = dict(spec.defaults)
             ranges: dict[str, HyperparameterPrior] = {}
@@ -108,11 +163,20 @@ class SearchPlan:
                                               high=max(prior.high,
                                                        min(prior.high * lr_headroom, lr_max)))
                 ranges[hp] = prior
+            ranges = {hp: r for hp, r in ranges.items() if hp in spec.search_space}
             order = [hp for hp in spec.tuning_order if hp in ranges]
             order += [hp for hp in ranges if hp not in order]
+            knobs = schedule_knobs(schedule) if schedule is not None else {}
+            at = SCHEDULE_KNOBS_AFTER
+            order = order[:at] + [SCHEDULE_PREFIX + k for k in knobs] + order[at:]
             keep = order[: tuned_count(share)]
-            planned.append(PlannedOptimizer(name, float(score), defaults,
-                                            {hp: ranges[hp] for hp in keep}))
+            tuned_knobs = {k: knobs[k] for k in knobs if SCHEDULE_PREFIX + k in keep}
+            shapes = tuned_knobs.pop("decay_shape", ())
+            planned.append(PlannedOptimizer(
+                name, float(score), defaults, {hp: ranges[hp] for hp in keep if hp in ranges},
+                schedule,
+                {k: r for k, r in tuned_knobs.items() if isinstance(r, HyperparameterPrior)},
+                tuple(shapes) if isinstance(shapes, tuple) else ()))
         return cls(tuple(planned))
 
     @property
@@ -127,8 +191,9 @@ class SearchPlan:
 
     # -- sampling ---------------------------------------------------------------------------
 
-    def suggest(self, trial: optuna.Trial) -> tuple[str, dict[str, float]]:
-        """Sample an optimizer and its flat hyperparameters (ready for ``optimizers.create``)."""
+    def suggest(self, trial: optuna.Trial) -> Suggestion:
+        """Sample an optimizer, its flat hyperparameters (ready for ``optimizers.create``) and
+        its lr schedule."""
         name = str(trial.suggest_categorical(OPTIMIZER_PARAM, list(self.names)))
         candidate = self.candidate(name)
         values = dict(candidate.defaults)
@@ -139,10 +204,22 @@ class SearchPlan:
                 values[hp] = 1.0 - x
             else:
                 values[hp] = trial.suggest_float(f"{name}.{hp}", rng.low, rng.high, log=rng.log)
-        return name, values
+        schedule = candidate.schedule
+        if schedule is not None:
+            knobs: dict[str, Any] = {
+                knob: trial.suggest_float(f"{name}.{SCHEDULE_PREFIX}{knob}", rng.low, rng.high,
+                                          log=rng.log)
+                for knob, rng in candidate.schedule_tuned.items()}
+            if candidate.decay_shapes:
+                knobs["decay_shape"] = trial.suggest_categorical(
+                    f"{name}.{SCHEDULE_PREFIX}decay_shape", list(candidate.decay_shapes))
+            if knobs:
+                schedule = dataclasses.replace(schedule, **knobs)
+        return Suggestion(name, values, schedule)
 
     def params_for(self, name: str, values: Mapping[str, float]) -> dict[str, Any]:
-        """Optuna parameters (for ``enqueue_trial``) that reproduce ``values`` for ``name``."""
+        """Optuna parameters (for ``enqueue_trial``) that reproduce ``values`` for ``name``,
+        with the candidate's own schedule."""
         candidate = self.candidate(name)
         params: dict[str, Any] = {OPTIMIZER_PARAM: name}
         for hp, rng in candidate.tuned.items():
@@ -151,6 +228,10 @@ class SearchPlan:
                 params[f"{name}.{COMPLEMENT_PREFIX}{hp}"] = 1.0 - value
             else:
                 params[f"{name}.{hp}"] = value
+        for knob, rng in candidate.schedule_tuned.items():
+            params[f"{name}.{SCHEDULE_PREFIX}{knob}"] = rng.default
+        if candidate.decay_shapes and candidate.schedule is not None:
+            params[f"{name}.{SCHEDULE_PREFIX}decay_shape"] = candidate.schedule.decay_shape
         return params
 
     def warm_start(self, n_trials: int) -> list[dict[str, Any]]:
@@ -187,14 +268,22 @@ class SearchPlan:
     def to_json(self) -> str:
         return json.dumps([
             {"name": c.name, "score": c.score, "defaults": dict(c.defaults),
-             "tuned": {hp: r.as_dict() for hp, r in c.tuned.items()}}
+             "tuned": {hp: r.as_dict() for hp, r in c.tuned.items()},
+             "schedule": None if c.schedule is None else c.schedule.to_dict(),
+             "schedule_tuned": {k: r.as_dict() for k, r in c.schedule_tuned.items()},
+             "decay_shapes": list(c.decay_shapes)}
             for c in self.candidates
         ])
 
     @classmethod
     def from_json(cls, text: str) -> SearchPlan:
+        """A plan from :meth:`to_json`; plans stored before schedules load without one."""
         return cls(tuple(
-            PlannedOptimizer(item["name"], item["score"], item["defaults"],
-                             {hp: HyperparameterPrior(**r) for hp, r in item["tuned"].items()})
+            PlannedOptimizer(
+                item["name"], item["score"], item["defaults"],
+                {hp: HyperparameterPrior(**r) for hp, r in item["tuned"].items()},
+                None if item.get("schedule") is None else Schedule.from_dict(item["schedule"]),
+                {k: HyperparameterPrior(**r) for k, r in item.get("schedule_tuned", {}).items()},
+                tuple(item.get("decay_shapes", ())))
             for item in json.loads(text)
         ))

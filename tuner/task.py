@@ -6,6 +6,12 @@ prompt tuning train a small set on a large frozen model) or, without it, the mod
 Transformer with few trainable parameters; ``fine_tuning_kind`` is the resolved kind.
 ``num_parameters`` counts the trainable parameters; ``frozen_parameters`` the pretrained ones that
 stay frozen (they still take memory, but no gradients and no optimizer state).
+
+``training_steps`` is the training horizon in optimizer steps: a number, ``"unknown"`` (open-ended
+training: stop when it is good enough, continue from a checkpoint later), or null when not
+stated. Not stated is read as a horizon the user knows and will pass when building the schedule,
+as every published training in the evidence did; ``"unknown"`` is what makes schedule-free
+optimizers and WSD schedules the better choice.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ TaskType = Literal[
 ]
 Precision = Literal["fp32", "bf16", "fp16"]
 FineTuningKind = Literal["full", "parameter_efficient"]
+UNKNOWN_HORIZON = "unknown"
 
 # Generous upper bounds: far beyond any real training run, small enough to keep arithmetic exact.
 MAX_PARAMETERS = 10**15
@@ -55,6 +62,18 @@ def _fine_tuning_value(value: object) -> object:
     """One clear error for anything but the four accepted values (no 1/0 or "yes")."""
     if not any(value is v if isinstance(v, bool) else value == v for v in FINE_TUNING_VALUES):
         raise ValueError('must be true, false, "full" or "parameter_efficient"')
+    return value
+
+
+def _training_steps_value(value: object) -> object:
+    """One clear error for anything but a whole number of steps, "unknown" or null."""
+    if value is None or value == UNKNOWN_HORIZON:
+        return value
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
+        raise ValueError(f'must be a whole number of steps in 1..{MAX_COUNT:.0e}, "unknown" '
+                         "(open-ended training) or null (not stated)")
     return value
 
 
@@ -108,6 +127,19 @@ class TaskDescription(BaseModel):
         description="Accelerator memory per device, in GB.",
     )
     precision: Precision = Field(default="fp32", description="Parameter/gradient precision.")
+    training_steps: Annotated[
+        PositiveCount | Literal["unknown"] | None, BeforeValidator(_training_steps_value)
+    ] = Field(
+        default=None,
+        description="Training horizon in optimizer steps; \"unknown\" for open-ended training "
+                    "(schedule-free optimizers and WSD schedules then come first); null: not "
+                    "stated (a horizon you know, passed when you build the schedule).",
+    )
+
+    @property
+    def horizon_unknown(self) -> bool:
+        """The user said the training horizon is unknown (open-ended training)."""
+        return self.training_steps == UNKNOWN_HORIZON
 
     @property
     def fine_tuning_kind(self) -> FineTuningKind | None:

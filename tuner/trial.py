@@ -16,8 +16,9 @@ CUDA out of memory     FAIL      ``cuda_oom`` (memory freed)
 any other exception    FAIL      ``error: <type>: <message>``; ``traceback`` kept
 =====================  ========  ===============================================
 
-The trial's ``optimizer`` and flat ``hyperparameters`` are user attributes too, so a summary or a
-client never decodes namespaced Optuna parameter names.
+The trial's ``optimizer``, flat ``hyperparameters`` and lr ``schedule`` (``Schedule.to_dict()``;
+absent in trials of plans stored before schedules, which train with the workload's own) are user
+attributes too, so a summary or a client never decodes namespaced Optuna parameter names.
 
 Every trial of a study trains with the same ``seed`` (initialisation, data order): common random
 numbers, so two trials differ only by their configuration. With a seed per trial, the best of n
@@ -40,12 +41,14 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import optuna
 import torch
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from tuner.space import SearchPlan
+from optimizers.schedules import Schedule
+from tuner.space import SearchPlan, Suggestion
 from tuner.workloads import TrialConfig, Workload
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,7 @@ log = logging.getLogger(__name__)
 MAX_TRACEBACK_CHARS = 8000
 ATTR_OPTIMIZER = "optimizer"
 ATTR_HYPERPARAMETERS = "hyperparameters"
+ATTR_SCHEDULE = "schedule"
 ATTR_REASON = "reason"
 ATTR_TRACEBACK = "traceback"
 ATTR_DEVICE = "device"
@@ -81,6 +85,7 @@ class TrialOutcome:
     hyperparameters: dict[str, float] = field(default_factory=dict)
     reason: str | None = None
     seconds: float = 0.0
+    schedule: Schedule | None = None
 
 
 DIVERGED = "diverged"
@@ -90,6 +95,23 @@ def report_diverged(trial: optuna.Trial, step: int) -> None:
     """Report ``nan`` at ``step``: a diverged trial's last intermediate value, which TPE ranks
     below every other outcome once the trial is told PRUNED."""
     trial.report(math.nan, step)
+
+
+def suggest_and_record(plan: SearchPlan, trial: optuna.Trial) -> Suggestion:
+    """Sample the trial's configuration from ``plan`` and record it as user attributes
+    (optimizer, hyperparameters and, when the plan has one, the schedule)."""
+    choice = plan.suggest(trial)
+    trial.set_user_attr(ATTR_OPTIMIZER, choice.optimizer)
+    trial.set_user_attr(ATTR_HYPERPARAMETERS, choice.hyperparameters)
+    if choice.schedule is not None:
+        trial.set_user_attr(ATTR_SCHEDULE, choice.schedule.to_dict())
+    return choice
+
+
+def trial_schedule(trial: FrozenTrial) -> dict[str, Any] | None:
+    """A recorded trial's schedule as JSON fields; None for trials recorded without one."""
+    recorded = trial.user_attrs.get(ATTR_SCHEDULE)
+    return dict(recorded) if isinstance(recorded, dict) else None
 
 
 def default_device() -> str:
@@ -128,6 +150,7 @@ def run_trial(
     reported: set[int] = set()  # epochs reported to Optuna
     optimizer: str | None = None
     hyperparameters: dict[str, float] = {}
+    schedule: Schedule | None = None
 
     def report(epoch: int, value: float) -> None:
         if not math.isfinite(value):
@@ -150,12 +173,10 @@ def run_trial(
 
     state, value, reason, tb = TrialState.FAIL, None, None, None
     try:
-        optimizer, hyperparameters = plan.suggest(trial)
-        trial.set_user_attr(ATTR_OPTIMIZER, optimizer)
-        trial.set_user_attr(ATTR_HYPERPARAMETERS, hyperparameters)
+        optimizer, hyperparameters, schedule = suggest_and_record(plan, trial)
         trial.set_user_attr(ATTR_DEVICE, device)
         config = TrialConfig(optimizer, hyperparameters, seed=seed, device=device,
-                             epochs=epochs)
+                             epochs=epochs, schedule=schedule)
         result = float(workload.run(config, report))
         if math.isfinite(result):
             state, value = TrialState.COMPLETE, result
@@ -194,4 +215,5 @@ def run_trial(
     # retried elsewhere; its late result is dropped rather than crashing this process.
     study.tell(trial, value if state == TrialState.COMPLETE else None, state=state,
                skip_if_finished=True)
-    return TrialOutcome(trial.number, state, value, optimizer, hyperparameters, reason, seconds)
+    return TrialOutcome(trial.number, state, value, optimizer, hyperparameters, reason, seconds,
+                        schedule)

@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 import optimizers
+from optimizers.schedules import Schedule
 from tuner.prior import Recommendation, recommend
 from tuner.space import LR_HEADROOM, SearchPlan
 from tuner.task import TaskDescription
@@ -25,6 +26,7 @@ from tuner.trial import (
     ATTR_OPTIMIZER,
     TrialOutcome,
     run_trial,
+    trial_schedule,
 )
 from tuner.workloads import Workload, get_workload
 
@@ -80,11 +82,14 @@ def prior_for(task: TaskDescription, restrict_to: Sequence[str] | None = None,
                           candidates=[c for c in full.candidates if c.optimizer in wanted])
 
 
-def plan_from_recommendation(recommendation: Recommendation, n_trials: int) -> SearchPlan:
-    """The search plan of a recommendation; the lr range gets ``LR_HEADROOM`` above the prior's
-    range except when fine-tuning (``tuner.space`` says why)."""
+def plan_from_recommendation(recommendation: Recommendation, n_trials: int,
+                             schedule: Schedule | None = None) -> SearchPlan:
+    """The search plan of a recommendation, each candidate with its schedule (or ``schedule``
+    for all, when given); the lr range gets ``LR_HEADROOM`` above the prior's range except when
+    fine-tuning (``tuner.space`` says why)."""
     return SearchPlan.build(
-        [(c.optimizer, c.score, c.hyperparameters) for c in recommendation.candidates],
+        [(c.optimizer, c.score, c.hyperparameters, schedule or c.schedule)
+         for c in recommendation.candidates],
         n_trials,
         lr_headroom=1.0 if recommendation.task.fine_tuning else LR_HEADROOM,
     )
@@ -103,13 +108,15 @@ def create_study(
     epochs: int | None = None,
     direction: Literal["minimize", "maximize"] | None = None,
 ) -> tuple[optuna.Study, Recommendation]:
-    """Create a prior-guided study: plan stored on it and warm-start points enqueued."""
+    """Create a prior-guided study: plan stored on it and warm-start points enqueued. Its trials
+    train with each candidate's recommended schedule, or the workload's ``schedule_override``."""
     if task is None:
         if workload is None:
             raise ValueError("task: required when no workload is given")
         task = workload.task
     recommendation = prior_for(task, optimizer_names)
-    plan = plan_from_recommendation(recommendation, n_trials)
+    plan = plan_from_recommendation(recommendation, n_trials,
+                                    workload.schedule_override if workload else None)
     study = optuna.create_study(
         storage=storage, study_name=study_name,
         sampler=make_sampler(n_trials, seed),
@@ -174,6 +181,7 @@ class StudySummary:
     best_hyperparameters: dict[str, float]
     best_trial: int | None
     per_optimizer: dict[str, OptimizerSummary]
+    best_schedule: dict[str, Any] | None = None  # None: no best yet, or recorded without one
 
     @property
     def finished(self) -> int:
@@ -219,6 +227,7 @@ def summarize(trials: Sequence[FrozenTrial], direction: str) -> StudySummary:
         best_hyperparameters=dict(best.user_attrs.get(ATTR_HYPERPARAMETERS, {})) if best else {},
         best_trial=best.number if best else None,
         per_optimizer=per,
+        best_schedule=trial_schedule(best) if best else None,
     )
 
 

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, Path, Query, Request, Response
 from pydantic import BeforeValidator, ConfigDict, Field, field_validator
 
 import optimizers
+from optimizers import Schedule
 from service import leases
 from service.db import SessionDep
 from service.errors import ProblemError, problem_responses
@@ -125,6 +126,8 @@ class Best(ResponseModel):
     optimizer: str
     hyperparameters: JsonObject
     trial: int | None
+    schedule: Schedule | None = Field(
+        default=None, description="Its lr schedule (null for trials recorded before schedules).")
 
 
 class OptimizerProgress(ResponseModel):
@@ -164,6 +167,9 @@ class TrialOut(ResponseModel):
     value: OutFloat
     optimizer: str | None
     hyperparameters: JsonObject
+    schedule: Schedule | None = Field(
+        default=None, description="The lr schedule the trial trained with (lr is its peak); "
+                                  "null for trials recorded before schedules.")
     reason: str | None
     retried: bool
     retry_of: int | None
@@ -179,7 +185,8 @@ def job_out(view: JobView) -> JobOut:
     best = None
     if s.best_optimizer is not None:
         best = Best(value=s.best_value, optimizer=s.best_optimizer,
-                    hyperparameters=s.best_hyperparameters, trial=s.best_trial)
+                    hyperparameters=s.best_hyperparameters, trial=s.best_trial,
+                    schedule=s.best_schedule)
     return JobOut(
         id=job.id, status=job.status, workload=job.workload,
         task=TaskDescription.model_validate(job.task), n_trials=job.n_trials,
@@ -307,6 +314,12 @@ class LeasedTrialOut(ResponseModel):
     client_id: str
     optimizer: str
     hyperparameters: dict[str, OutFloat]
+    schedule: Schedule | None = Field(
+        default=None,
+        description="The lr schedule to train with: hyperparameters.lr is its peak. Build it "
+                    "with optimizers.build_scheduler(optimizer, schedule, total_steps) and step "
+                    "it after every optimizer step; 'none' (schedule-free) leaves the lr alone. "
+                    "Null in jobs created before schedules.")
     state: str
     lease_expires_at: datetime
 
@@ -362,8 +375,8 @@ def _leased_out(trial: LeasedTrial) -> LeasedTrialOut:
     lease = trial.lease
     return LeasedTrialOut(job_id=lease.job_id, number=lease.trial_number,
                           client_id=lease.client_id, optimizer=trial.optimizer,
-                          hyperparameters=trial.hyperparameters, state=lease.state,
-                          lease_expires_at=lease.lease_expires_at)
+                          hyperparameters=trial.hyperparameters, schedule=trial.schedule,
+                          state=lease.state, lease_expires_at=lease.lease_expires_at)
 
 
 def _translated(exc: Exception) -> ProblemError:
@@ -427,7 +440,4 @@ def finish_trial(job_id: Annotated[ResourceId, Path()], number: TrialNumber, bod
         lease = leases.tell(session, storage, job_id, number, body.outcome())
     except (JobNotFound, LeaseNotFound, JobConflict, ValueError) as exc:
         raise _translated(exc) from None
-    trial = storage.get_trial(lease.trial_id)
-    return _leased_out(LeasedTrial(
-        lease, str(trial.user_attrs.get("optimizer")),
-        dict(trial.user_attrs.get("hyperparameters", {}))))
+    return _leased_out(leases.leased(lease, storage.get_trial(lease.trial_id)))

@@ -39,3 +39,15 @@ def test_report_prints_targets_tables_and_latency(capsys: pytest.CaptureFixture[
     assert out.count("(target ") == 6
     assert "domain" in out and "kind" in out and "cnn_supervised" in out
     assert "latency of recommend(top_k=3)" in out and "p99" in out
+    assert out.count("schedule agrees with the published one (no target)") == 2
+    assert "cosine -> cosine" in out
+
+
+def test_schedule_agreement_is_measured_over_the_rows_that_state_one(
+        results: dict[str, Figures]) -> None:
+    """No target: the figure is reported; evidence must not make it worse than the rules."""
+    stated = sum(row.schedule is not None for row in published_trainings())
+    for figures in results.values():
+        assert figures.schedule_rows == stated
+        assert 0 < figures.schedule_any <= figures.schedule_buildable <= 1
+    assert results["evidence"].schedule_any >= results["rules"].schedule_any

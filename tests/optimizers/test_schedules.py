@@ -26,7 +26,7 @@ def closed_form(schedule: dict[str, Any], step: int, total: int) -> float:
     final: float = schedule.get("final_lr_fraction", 0.0)
     if step < warmup:
         return (step + 1) / warmup
-    if name == "constant":
+    if name in ("constant", "none"):
         return 1.0
     if name == "inverse_sqrt":
         return 1 / math.sqrt((step + 1) / max(warmup, 1))
@@ -58,6 +58,7 @@ CASES: list[tuple[dict[str, Any], int]] = [
     ({"name": "constant", "warmup_steps": 3}, 20),
     ({"name": "inverse_sqrt", "warmup_steps": 4}, 60),
     ({"name": "inverse_sqrt"}, 60),
+    ({"name": "none"}, 15),  # schedule-free optimizers: the lr is left alone
 ]
 
 
@@ -232,6 +233,10 @@ def test_record_fills_the_defaults_of_each_schedule_and_round_trips_through_json
         ({"name": "wsd", "decay_fraction": 0.0}, "decay_fraction"),
         ({"name": "wsd", "decay_fraction": 1.2}, "decay_fraction"),
         ({"name": "wsd", "decay_shape": "exponential"}, "decay_shape"),
+        ({"name": "none", "warmup_steps": 3}, "warmup_steps"),
+        ({"name": "none", "warmup_fraction": 0.05}, "warmup_fraction"),
+        ({"name": "none", "final_lr_fraction": 0.0}, "final_lr_fraction"),
+        ({"name": "none", "decay_shape": "linear"}, "decay_shape"),
     ],
 )
 def test_invalid_fields_are_rejected_by_name(fields: dict[str, Any], field: str) -> None:
@@ -285,3 +290,36 @@ def test_schedule_free_optimizers_are_recognised_and_switched_for_evaluation() -
     torch.testing.assert_close(p.detach(), y)
     with optimizers.evaluation_mode(adamw):  # other optimizers: nothing happens
         pass
+
+
+def test_a_schedule_says_what_it_is() -> None:
+    assert Schedule("cosine", warmup_fraction=0.05).describe() == (
+        "5% warm-up, then cosine decay to 0")
+    assert Schedule("linear", warmup_fraction=0.06, final_lr_fraction=0.1).describe() == (
+        "6% warm-up, then linear decay to 10% of the peak")
+    assert Schedule("wsd", warmup_steps=2000, decay_shape="1-sqrt").describe() == (
+        "2000-step warm-up, then the peak held until the last 20% of the steps, then a 1-sqrt "
+        "decay to 0")
+    assert Schedule("constant").describe() == "a constant lr, no warm-up"
+    assert Schedule("inverse_sqrt", warmup_steps=4000).describe() == (
+        "4000-step warm-up, then decay as 1/sqrt(step)")
+    assert Schedule("none").describe() == "no schedule: the lr stays as set"
+
+
+def test_build_scheduler_takes_the_records_fields_as_json() -> None:
+    fields: dict[str, Any] = {"name": "wsd", "warmup_steps": 5, "warmup_fraction": None,
+                              "final_lr_fraction": 0.1, "decay_fraction": 0.3,
+                              "decay_shape": "cosine"}
+    as_json = json.loads(json.dumps(fields))
+    assert lrs_per_step(as_json, 50) == lrs_per_step(Schedule(**fields), 50)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1)
+    with pytest.raises(ValueError, match=r"^warmup_steps: pass either"):
+        build_scheduler(opt, as_json, 50, warmup_steps=3)
+    with pytest.raises(ValueError, match=r"^warmup: not a schedule field"):
+        build_scheduler(opt, {"name": "cosine", "warmup": 3}, 50)
+    # 'none' needs no horizon and leaves every lr alone
+    scheduler = build_scheduler(opt, {"name": "none"})
+    for _ in range(3):
+        opt.step()
+        scheduler.step()
+    assert opt.param_groups[0]["lr"] == 0.1

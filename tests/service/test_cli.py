@@ -90,6 +90,8 @@ def test_recommend_takes_fine_tuning_kinds_and_frozen_parameters(
     (["recommend", "--family", "mlp", "--params", "1e6", "--memory-gb", "nan"],
      "memory_budget_gb:"),
     (["recommend", "--family", "mlp", "--params", "1e6", "--top-k", "99"], "top_k"),
+    (["recommend", "--family", "mlp", "--params", "1e6", "--training-steps", "0"],
+     "training_steps:"),
     (["tune", "--workload", "no-such-workload"], "unknown"),
     (["tune", "--workload", "rosenbrock", "--trials", "0"], "--trials"),
     (["tune", "--workload", "rosenbrock", "--optimizers", "adamx"], "adamx"),
@@ -117,6 +119,27 @@ def test_unknown_fine_tuning_kind_is_an_argparse_error(
     assert "full or parameter_efficient" in capsys.readouterr().err
 
 
+def test_recommend_shows_the_schedule_and_takes_the_training_horizon(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "recommend", "--family", "mlp", "--params", "5e6", "--top-k", "3")
+    assert code == 0
+    assert "schedule: cosine: 5% warm-up, then cosine decay to 0" in out
+    assert "lr is the peak of its schedule" in out
+    code, out, _ = run(capsys, "recommend", "--family", "mlp", "--params", "5e6",
+                       "--training-steps", "unknown", "--json")
+    candidates = json.loads(out)["candidates"]
+    assert candidates[0]["optimizer"] == "schedulefree_adamw"
+    assert candidates[0]["schedule"]["name"] == "none"
+    assert {c["schedule"]["name"] for c in candidates[1:]} == {"wsd"}
+    code, out, _ = run(capsys, "recommend", "--family", "mlp", "--params", "5e6",
+                       "--training-steps", "2e4", "--json")
+    assert json.loads(out)["task"]["training_steps"] == 20_000
+    with pytest.raises(SystemExit) as exc:
+        main(["recommend", "--family", "mlp", "--params", "1e6", "--training-steps", "forever"])
+    assert exc.value.code == 2
+    assert "whole number of steps or 'unknown'" in capsys.readouterr().err
+
+
 def test_tune_runs_exactly_the_budget_and_reports_json(
         capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'tune.db'}"
@@ -137,6 +160,7 @@ def test_tune_prints_best_configuration_ready_to_paste(
                        "--optimizers", "adam")
     assert code == 0
     assert "optimizers.create('adam', model.parameters(), lr=" in out
+    assert "schedule constant: a constant lr, no warm-up" in out  # Rosenbrock keeps it
     assert "Per-optimizer summary" in out
 
 

@@ -34,7 +34,7 @@ from tuner.task import MAX_PARAMETERS, PEFT_TRAINABLE_MAX, TaskDescription
 ALL = len(optimizers.names())
 DESIGN_NAMES = {
     "sgd", "sgd_momentum", "nesterov", "rmsprop", "adagrad", "adam", "adamw", "nadam", "radam",
-    "adafactor", "lamb", "lion", "muon",
+    "adafactor", "lamb", "lion", "muon", "schedulefree_adamw", "schedulefree_sgd",
 }
 ADAM_FAMILY = ("adam", "adamw", "nadam", "radam", "lamb")
 MEMORY_LIGHT = {"adafactor", "lion", "sgd_momentum"}
@@ -246,9 +246,11 @@ def test_json_shape_matches_contract() -> None:
     assert data["task"]["num_parameters"] == 124_000_000
     cand = data["candidates"][0]
     assert set(cand) == {"optimizer", "score", "hyperparameters", "memory", "rationale",
-                         "references", "evidence"}
+                         "references", "evidence", "schedule"}
     assert set(cand["hyperparameters"]["lr"]) == {"default", "low", "high", "log", "complement"}
     assert set(cand["memory"]) == {"state_bytes", "total_bytes", "fits"}
+    assert set(cand["schedule"]) == {"name", "warmup_steps", "warmup_fraction",
+                                     "final_lr_fraction", "decay_fraction", "decay_shape"}
     assert Recommendation.model_validate(data) == rec
 
 

@@ -241,3 +241,68 @@ def test_plans_stored_before_the_shared_range_type_still_load() -> None:
     plan = SearchPlan.from_json(stored)
     assert plan.candidates[0].tuned["lr"].default == 0.01
     assert SearchPlan.from_json(plan.to_json()) == plan
+
+
+# -- schedules in the plan -----------------------------------------------------------------
+
+ADAMW_PRIORS = {"lr": {"default": 1e-3, "low": 1e-4, "high": 1e-2},
+                "beta1": {"default": 0.9, "low": 0.5, "high": 0.98, "complement": True},
+                "weight_decay": {"default": 0.1, "low": 5e-3, "high": 1.0},
+                "eps": {"default": 1e-8, "low": 1e-10, "high": 1e-6},
+                "beta2": {"default": 0.999, "low": 0.99, "high": 0.9999, "complement": True}}
+
+
+def test_schedule_knobs_join_the_space_after_the_optimizers_own_only_at_large_budgets() -> None:
+    from optimizers import Schedule
+
+    cosine = Schedule("cosine", warmup_fraction=0.01, final_lr_fraction=0.1)
+    plans = {n: SearchPlan.build([("adamw", 1.0, ADAMW_PRIORS, cosine)], n_trials=n)
+             for n in (5, 20, 60, 99, 100)}
+    for n in (5, 20, 60, 99):
+        planned = plans[n].candidates[0]
+        assert planned.schedule == cosine and not planned.schedule_tuned
+    assert list(plans[60].candidates[0].tuned) == ["lr", "beta1", "weight_decay"]
+    large = plans[100].candidates[0]
+    assert list(large.tuned) == ["lr", "beta1", "weight_decay", "eps", "beta2"]
+    assert {k: (r.low, r.default, r.high, r.log) for k, r in large.schedule_tuned.items()} == {
+        "warmup_fraction": (0.0, 0.01, 0.1, False),
+        "final_lr_fraction": (0.0, 0.1, 0.1, False)}
+    assert large.decay_shapes == ()
+    # WSD's shape is a knob; a warm-up in steps and 'none' have no fraction to tune
+    wsd = Schedule("wsd", warmup_steps=100, decay_shape="1-sqrt")
+    planned = SearchPlan.build([("adamw", 1.0, ADAMW_PRIORS, wsd)], n_trials=100).candidates[0]
+    assert list(planned.schedule_tuned) == ["final_lr_fraction"]
+    assert planned.decay_shapes == ("linear", "cosine", "1-sqrt")
+    free = SearchPlan.build([("schedulefree_adamw", 1.0, {}, Schedule("none"))],
+                            n_trials=500).candidates[0]
+    assert not free.schedule_tuned and not free.decay_shapes
+
+
+def test_a_trial_trains_and_records_the_schedule_it_samples() -> None:
+    from optimizers import Schedule
+
+    wsd = Schedule("wsd", warmup_fraction=0.02, decay_shape="linear")
+    plan = SearchPlan.build([("adamw", 1.0, ADAMW_PRIORS, wsd)], n_trials=100)
+    assert SearchPlan.from_json(plan.to_json()) == plan
+    s = study()
+    for params in plan.warm_start(100):
+        s.enqueue_trial(params)
+    wl = Scripted([1.0])
+    outcomes = [run_trial(s, plan, wl, device="cpu") for _ in range(6)]
+    assert outcomes[0].schedule == wsd  # the warm start: the candidate's own schedule
+    shapes = set()
+    for outcome, config, trial in zip(outcomes, wl.configs, s.trials, strict=True):
+        assert outcome.schedule is not None and config.schedule == outcome.schedule
+        assert trial.user_attrs["schedule"] == outcome.schedule.to_dict()
+        assert 0.0 <= (outcome.schedule.warmup_fraction or 0.0) <= 0.1
+        assert trial.params["adamw.schedule.warmup_fraction"] == outcome.schedule.warmup_fraction
+        shapes.add(outcome.schedule.decay_shape)
+    assert len(shapes) > 1  # the cool-down shape is searched
+
+
+def test_plans_without_schedules_give_trials_without_one() -> None:
+    s = study()
+    wl = Scripted([1.0])
+    outcome = run_trial(s, PLAN, wl, device="cpu")
+    assert outcome.schedule is None and wl.configs[0].schedule is None
+    assert "schedule" not in s.trials[0].user_attrs

@@ -565,3 +565,72 @@ def test_sequence_labels_are_noisy_at_the_stated_rate() -> None:
     clean = ((tokens[:, :-1] == a) & (tokens[:, 1:] == b)).any(dim=1).long()
     flipped = float((clean != labels).float().mean())
     assert abs(flipped - w.label_noise) < 0.02
+
+
+def capture_lrs(monkeypatch: pytest.MonkeyPatch) -> list[list[float]]:
+    """Per optimizer the workloads build from now on, the lr of its first group at each step
+    (read by a torch step pre-hook, so it is the lr the step uses)."""
+    import optimizers
+
+    seen: list[list[float]] = []
+    create = optimizers.create
+
+    def recording_create(name: str, params: Any, **hp: float) -> torch.optim.Optimizer:
+        opt = create(name, params, **hp)
+        lrs: list[float] = []
+        seen.append(lrs)
+        opt.register_step_pre_hook(lambda o, args, kwargs: lrs.append(o.param_groups[0]["lr"]))
+        return opt
+
+    monkeypatch.setattr(optimizers, "create", recording_create)
+    return seen
+
+
+@pytest.mark.parametrize(("name", "steps"), [("digits-mlp", 2 * 45), ("rosenbrock", 100)])
+def test_a_workload_trains_with_the_trials_schedule(monkeypatch: pytest.MonkeyPatch, name: str,
+                                                    steps: int) -> None:
+    import optimizers
+
+    seen = capture_lrs(monkeypatch)
+    wsd = optimizers.Schedule("wsd", warmup_fraction=0.1, decay_fraction=0.3,
+                              decay_shape="1-sqrt", final_lr_fraction=0.1)
+    lr = 1e-3
+    for schedule in (wsd, None):
+        config = TrialConfig("adam", {"lr": lr}, epochs=2 if name == "digits-mlp" else 1,
+                             schedule=schedule)
+        assert math.isfinite(get_workload(name).run(config, Recorder()))
+    with_wsd, without = seen
+    assert len(with_wsd) == steps
+    assert with_wsd == pytest.approx([lr * wsd.factor(s, steps) for s in range(steps)])
+    assert with_wsd[-1] > 0.1 * lr  # the last step still moves; the final fraction is after it
+    # no schedule: what the workload always did (warm-up + cosine; Rosenbrock constant)
+    default = get_workload(name).default_schedule
+    expected = [lr * (default.factor(s, steps) if default else 1.0) for s in range(steps)]
+    assert without == pytest.approx(expected)
+
+
+def test_schedule_free_gets_a_schedule_only_when_the_trial_names_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import optimizers
+
+    seen = capture_lrs(monkeypatch)
+    linear = optimizers.Schedule("linear", warmup_steps=5)
+    for schedule in (None, optimizers.Schedule("none"), linear):
+        run_config = TrialConfig("schedulefree_adamw", {"lr": 2e-3}, epochs=1, schedule=schedule)
+        get_workload("digits-mlp").run(run_config, Recorder())
+    default, none, named = seen
+    assert set(default) == set(none) == {2e-3}
+    assert named == pytest.approx([2e-3 * linear.factor(s, 45) for s in range(45)])
+
+
+def test_trial_config_takes_a_schedule_or_its_fields() -> None:
+    import optimizers
+
+    fields = {"name": "cosine", "warmup_steps": 3, "final_lr_fraction": 0.1}
+    config = TrialConfig("adam", {}, schedule=fields)  # type: ignore[arg-type]
+    assert config.schedule == optimizers.Schedule("cosine", warmup_steps=3, final_lr_fraction=0.1)
+    with pytest.raises(ValueError, match=r"^schedule: "):
+        TrialConfig("adam", {}, schedule="cosine")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^warmup: not a schedule field"):
+        TrialConfig("adam", {}, schedule={"name": "cosine", "warmup": 3})  # type: ignore[arg-type]

@@ -39,7 +39,9 @@ class EvidenceRecord:
 
     ``record_id`` is unique within a pool (a table row id, a job id). A published record has a
     ``citation`` (paper and the table or section the values stand in); a job record a
-    ``job_id``. ``outcome`` says what is known about how it went."""
+    ``job_id``. ``outcome`` says what is known about how it went. ``schedule`` names the lr
+    schedule its lr is the peak of, as its source calls it (``cosine``, ``step``, ...; None when
+    unknown), with the final lr fraction when stated."""
 
     source: EvidenceSource
     record_id: str
@@ -50,6 +52,8 @@ class EvidenceRecord:
     outcome: str
     citation: str | None = None
     job_id: str | None = None
+    schedule: str | None = None
+    final_lr_fraction: float | None = None
 
     def __post_init__(self) -> None:
         if (self.source == "published") != (self.citation is not None) or (
@@ -80,6 +84,8 @@ class Evidence(BaseModel):
         default=None,
         description="Its lr carried to this task by the rules' size and batch laws.",
     )
+    schedule: str | None = Field(
+        default=None, description="The lr schedule it used (cosine, linear, step, ...), if known.")
 
 
 @dataclass(frozen=True)
@@ -166,6 +172,7 @@ def published_pool() -> EvidencePool:
             source="published", record_id=row.id, label=row.model,
             task=published_record_task(row), optimizer=row.optimizer, lr=row.lr,
             outcome="published", citation=f"{row.citation}, {row.where}",
+            schedule=row.schedule, final_lr_fraction=row.final_lr_fraction,
         )
         for row in published_trainings()
     )

@@ -23,7 +23,10 @@ from types import MappingProxyType
 from typing import ClassVar, Literal
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 
+import optimizers
+from optimizers.schedules import Schedule
 from tuner.task import TaskDescription
 
 Reporter = Callable[[int, float], None]
@@ -47,6 +50,10 @@ class TrialConfig:
     """Torch device string: ``"cpu"``, ``"cuda"``, ``"cuda:1"``. The caller picks the device."""
     epochs: int | None = None
     """Training budget in epochs; ``None`` means the workload's ``default_epochs``."""
+    schedule: Schedule | None = None
+    """The lr schedule (its fields as a mapping are accepted too); the hyperparameters' ``lr`` is
+    its peak. ``None`` means the workload's own (``Workload.default_schedule``), which is what
+    trials of plans stored before schedules get."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.optimizer, str) or not self.optimizer:
@@ -66,6 +73,10 @@ class TrialConfig:
             isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1
         ):
             raise ValueError(f"epochs: expected an int >= 1 or None, got {self.epochs!r}")
+        if isinstance(self.schedule, Mapping):
+            object.__setattr__(self, "schedule", Schedule.from_dict(self.schedule))
+        elif self.schedule is not None and not isinstance(self.schedule, Schedule):
+            raise ValueError(f"schedule: expected a Schedule or its fields, got {self.schedule!r}")
         # A private read-only copy: the caller's mapping may change after the trial was built.
         object.__setattr__(self, "hyperparameters", MappingProxyType(dict(self.hyperparameters)))
 
@@ -88,10 +99,28 @@ class Workload(ABC):
     """What ``run`` reports and returns, e.g. ``"val_loss"``."""
     direction: ClassVar[Direction] = "minimize"
     default_epochs: ClassVar[int]
+    default_schedule: ClassVar[Schedule | None] = None
+    """The lr schedule of a trial that names none (None: a constant lr)."""
+    schedule_override: ClassVar[Schedule | None] = None
+    """When set, the schedule every trial of a tuning job on this workload trains with, instead
+    of the one the prior recommends (``tuner.tuning.create_study``)."""
 
     def resolve_epochs(self, config: TrialConfig) -> int:
         """The budget for ``config``: its ``epochs`` or this workload's ``default_epochs``."""
         return self.default_epochs if config.epochs is None else config.epochs
+
+    def scheduler(self, config: TrialConfig, optimizer: torch.optim.Optimizer,
+                  total_steps: int) -> LRScheduler | None:
+        """The lr scheduler a trial trains with (step it after every optimizer step), or None:
+        ``config.schedule``, else ``default_schedule``, which schedule-free optimizers
+        (``optimizers.is_schedule_free``) never get: they run at a constant lr after their own
+        warm-up. A ``none`` schedule is no scheduler."""
+        schedule = config.schedule
+        if schedule is None and not optimizers.is_schedule_free(optimizer):
+            schedule = self.default_schedule
+        if schedule is None or schedule.name == "none":
+            return None
+        return optimizers.build_scheduler(optimizer, schedule, total_steps)
 
     @abstractmethod
     def run(self, config: TrialConfig, report: Reporter) -> float:

@@ -1,8 +1,9 @@
 """The built-in workloads: small, fast (about a second per trial on one CPU core at the default
 budget), deterministic for a seed, and discriminative (optimizers and learning rates reach clearly
 different values). Every one minimises its metric. The supervised ones train with linear warm-up
-and cosine decay of the lr (``tuner.workloads.training``); Rosenbrock runs at a constant lr.
-Schedule-free optimizers run without a schedule and are measured at their evaluation point.
+and cosine decay of the lr (``tuner.workloads.training``) unless the trial names another
+schedule; Rosenbrock runs at a constant lr unless the trial names one. Schedule-free optimizers
+run without a schedule (unless the trial names one) and are measured at their evaluation point.
 
 Data ship with scikit-learn (``load_digits``, ``load_diabetes``; never downloaded) or are
 generated from a fixed data seed, so trials differ only by their initialisation and shuffling
@@ -34,6 +35,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 import optimizers
+from optimizers.schedules import Schedule
 from tuner.task import TaskDescription
 from tuner.workloads.base import Reporter, TrialConfig, Workload, report_epoch
 from tuner.workloads.training import Dataset, Split, SupervisedWorkload, count_parameters
@@ -55,6 +57,11 @@ class Rosenbrock(Workload):
     "epoch" is ``steps_per_epoch`` optimizer steps. The metric is ``log10(1 + f(x))``: monotone in
     f, 0 at the optimum and on a scale TPE handles well (f itself spans many orders of magnitude
     between good and bad settings).
+
+    It runs at a constant lr unless the trial names a schedule, and its tuning jobs keep it
+    constant (``schedule_override``): with exact gradients an lr decay only slows the descent
+    down the valley within the budget (measured: Adam at lr 0.3 ends at 1e-9 at a constant lr,
+    at 0.61 with 5% warm-up + cosine; at lr 0.1, 0.11 against 1.02).
     """
 
     name = "rosenbrock"
@@ -67,6 +74,7 @@ class Rosenbrock(Workload):
     task = TaskDescription(model_family="other", task_type="other", num_parameters=dims)
     metric = "objective"
     default_epochs = 20
+    schedule_override = Schedule("constant")
 
     def start(self, seed: int) -> torch.Tensor:
         pattern = torch.tensor([-1.5, 2.0]).repeat((self.dims + 1) // 2)[: self.dims]
@@ -77,12 +85,15 @@ class Rosenbrock(Workload):
         epochs = self.resolve_epochs(config)
         x = nn.Parameter(self.start(config.seed).to(config.device))
         optimizer = optimizers.create(config.optimizer, [x], **config.hyperparameters)
+        scheduler = self.scheduler(config, optimizer, epochs * self.steps_per_epoch)
         value = math.nan
         for epoch in range(epochs):
             for _ in range(self.steps_per_epoch):
                 optimizer.zero_grad(set_to_none=True)
                 torch.autograd.backward(rosenbrock(x))
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
             with torch.no_grad(), optimizers.evaluation_mode(optimizer):
                 value = math.log10(1.0 + float(rosenbrock(x)))
             if not report_epoch(report, epoch, value):

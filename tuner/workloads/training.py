@@ -7,15 +7,17 @@ minibatches by index. Model initialisation draws from torch's global generator i
 The host synchronises once per epoch (validation value and a running train-loss sum together),
 which is also the divergence check.
 
-The lr follows the usual schedule, linear warm-up over the first ``WARMUP_FRACTION`` of the steps
-and then cosine decay to 0 (``WORKLOAD_SCHEDULE``, built by ``optimizers.build_scheduler``). The
-hyperparameter's lr is the peak, as in the evidence the prior's lrs come from (GPT-3's table, the
-AlgoPerf baselines). Training at a constant lr would instead favour optimizers that decay their
-own step size (Adagrad's growing denominator, Adafactor's 1/sqrt(t) relative step), which no
-tuned recipe relies on. Schedule-free optimizers (``optimizers.is_schedule_free``) get no
-schedule: they are meant to run at a constant lr after their own warm-up. They are switched to
-their evaluation point for each validation pass (``optimizers.evaluation_mode``), as every
-evaluation of a model trained by them must be.
+The lr follows the trial's schedule (``TrialConfig.schedule``, which the prior recommends per
+candidate and a long enough tuning job tunes); a trial without one (a plan stored before
+schedules) gets the usual one, linear warm-up over the first ``WARMUP_FRACTION`` of the steps and
+then cosine decay to 0 (``WORKLOAD_SCHEDULE``, the prior's default schedule), built by
+``optimizers.build_scheduler``. The hyperparameter's lr is the peak, as in the evidence the
+prior's lrs come from (GPT-3's table, the AlgoPerf baselines). Training at a constant lr would
+instead favour optimizers that decay their own step size (Adagrad's growing denominator,
+Adafactor's 1/sqrt(t) relative step), which no tuned recipe relies on. Schedule-free optimizers
+(``optimizers.is_schedule_free``) get no default schedule: they are meant to run at a constant
+lr after their own warm-up. They are switched to their evaluation point for each validation
+pass (``optimizers.evaluation_mode``), as every evaluation of a model trained by them must be.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import torch
 from torch import nn
 
 import optimizers
+from tuner.rules import DEFAULT_SCHEDULE
+from tuner.rules import WARMUP_FRACTION as WARMUP_FRACTION
 from tuner.workloads.base import Reporter, TrialConfig, Workload, report_epoch
 
 
@@ -59,9 +63,7 @@ class Dataset:
         return Dataset(self.train.to(device), self.val.to(device))
 
 
-WARMUP_FRACTION = 0.05
-WORKLOAD_SCHEDULE = optimizers.Schedule("cosine", warmup_fraction=WARMUP_FRACTION,
-                                        final_lr_fraction=0.0)
+WORKLOAD_SCHEDULE = DEFAULT_SCHEDULE
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -76,8 +78,8 @@ def build_seeded(seed: int, factory: Callable[[], nn.Module]) -> nn.Module:
 
 
 class SupervisedWorkload(Workload):
-    """Minibatch training of ``build_model()`` on ``dataset()`` with the warm-up + cosine lr
-    schedule (none for schedule-free optimizers); reports the validation loss.
+    """Minibatch training of ``build_model()`` on ``dataset()`` with the trial's lr schedule
+    (default: warm-up + cosine, none for schedule-free optimizers); reports the validation loss.
 
     Subclasses set ``batch_size`` and ``train_size`` and implement ``build_model``,
     ``make_dataset`` (CPU tensors, built once per instance and never modified) and ``loss`` (the
@@ -86,6 +88,7 @@ class SupervisedWorkload(Workload):
 
     batch_size: ClassVar[int]
     train_size: ClassVar[int]
+    default_schedule = WORKLOAD_SCHEDULE
     _dataset: Dataset | None = None
 
     @abstractmethod
@@ -117,11 +120,7 @@ class SupervisedWorkload(Workload):
         )
         shuffle = torch.Generator().manual_seed(config.seed)
         n, batch = len(data.train), self.batch_size
-        scheduler = None
-        if not optimizers.is_schedule_free(optimizer):
-            scheduler = optimizers.build_scheduler(
-                optimizer, WORKLOAD_SCHEDULE, epochs * math.ceil(n / batch)
-            )
+        scheduler = self.scheduler(config, optimizer, epochs * math.ceil(n / batch))
         value = math.nan
         for epoch in range(epochs):
             model.train()
