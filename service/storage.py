@@ -1,22 +1,29 @@
-"""The process's one Optuna storage, on the service database (DESIGN: one per process).
+"""The process's one Optuna storage, on the service database (one per process), and the
+studies loaded from it.
 
-Heartbeats are on, so a trial whose worker died is noticed after ``grace_period_s`` and handed to
-:class:`service.jobs.RetryLostTrial`.
+Heartbeats are on, so a trial whose worker died is noticed after ``grace_period_s``
+(:func:`service.jobs.reap_lost_trials` fails and retries it).
+
+Loaded studies are kept (:func:`cached_study`): each keeps Optuna's trial cache, which rereads
+only the trials that are new or still unfinished, so a request on a job with many trials does
+not load all of them again.
 """
 
 from __future__ import annotations
 
 import threading
 import warnings
+import weakref
+from collections import OrderedDict
 from typing import Annotated, Any
 
 import optuna
 from fastapi import Depends, FastAPI, Request
 from sqlalchemy import Connection, Engine, event
-from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import is_sqlite
-from service.jobs import RetryLostTrial
+from tuner.space import SearchPlan
+from tuner.tuning import load_study, study_plan
 
 DEFAULT_HEARTBEAT_INTERVAL_S = 10
 # Generous: a live worker whose heartbeat waits on a busy SQLite file must not be taken for lost.
@@ -25,7 +32,6 @@ DEFAULT_GRACE_PERIOD_S = 60
 
 def open_optuna_storage(
     url: str,
-    sessions: sessionmaker[Session],
     *,
     heartbeat_interval_s: int = DEFAULT_HEARTBEAT_INTERVAL_S,
     grace_period_s: int = DEFAULT_GRACE_PERIOD_S,
@@ -41,7 +47,6 @@ def open_optuna_storage(
             engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat_interval_s,
             grace_period=grace_period_s,
-            heartbeat_stale_trial_callback=RetryLostTrial(sessions),
         )
     if is_sqlite(url):
         _serialize_sqlite_transactions(storage.engine, sqlite_busy_timeout_s)
@@ -91,7 +96,7 @@ def storage_for_app(app: FastAPI) -> optuna.storages.RDBStorage:
             storage = getattr(state, "optuna_storage", None)
             if storage is None:
                 storage = state.optuna_storage = open_optuna_storage(
-                    state.settings.database_url, state.sessionmaker)
+                    state.settings.database_url)
     assert isinstance(storage, optuna.storages.RDBStorage)
     return storage
 
@@ -105,3 +110,76 @@ def ask(study: optuna.Study) -> optuna.Trial:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
         return study.ask()
+
+
+# -- loaded studies -------------------------------------------------------------------------
+
+MAX_CACHED_STUDIES = 64
+
+
+class StudyCache:
+    """Studies of one storage by name, loaded once (``tuner.tuning.load_study``: sampler and
+    pruner rebuilt) and kept, least recently used first out, with their search plans.
+
+    A kept study's trial cache (Optuna's ``_CachedStorage``) rereads only trials that are new or
+    were unfinished at the last read, so its cost per request does not grow with the trials.
+    Safe to share between threads, as Optuna's studies are.
+    """
+
+    def __init__(self, storage: optuna.storages.BaseStorage,
+                 capacity: int = MAX_CACHED_STUDIES) -> None:
+        self._storage = storage
+        self._capacity = capacity
+        self._studies: OrderedDict[str, tuple[optuna.Study, SearchPlan | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def study(self, study_name: str) -> optuna.Study:
+        """The study; KeyError when there is none of that name."""
+        return self._entry(study_name)[0]
+
+    def plan(self, study_name: str) -> SearchPlan:
+        """The study's search plan (``tuner.tuning.study_plan``), read once."""
+        study, plan = self._entry(study_name)
+        if plan is None:
+            plan = study_plan(study)
+            with self._lock:
+                if study_name in self._studies:
+                    self._studies[study_name] = (study, plan)
+        return plan
+
+    def forget(self, study_name: str) -> None:
+        with self._lock:
+            self._studies.pop(study_name, None)
+
+    def _entry(self, study_name: str) -> tuple[optuna.Study, SearchPlan | None]:
+        with self._lock:
+            entry = self._studies.get(study_name)
+            if entry is not None:
+                self._studies.move_to_end(study_name)
+                return entry
+        study = load_study(self._storage, study_name)  # outside the lock: it reads the database
+        with self._lock:
+            entry = self._studies.setdefault(study_name, (study, None))
+            self._studies.move_to_end(study_name)
+            while len(self._studies) > self._capacity:
+                self._studies.popitem(last=False)
+            return entry
+
+
+_caches: weakref.WeakKeyDictionary[optuna.storages.BaseStorage, StudyCache] = (
+    weakref.WeakKeyDictionary())
+_caches_lock = threading.Lock()
+
+
+def study_cache(storage: optuna.storages.BaseStorage) -> StudyCache:
+    """The process's :class:`StudyCache` of ``storage``."""
+    with _caches_lock:
+        cache = _caches.get(storage)
+        if cache is None:
+            cache = _caches[storage] = StudyCache(storage)
+        return cache
+
+
+def cached_study(storage: optuna.storages.BaseStorage, study_name: str) -> optuna.Study:
+    """``study_cache(storage).study(study_name)``: a study loaded once per process."""
+    return study_cache(storage).study(study_name)

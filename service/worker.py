@@ -38,6 +38,7 @@ from service.jobs import (
     claim_trial_slot,
     deadline_passed,
     finish_if_done,
+    reap_lost_trials,
     reconcile_slots,
     release_trial_slot,
     should_stop,
@@ -49,6 +50,7 @@ from service.storage import (
     DEFAULT_HEARTBEAT_INTERVAL_S,
     ask,
     open_optuna_storage,
+    study_cache,
 )
 
 log = logging.getLogger(__name__)
@@ -138,22 +140,17 @@ class Worker:
         self.engine = create_engine_for(config.database_url)
         self.sessions = make_sessionmaker(self.engine)
         self.storage = open_optuna_storage(
-            config.database_url, self.sessions,
+            config.database_url,
             heartbeat_interval_s=config.heartbeat_interval_s,
             grace_period_s=config.grace_period_s)
         self.device = config.device if config.device != "auto" else default_device()
         self.trials_run = 0
-        self._studies: dict[str, optuna.Study] = {}
+        self._studies = study_cache(self.storage)
         self._last_reap = 0.0
         self._stop_checks: dict[str, tuple[float, bool]] = {}
 
     def _study(self, job: Job) -> optuna.Study:
-        from tuner.tuning import load_study
-
-        study = self._studies.get(job.id)
-        if study is None:
-            study = self._studies[job.id] = load_study(self.storage, job.study_name)
-        return study
+        return self._studies.study(job.study_name)
 
     def _active_jobs(self) -> list[Job]:
         with self.sessions() as session:
@@ -167,7 +164,7 @@ class Worker:
             if job.trials_claimed == 0:
                 continue
             study = self._study(job)
-            optuna.storages.fail_stale_trials(study)
+            reap_lost_trials(self.storage, study, job.id)
             with self.sessions() as session:
                 reconcile_slots(session, study, job.id, self.config.grace_period_s)
                 finish_if_done(session, study, job.id)
@@ -182,7 +179,6 @@ class Worker:
 
     def _run_one(self, job: Job) -> bool:
         from tuner.trial import run_trial
-        from tuner.tuning import study_plan
         from tuner.workloads import get_workload
 
         with self.sessions() as session:
@@ -200,7 +196,8 @@ class Worker:
             trial.set_user_attr(ATTR_WORKER, worker_id())
             log.info("job %s trial %d on %s", job.id, trial.number, self.device)
             with _Heartbeat(self.storage, trial._trial_id, self.config.heartbeat_interval_s):
-                outcome = run_trial(study, study_plan(study), get_workload(job.workload),
+                outcome = run_trial(study, self._studies.plan(job.study_name),
+                                    get_workload(job.workload),
                                     trial=trial, seed=job.seed or 0, device=self.device,
                                     should_stop=lambda: self._should_stop(job.id))
             log.info("job %s trial %d %s%s%s", job.id, trial.number,

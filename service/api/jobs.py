@@ -377,10 +377,10 @@ def heartbeat_trial(job_id: Annotated[ResourceId, Path()], number: TrialNumber,
                     session: SessionDep, storage: OptunaStorageDep,
                     settings: SettingsDep) -> LeaseOut:
     try:
-        lease = leases.heartbeat(session, storage, job_id, number, settings.lease_s)
+        expires = leases.heartbeat(session, storage, job_id, number, settings.lease_s)
     except (JobNotFound, LeaseNotFound, JobConflict) as exc:
         raise _translated(exc) from None
-    return LeaseOut(number=lease.trial_number, lease_expires_at=lease.lease_expires_at)
+    return LeaseOut(number=number, lease_expires_at=expires)
 
 
 @router.post("/{job_id}/trials/{number}/result", summary="Finish a trial",
@@ -388,10 +388,7 @@ def heartbeat_trial(job_id: Annotated[ResourceId, Path()], number: TrialNumber,
 def finish_trial(job_id: Annotated[ResourceId, Path()], number: TrialNumber, body: TrialResult,
                  session: SessionDep, storage: OptunaStorageDep) -> LeasedTrialOut:
     try:
-        lease = leases.tell(session, storage, job_id, number, body.outcome())
+        trial = leases.tell(session, storage, job_id, number, body.outcome())
     except (JobNotFound, LeaseNotFound, JobConflict, ValueError) as exc:
         raise _translated(exc) from None
-    trial = storage.get_trial(lease.trial_id)
-    return _leased_out(LeasedTrial(
-        lease, str(trial.user_attrs.get("optimizer")),
-        dict(trial.user_attrs.get("hyperparameters", {}))))
+    return _leased_out(trial)

@@ -6,16 +6,15 @@ from datetime import timedelta
 
 import optuna
 import sqlalchemy as sa
-from optuna.trial import TrialState
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.jobs import (
     claim_trial_slot,
     create_job,
+    fail_and_retry,
     finish_if_done,
     reconcile_slots,
     retried_numbers,
-    retry_failed_trial,
 )
 from service.models import Job, Result, utcnow
 from service.storage import ask, open_optuna_storage
@@ -25,7 +24,7 @@ def _setup(url: str) -> tuple[sessionmaker[Session], optuna.storages.RDBStorage]
     from service.db import create_engine_for, make_sessionmaker
 
     sessions = make_sessionmaker(create_engine_for(url))
-    return sessions, open_optuna_storage(url, sessions)
+    return sessions, open_optuna_storage(url)
 
 
 def test_claims_never_exceed_the_budget(migrated_url: str) -> None:
@@ -65,9 +64,8 @@ def test_retried_trials_do_not_count_and_the_result_is_written_once(migrated_url
         study = optuna.load_study(study_name=job.study_name, storage=storage)
         assert claim_trial_slot(session, job.id)
         lost = ask(study)
-        study.tell(lost, state=TrialState.FAIL)
-        assert retry_failed_trial(session, study, job,
-                                  storage.get_trial(lost._trial_id), max_retries=1)
+        outcome = fail_and_retry(storage, study._study_id, job.id, lost._trial_id, "lost")
+        assert outcome is not None and outcome.retried
         for value in (3.0, 2.0):
             assert claim_trial_slot(session, job.id)
             trial = ask(study)
