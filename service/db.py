@@ -11,6 +11,7 @@ revision in ``optpilot_alembic_version`` (Optuna keeps its own ``alembic_version
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,6 +25,9 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from service import jsonsafe
+from service.errors import database_unavailable
+
+logger = logging.getLogger("optpilot.service")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "optpilot_alembic_version"
@@ -109,10 +113,24 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    """FastAPI dependency: one session per request from the app's sessionmaker, closed after."""
+    """FastAPI dependency: one session per request from the app's sessionmaker, closed after.
+
+    The session closes after the response went out (FastAPI runs a dependency's exit then), so
+    a connection lost meanwhile (the database stopped) cannot change the answer any more: the
+    rollback's error is logged, not raised, and the dead connection is discarded.
+    """
     factory: sessionmaker[Session] = request.app.state.sessionmaker
-    with factory() as session:
+    session = factory()
+    try:
         yield session
+    finally:
+        try:
+            session.close()
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            logger.warning("database connection lost before %s %s closed its session: %s",
+                           request.method, request.url.path, str(exc).splitlines()[0][:200])
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -9,6 +9,11 @@ number of workers on any number of machines open the same database. A worker
    heartbeats, and finishes the job when its budget is spent;
 3. every heartbeat interval, fails trials whose worker went silent (they are retried).
 
+A database outage does not cost the running trial: its reads and writes wait for the database
+to come back (:class:`service.storage.PatientStorage`, up to ``outage_wait_s``), the
+cancellation check keeps its last answer meanwhile, and the poll loop backs off (up to
+``MAX_OUTAGE_BACKOFF_S``) until the database answers again.
+
 SIGTERM/SIGINT: stop claiming, finish the running trial, exit. A second signal exits at once (the
 trial is then reaped and retried by another worker).
 """
@@ -33,6 +38,7 @@ import optuna
 import sqlalchemy as sa
 
 from service.db import create_engine_for, make_sessionmaker
+from service.errors import database_error_text, database_unavailable
 from service.jobs import (
     ACTIVE,
     claim_trial_slot,
@@ -48,6 +54,7 @@ from service.models import Job
 from service.storage import (
     DEFAULT_GRACE_PERIOD_S,
     DEFAULT_HEARTBEAT_INTERVAL_S,
+    MAX_OUTAGE_BACKOFF_S,
     ask,
     open_optuna_storage,
     study_cache,
@@ -56,6 +63,7 @@ from service.storage import (
 log = logging.getLogger(__name__)
 
 STOP_CHECK_INTERVAL_S = 1.0
+DEFAULT_OUTAGE_WAIT_S = 300.0
 
 ATTR_WORKER = "worker"
 
@@ -76,6 +84,9 @@ class WorkerConfig:
     worker mostly contend (10x slower measured on 2 cores)."""
     max_trials: int | None = None
     """Exit after this many trials (tests, batch use); None: run until stopped."""
+    outage_wait_s: float = DEFAULT_OUTAGE_WAIT_S
+    """How long a running trial waits for an unavailable database before it gives up (then
+    it is reaped and retried like a trial whose worker died)."""
 
 
 def parse_devices(text: str | None) -> list[str]:
@@ -115,14 +126,29 @@ class _Heartbeat:
                                         daemon=True, name="heartbeat")
 
     def _beat(self) -> None:
+        failing = False
         while not self._stop.wait(self._interval):  # __enter__ recorded the first beat
             try:
                 self._storage.record_heartbeat(self._trial_id)
-            except Exception:  # a missed beat is retried; the grace period absorbs a few
-                log.exception("heartbeat failed")
+            except Exception as exc:  # a missed beat is retried; the grace period absorbs a few
+                if not database_unavailable(exc):
+                    log.exception("heartbeat failed")
+                elif not failing:
+                    log.warning("heartbeat failed (database unavailable; retrying every "
+                                "%g s): %s", self._interval, database_error_text(exc))
+                failing = True
+                continue
+            if failing:
+                log.info("heartbeats recorded again")
+                failing = False
 
     def __enter__(self) -> _Heartbeat:
-        self._storage.record_heartbeat(self._trial_id)
+        try:
+            self._storage.record_heartbeat(self._trial_id)
+        except Exception as exc:  # the thread beats again soon; the trial goes on meanwhile
+            if not database_unavailable(exc):
+                raise
+            log.warning("first heartbeat failed (database unavailable); retrying")
         self._thread.start()
         return self
 
@@ -142,12 +168,13 @@ class Worker:
         self.storage = open_optuna_storage(
             config.database_url,
             heartbeat_interval_s=config.heartbeat_interval_s,
-            grace_period_s=config.grace_period_s)
+            grace_period_s=config.grace_period_s, outage_wait_s=config.outage_wait_s)
         self.device = config.device if config.device != "auto" else default_device()
         self.trials_run = 0
         self._studies = study_cache(self.storage)
         self._last_reap = 0.0
         self._stop_checks: dict[str, tuple[float, bool]] = {}
+        self._outage_since: float | None = None
 
     def _study(self, job: Job) -> optuna.Study:
         return self._studies.study(job.study_name)
@@ -217,10 +244,27 @@ class Worker:
         now = time.monotonic()
         checked, answer = self._stop_checks.get(job_id, (-math.inf, False))
         if now - checked >= STOP_CHECK_INTERVAL_S:
-            with self.sessions() as session:
-                answer = should_stop(session, job_id)
+            try:
+                with self.sessions() as session:
+                    answer = should_stop(session, job_id)
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    raise
+                log.warning("cannot check job %s for cancellation (database unavailable); "
+                            "going on", job_id)
             self._stop_checks[job_id] = (now, answer)
         return answer
+
+    def _outage_backoff(self, exc: Exception) -> float:
+        """How long to wait before the next poll while the database is unavailable: from the
+        poll interval, doubling up to ``MAX_OUTAGE_BACKOFF_S``; logged once per outage."""
+        now = time.monotonic()
+        if self._outage_since is None:
+            self._outage_since = now
+            log.warning("database unavailable; retrying with backoff: %s",
+                        database_error_text(exc))
+        waited = now - self._outage_since
+        return min(MAX_OUTAGE_BACKOFF_S, max(self.config.poll_interval_s, waited))
 
     def step(self) -> bool:
         """One pass over the active jobs; True if a trial ran."""
@@ -246,16 +290,21 @@ class Worker:
                 if self.config.max_trials is not None and \
                         self.trials_run >= self.config.max_trials:
                     break
+                idle_s = self.config.poll_interval_s
                 try:
                     ran = self.step()
-                except sa.exc.OperationalError:
-                    log.exception("database unavailable; retrying")
+                    if self._outage_since is not None:
+                        log.info("database available again after %.0f s",
+                                 time.monotonic() - self._outage_since)
+                        self._outage_since = None
+                except Exception as exc:  # one bad job or an outage must not end the worker
                     ran = False
-                except Exception:  # one bad job or storage hiccup must not end the worker
-                    log.exception("worker step failed; going on")
-                    ran = False
+                    if database_unavailable(exc):
+                        idle_s = self._outage_backoff(exc)
+                    else:
+                        log.exception("worker step failed; going on")
                 if not ran:
-                    self.stop.wait(self.config.poll_interval_s)
+                    self.stop.wait(idle_s)
         finally:
             self.engine.dispose()
         return self.trials_run
