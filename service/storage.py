@@ -185,7 +185,8 @@ def storage_for_app(app: FastAPI) -> optuna.storages.RDBStorage:
             storage = getattr(state, "optuna_storage", None)
             if storage is None:
                 storage = state.optuna_storage = open_optuna_storage(
-                    state.settings.database_url)
+                    state.settings.database_url,
+                    sqlite_busy_timeout_s=state.settings.sqlite_busy_timeout_s)
     assert isinstance(storage, optuna.storages.RDBStorage)
     return storage
 

@@ -77,7 +77,8 @@ class JobCreate(RequestModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     pruner: Literal["median", "hyperband", "none"] = "median"
     max_retries: int = Field(default=2, ge=0, le=10,
-                             description="Retries of a trial whose worker died.")
+                             description="Retries of a trial whose worker died or whose "
+                             "lease expired.")
 
     @field_validator("optimizers")
     @classmethod

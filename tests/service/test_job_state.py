@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import optuna
 import sqlalchemy as sa
+from optuna.trial import TrialState
+from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.jobs import (
@@ -81,3 +84,52 @@ def test_retried_trials_do_not_count_and_the_result_is_written_once(migrated_url
         result = session.scalar(sa.select(Result).where(Result.job_id == job.id))
         assert result is not None
         assert (result.best_value, result.best_optimizer, result.trials_used) == (2.0, "adam", 2)
+
+
+def test_a_completion_check_between_the_reapers_writes_never_finishes_a_job_short(
+        migrated_url: str) -> None:
+    """A worker reaps a lost trial while another checks whether the job is done. The check runs
+    after every transaction of the reaper's storage (its connections going back to the pool),
+    so it sees each state the reaper leaves behind: never the failure without its retry."""
+    from service.worker import Worker, WorkerConfig
+
+    sessions, storage = _setup(migrated_url)  # the checking worker
+    reaper = Worker(WorkerConfig(database_url=migrated_url, grace_period_s=1,
+                                 heartbeat_interval_s=1))
+    with sessions() as session:
+        job = create_job(session, storage, workload="rosenbrock", task=None, n_trials=2,
+                         optimizer_names=["adam"], max_retries=2)
+        study = optuna.load_study(study_name=job.study_name, storage=storage)
+        for value in (1.0, None):
+            assert claim_trial_slot(session, job.id)
+            trial = ask(study)
+            trial.set_user_attr("optimizer", "adam")
+            trial.set_user_attr("hyperparameters", {"lr": 0.01})
+            if value is not None:
+                study.tell(trial, value)
+        lost = trial  # still running; its worker dies after one heartbeat
+        storage.record_heartbeat(lost._trial_id)
+    time.sleep(1.5)  # past the reaper's grace period
+
+    finished_early: list[str] = []
+
+    def check(*_: object) -> None:
+        with sessions() as other:
+            if finish_if_done(other, study, job.id):
+                finished_early.append("finished while the reaper was mid-way")
+
+    event.listen(reaper.storage.engine, "checkin", check)
+    try:
+        reaper.reap(reaper._active_jobs())
+    finally:
+        event.remove(reaper.storage.engine, "checkin", check)
+        reaper.engine.dispose()
+        reaper.storage.engine.dispose()
+    assert not finished_early
+    with sessions() as session:
+        job = session.get(Job, job.id, populate_existing=True)
+        assert job is not None and job.status == "running" and job.trials_claimed == 1
+    trials = optuna.load_study(study_name=job.study_name, storage=storage).trials
+    assert [t.state for t in trials[-2:]] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[-1].system_attrs["retry_history"] == [lost.number]
+    assert trials[-1].params == lost.params
