@@ -127,8 +127,8 @@ def test_a_completion_check_between_the_reapers_writes_never_finishes_a_job_shor
         reaper.storage.engine.dispose()
     assert not finished_early
     with sessions() as session:
-        job = session.get(Job, job.id, populate_existing=True)
-        assert job is not None and job.status == "running" and job.trials_claimed == 1
+        after = session.get(Job, job.id, populate_existing=True)
+        assert after is not None and after.status == "running" and after.trials_claimed == 1
     trials = optuna.load_study(study_name=job.study_name, storage=storage).trials
     assert [t.state for t in trials[-2:]] == [TrialState.FAIL, TrialState.WAITING]
     assert trials[-1].system_attrs["retry_history"] == [lost.number]
