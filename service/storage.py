@@ -34,7 +34,7 @@ from tuner.tuning import load_study, study_plan
 DEFAULT_HEARTBEAT_INTERVAL_S = 10
 # Generous: a live worker whose heartbeat waits on a busy SQLite file must not be taken for lost.
 DEFAULT_GRACE_PERIOD_S = 60
-MAX_OUTAGE_BACKOFF_S = 5.0
+MAX_OUTAGE_BACKOFF_S = 2.0
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
