@@ -37,6 +37,7 @@ from service.jobs import (
     counted_trials,
     create_job,
     retried_numbers,
+    trial_reason,
 )
 from service.models import Job
 from service.storage import open_optuna_storage
@@ -186,7 +187,7 @@ def test_a_database_outage_mid_job_ends_with_the_exact_budget(cluster: Cluster,
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states, states
     dead = [p.args for p in cluster.workers if p.poll() is not None]
     assert not dead, f"a worker did not survive the outage: {dead}"
-    lost = [t for t in trials if t.user_attrs.get("reason") == REASON_WORKER_LOST]
+    lost = [t for t in trials if trial_reason(t) == REASON_WORKER_LOST]
     if kill:
         assert lost, "the dead worker's trial was reaped"
         assert {t.number for t in lost} <= retried_numbers(trials), "and retried"
