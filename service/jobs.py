@@ -233,6 +233,8 @@ def fail_and_retry(storage: optuna.storages.RDBStorage, study_id: int, job_id: s
     without the retry would count the lost trial as finished and complete the job one short.
     It goes through Optuna's own storage helpers (the study row lock that numbers new trials,
     the trial template copy), on Optuna's connection, with the job row in the same transaction.
+    Those helpers are Optuna internals, unchanged since Optuna 2 (pyproject keeps Optuna below
+    6); the job-state and outage tests exercise them.
     """
     with _create_scoped_session(storage.scoped_session) as session:
         optuna_models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)

@@ -72,10 +72,6 @@ class LeaseNotFound(LookupError):
     pass
 
 
-class LeaseExpired(JobConflict):
-    """The trial's lease expired and the trial was failed (409)."""
-
-
 def _ask_guard(session: Session) -> AbstractContextManager[Any]:
     return _sqlite_ask_lock if session.get_bind().dialect.name == "sqlite" else nullcontext()
 
@@ -173,7 +169,7 @@ def _check_open(session: Session, storage: optuna.storages.RDBStorage, lease: Tr
         reap_expired(session, storage, _study(storage, job), job)
         session.refresh(lease)
     if lease.state == "expired":
-        raise LeaseExpired(f"trial {lease.trial_number}: the lease expired; the trial was failed")
+        raise JobConflict(f"trial {lease.trial_number}: the lease expired; the trial was failed")
     if lease.state != "open":
         raise JobConflict(f"trial {lease.trial_number} is already {lease.state}")
 
