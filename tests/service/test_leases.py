@@ -78,11 +78,11 @@ def test_a_request_reads_as_many_trial_rows_late_in_a_job_as_early(migrated_url:
     whole study: the rows read per request do not grow with the number of finished trials.
     (The sampler and the pruner still look at every trial in memory, as in plain Optuna.)"""
     with api(migrated_url, lease_s=60) as client:
-        job_id = launch(client, 40, pruner="median")
-        for _ in range(4):
+        job_id = launch(client, 30, pruner="median")
+        for _ in range(3):
             _one_trial(client, job_id)
         early = _one_trial(client, job_id)
-        for _ in range(20):
+        for _ in range(12):
             _one_trial(client, job_id)
         late = _one_trial(client, job_id)
     assert late["heartbeat"] == 0, "a heartbeat is one UPDATE of the lease row"
