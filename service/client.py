@@ -673,8 +673,9 @@ class ClientTrial:
         if not self.lease_lost:
             self.lease_lost = True
             self.state, self.reason = "failed", exc.detail
-            log.warning("trial %d of job %s lost its lease; its result is dropped and the "
-                        "server offers it again: %s", self.number, self.job_id, exc)
+            log.warning("trial %d of job %s lost its lease (the server failed it and offers "
+                        "it again within the job's max_retries); its result is dropped: %s",
+                        self.number, self.job_id, exc)
         self._stop.set()
         self.client._track(self, False)
 
