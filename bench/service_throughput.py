@@ -456,17 +456,17 @@ class AskTellRun:
 
 
 def plain_asktell(db_url: str, clients: int, n_trials: int, seed: int) -> AskTellRun:
-    """``clients`` threads doing Optuna's ask/report/tell on one study, set up as a job is."""
+    """``clients`` threads doing Optuna's ask/report/tell on one study, set up as a job is, on
+    the storage the service opens (``service.storage.open_optuna_storage``: on SQLite, Optuna's
+    read-then-write steps serialized, without which two threads pop the same enqueued trial)."""
     import optuna
 
+    from service.storage import ask, open_optuna_storage
     from tuner.task import TaskDescription
     from tuner.tuning import create_study, study_plan
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    engine_kwargs: dict[str, Any] = {}
-    if db_url.startswith("sqlite"):
-        engine_kwargs = {"connect_args": {"timeout": 60}}
-    storage = optuna.storages.RDBStorage(db_url, engine_kwargs=engine_kwargs)
+    storage = open_optuna_storage(db_url)
     label = f"plain Optuna, {clients} thread{'s' if clients > 1 else ''}"
     try:
         study, _ = create_study(storage, study_name=f"bench-asktell-{uuid.uuid4().hex[:12]}",
@@ -485,7 +485,7 @@ def plain_asktell(db_url: str, clients: int, n_trials: int, seed: int) -> AskTel
                         if asked >= n_trials:
                             return
                         asked += 1
-                    trial = study.ask()
+                    trial = ask(study)
                     _, hyperparameters = plan.suggest(trial)
                     value = _objective(hyperparameters)
                     pruned = False
