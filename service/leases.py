@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from service.jobs import (
     ACTIVE,
@@ -43,10 +44,11 @@ from service.jobs import (
     finish_if_done,
     get_job,
     release_trial_slot,
+    study_name_for,
 )
 from service.models import Job, TrialLease, new_id, utcnow
 from service.storage import ask as storage_ask
-from service.storage import study_cache
+from service.storage import set_trial_user_attrs, study_cache
 from tuner.trial import (
     ATTR_HYPERPARAMETERS,
     ATTR_OPTIMIZER,
@@ -123,9 +125,9 @@ def ask(session: Session, storage: optuna.storages.RDBStorage, job_id: str, clie
         except Exception:
             release_trial_slot(session, job_id)
             raise
-        trial.set_user_attr(ATTR_OPTIMIZER, optimizer)
-        trial.set_user_attr(ATTR_HYPERPARAMETERS, hyperparameters)
-        trial.set_user_attr(ATTR_CLIENT, client_id)
+        set_trial_user_attrs(storage, trial._trial_id, {
+            ATTR_OPTIMIZER: optimizer, ATTR_HYPERPARAMETERS: hyperparameters,
+            ATTR_CLIENT: client_id})
         now = utcnow()
         lease = TrialLease(id=new_id(), job_id=job_id, trial_number=trial.number,
                            trial_id=trial._trial_id, client_id=client_id, state="open",
@@ -150,6 +152,7 @@ def ask(session: Session, storage: optuna.storages.RDBStorage, job_id: str, clie
             if not handed_back:
                 release_trial_slot(session, job_id)
             return ask(session, storage, job_id, client_id, lease_s)
+    study_cache(storage).keep_trial(trial)
     return LeasedTrial(lease, optimizer, hyperparameters), True
 
 
@@ -178,13 +181,14 @@ def report(session: Session, storage: optuna.storages.RDBStorage, job_id: str, n
            step: int, value: float) -> bool:
     """Record an intermediate value; True when the job's pruner says stop (or it was
     cancelled)."""
-    lease = _lease(session, job_id, number)
+    found = session.execute(
+        sa.select(TrialLease, Job.status).join(Job, Job.id == TrialLease.job_id)
+        .where(TrialLease.job_id == job_id, TrialLease.trial_number == number)).first()
+    lease, status = found if found is not None else (_lease(session, job_id, number), None)
     _check_open(session, storage, lease)
-    job = get_job(session, job_id)
-    study = _study(storage, job)
-    trial = optuna.trial.Trial(study, lease.trial_id)
+    trial = study_cache(storage).trial(study_name_for(job_id), lease.trial_id)
     trial.report(value, step)
-    return job.status not in ACTIVE or trial.should_prune()
+    return status not in ACTIVE or trial.should_prune()
 
 
 def heartbeat(session: Session, storage: optuna.storages.RDBStorage, job_id: str,
@@ -218,9 +222,9 @@ def tell(session: Session, storage: optuna.storages.RDBStorage, job_id: str, num
     Repeating the same outcome returns the trial unchanged; another outcome, or one after the
     lease expired, raises JobConflict.
     """
-    job = _ask_and_tell_job(session, job_id)
-    study = _study(storage, job)
-    lease = _lease(session, job_id, number)
+    lease = _lease(session, job_id, number)  # a lease exists only for an ask/tell job
+    cache = study_cache(storage)
+    study = cache.study(study_name_for(job_id))
     if lease.state not in ("open", "expired") and lease.outcome == outcome:
         return _leased(lease, study)
     _check_open(session, storage, lease)
@@ -256,7 +260,9 @@ def tell(session: Session, storage: optuna.storages.RDBStorage, job_id: str, num
                         .values(state="open", outcome=None, updated_at=utcnow()))
         session.commit()
         raise
-    session.refresh(lease)
+    cache.drop_trial(lease.trial_id)
+    for key, stored in (("state", lease_state), ("outcome", outcome)):  # as just written
+        set_committed_value(lease, key, stored)
     finish_if_done(session, study, job_id)
     return LeasedTrial(lease, str(told.user_attrs[ATTR_OPTIMIZER]),
                        dict(told.user_attrs[ATTR_HYPERPARAMETERS]))
@@ -276,6 +282,7 @@ def reap_expired(session: Session, storage: optuna.storages.RDBStorage, study: o
                               REASON_LEASE_EXPIRED, lease_id=lease.id)
         if lost is None:
             continue
+        study_cache(storage).drop_trial(lease.trial_id)
         log.warning("job %s trial %d: lease of %s expired (%s)", job.id, lease.trial_number,
                     lease.client_id, "offered again" if lost.retried else "not retried")
         reaped += 1

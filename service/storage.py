@@ -23,6 +23,8 @@ from typing import Annotated, Any, TypeVar
 import optuna
 from fastapi import Depends, FastAPI, Request
 from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages._rdb import models as optuna_models
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import Connection, Engine, event
 
@@ -205,6 +207,7 @@ def ask(study: optuna.Study) -> optuna.Trial:
 # -- loaded studies -------------------------------------------------------------------------
 
 MAX_CACHED_STUDIES = 64
+MAX_KEPT_TRIALS = 4096
 
 
 class StudyCache:
@@ -214,6 +217,10 @@ class StudyCache:
     A kept study's trial cache (Optuna's ``_CachedStorage``) rereads only trials that are new or
     were unfinished at the last read, so its cost per request does not grow with the trials.
     Safe to share between threads, as Optuna's studies are.
+
+    It also keeps the ``optuna.Trial`` of each running client-evaluated trial, from its ask to
+    its result, so a report does not read the trial back first (Optuna's ``Trial`` object is
+    made to live as long as its trial; another process serving the same trial makes its own).
     """
 
     def __init__(self, storage: optuna.storages.BaseStorage,
@@ -221,6 +228,7 @@ class StudyCache:
         self._storage = storage
         self._capacity = capacity
         self._studies: OrderedDict[str, tuple[optuna.Study, SearchPlan | None]] = OrderedDict()
+        self._trials: OrderedDict[int, optuna.Trial] = OrderedDict()
         self._lock = threading.Lock()
 
     def study(self, study_name: str) -> optuna.Study:
@@ -240,6 +248,25 @@ class StudyCache:
     def forget(self, study_name: str) -> None:
         with self._lock:
             self._studies.pop(study_name, None)
+
+    def keep_trial(self, trial: optuna.Trial) -> None:
+        with self._lock:
+            self._trials[trial._trial_id] = trial
+            while len(self._trials) > MAX_KEPT_TRIALS:
+                self._trials.popitem(last=False)
+
+    def trial(self, study_name: str, trial_id: int) -> optuna.Trial:
+        """The running trial's ``optuna.Trial``: the kept one, else made (and kept) now."""
+        with self._lock:
+            trial = self._trials.get(trial_id)
+        if trial is None:
+            trial = optuna.trial.Trial(self.study(study_name), trial_id)
+            self.keep_trial(trial)
+        return trial
+
+    def drop_trial(self, trial_id: int) -> None:
+        with self._lock:
+            self._trials.pop(trial_id, None)
 
     def _entry(self, study_name: str) -> tuple[optuna.Study, SearchPlan | None]:
         with self._lock:
@@ -268,6 +295,16 @@ def study_cache(storage: optuna.storages.BaseStorage) -> StudyCache:
         if cache is None:
             cache = _caches[storage] = StudyCache(storage)
         return cache
+
+
+def set_trial_user_attrs(storage: optuna.storages.RDBStorage, trial_id: int,
+                         attrs: dict[str, Any]) -> None:
+    """A running trial's user attributes, in one transaction (Optuna's ``set_user_attr`` makes
+    one per attribute)."""
+    with _create_scoped_session(storage.scoped_session) as session:
+        for key, value in attrs.items():
+            storage._set_trial_attr_without_commit(
+                session, optuna_models.TrialUserAttributeModel, trial_id, key, value)
 
 
 def cached_study(storage: optuna.storages.BaseStorage, study_name: str) -> optuna.Study:
