@@ -32,6 +32,11 @@ logger = logging.getLogger("optpilot.service")
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "optpilot_alembic_version"
 DEFAULT_SQLITE_BUSY_TIMEOUT_S = 10.0
+SERVER_POOL = {"pool_size": 20, "max_overflow": 20}
+"""Connections kept open to a database server (PostgreSQL): as many as FastAPI's thread pool
+runs requests at once. SQLAlchemy's default (5 kept, 10 more opened and closed per use) made
+each request beyond the fifth concurrent one open a new server connection, a process each on
+PostgreSQL. A process uses only the connections it needs at once (a worker: one or two)."""
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -67,13 +72,15 @@ def create_engine_for(
 
     SQLite: ``check_same_thread=False``, WAL journal, ``busy_timeout``, ``foreign_keys=ON`` on
     every connection (the file's directory is created if missing). PostgreSQL and others:
-    ``pool_pre_ping``. JSON columns are written without NaN/Infinity. ``kwargs`` go to
-    ``sqlalchemy.create_engine``.
+    ``pool_pre_ping`` and :data:`SERVER_POOL`. JSON columns are written without NaN/Infinity.
+    ``kwargs`` go to ``sqlalchemy.create_engine``.
     """
     parsed = make_url(url)
     kwargs.setdefault("json_serializer", jsonsafe.dumps)
     if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)
+        for key, value in SERVER_POOL.items():
+            kwargs.setdefault(key, value)
         return create_engine(parsed, **kwargs)
 
     connect_args: dict[str, Any] = dict(kwargs.pop("connect_args", {}))

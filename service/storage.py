@@ -28,7 +28,7 @@ from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import Connection, Engine, event
 
-from service.db import is_sqlite
+from service.db import SERVER_POOL, is_sqlite
 from service.errors import database_error_text, database_unavailable
 from tuner.space import SearchPlan
 from tuner.tuning import load_study, study_plan
@@ -51,7 +51,7 @@ def open_optuna_storage(
     outage_wait_s: float | None = None,
 ) -> optuna.storages.RDBStorage:
     """The storage; with ``outage_wait_s``, a :class:`PatientStorage` (workers)."""
-    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True, **SERVER_POOL}
     if is_sqlite(url):
         engine_kwargs = {"connect_args": {"timeout": sqlite_busy_timeout_s}}
     kind = optuna.storages.RDBStorage if outage_wait_s is None else PatientStorage
