@@ -25,6 +25,18 @@ recommendation endpoint against a bare FastAPI endpoint, measured in one run.
    ``--concurrency`` asyncio httpx clients in this process. Server CPU per request (from /proc)
    is printed beside requests/s, since a saturated client flattens the req/s ratio.
 
+3. Ask/tell. ``N`` client threads (``--clients``, default 1, 4 and 16), each running the Python
+   client's ``trials()`` loop (``service.client``) on one ``workload: null`` job of
+   ``--asktell-trials`` trials against the API process (leases of ``--lease-s``, default 5 s),
+   a trivial objective with 3 reports per trial; against ``N`` plain Optuna threads doing
+   ``ask``, 3 x ``report`` + ``should_prune``, ``tell`` on one study of the same set-up
+   (``tuner.tuning.create_study``) on the same database. Trials/s as a ratio, interleaved per
+   ``N`` (plain, then service). Heartbeat latency p50/p99 under that load: every heartbeat the
+   clients send, plus a probe that holds a trial of another job and heartbeats it every 0.25 s
+   through the whole run. Leases lost by live clients are counted (client side and the job's
+   retried trials). Targets: 16 clients >= 0.5x plain Optuna, heartbeat p99 below a fifth of
+   the lease, no lease lost.
+
 PostgreSQL: ``--postgres URL`` names a server; a scratch database is created there and dropped at
 the end. Every process started here is stopped, and every temporary file removed, on exit.
 """
@@ -40,6 +52,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -136,10 +149,11 @@ class Processes:
         self.log_dir = log_dir
         self.procs: list[Proc] = []
 
-    def spawn(self, name: str, *args: str) -> Proc:
+    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> Proc:
         log = self.log_dir / f"{name}.log"
         with log.open("ab") as out:
-            process = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=_env(),
+            process = subprocess.Popen([sys.executable, *args], cwd=ROOT,
+                                       env={**_env(), **(env or {})},
                                        stdout=out, stderr=subprocess.STDOUT,
                                        start_new_session=True)
         proc = Proc(name, process, log)
@@ -187,10 +201,10 @@ def _healthy(base: str) -> bool:
         return False
 
 
-def start_api(procs: Processes, db_url: str) -> tuple[Proc, str]:
+def start_api(procs: Processes, db_url: str, lease_s: float) -> tuple[Proc, str]:
     port = free_port()
     proc = procs.spawn("api", "-m", "service.cli", "serve", "--workers", "0", "--port", str(port),
-                       "--db", db_url)
+                       "--db", db_url, env={"OPTPILOT_LEASE_S": str(lease_s)})
     base = f"http://127.0.0.1:{port}"
     wait_until(lambda: _healthy(base), START_TIMEOUT_S, f"the API on {base}", proc)
     return proc, base
@@ -408,6 +422,226 @@ def trial_throughput(procs: Processes, db_url: str, base: str, n_trials: int, se
     return TrialReport(plain, runs[0], runs[1], idle)
 
 
+# -- ask/tell throughput --------------------------------------------------------------------
+
+ASKTELL_TASK: dict[str, Any] = {"model_family": "mlp", "num_parameters": 20_000}
+ASKTELL_REPORTS = 3
+PROBE_INTERVAL_S = 0.25
+
+
+def _objective(hyperparameters: dict[str, float]) -> float:
+    """Trivial: best at lr = 1e-3."""
+    return abs(math.log10(hyperparameters["lr"]) + 3.0)
+
+
+@dataclass
+class AskTellRun:
+    label: str
+    clients: int
+    trials: int
+    seconds: float
+    heartbeats_s: list[float] = field(default_factory=list, repr=False)
+    lost: int = 0
+    """Leases lost by live clients: client side, or trials the server failed as expired."""
+    error: str | None = None
+
+    @property
+    def trials_per_s(self) -> float:
+        return self.trials / self.seconds if self.seconds > 0 else math.nan
+
+    def heartbeat_ms(self, q: float) -> float:
+        if not self.heartbeats_s:
+            return math.nan
+        ordered = sorted(self.heartbeats_s)
+        return 1000 * ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def plain_asktell(db_url: str, clients: int, n_trials: int, seed: int) -> AskTellRun:
+    """``clients`` threads doing Optuna's ask/report/tell on one study, set up as a job is, on
+    the storage the service opens (``service.storage.open_optuna_storage``: on SQLite, Optuna's
+    read-then-write steps serialized, without which two threads pop the same enqueued trial)."""
+    import optuna
+
+    from service.storage import ask, open_optuna_storage
+    from tuner.task import TaskDescription
+    from tuner.tuning import create_study, study_plan
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_optuna_storage(db_url)
+    label = f"plain Optuna, {clients} thread{'s' if clients > 1 else ''}"
+    try:
+        study, _ = create_study(storage, study_name=f"bench-asktell-{uuid.uuid4().hex[:12]}",
+                                workload=None, n_trials=n_trials, seed=seed,
+                                task=TaskDescription.model_validate(ASKTELL_TASK))
+        plan = study_plan(study)
+        lock = threading.Lock()
+        asked = 0
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            nonlocal asked
+            try:
+                while True:
+                    with lock:
+                        if asked >= n_trials:
+                            return
+                        asked += 1
+                    trial = ask(study)
+                    hyperparameters = plan.suggest(trial).hyperparameters
+                    value = _objective(hyperparameters)
+                    pruned = False
+                    for step in range(ASKTELL_REPORTS):
+                        trial.report(value, step)
+                        if trial.should_prune():
+                            pruned = True
+                            break
+                    if pruned:
+                        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                    else:
+                        study.tell(trial, value)
+            except BaseException as exc:
+                errors.append(exc)
+
+        started = time.perf_counter()
+        threads = [threading.Thread(target=work) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        seconds = time.perf_counter() - started
+        if errors:
+            return AskTellRun(label, clients, 0, math.nan, error=repr(errors[0]))
+        done = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+    finally:
+        storage.engine.dispose()
+    return AskTellRun(label, clients, done, seconds)
+
+
+def service_asktell(base: str, clients: int, n_trials: int, seed: int) -> AskTellRun:
+    """``clients`` threads each running ``OptpilotClient.trials()`` on one job, plus the
+    heartbeat probe on another job; seconds from just before the first ask to the last loop's
+    end."""
+    from service.client import OptpilotClient
+
+    heartbeats: list[float] = []
+    lock = threading.Lock()
+
+    class TimedClient(OptpilotClient):
+        def _heartbeat(self, job_id: str, number: int) -> tuple[dict[str, Any], float]:
+            t0 = time.perf_counter()
+            try:
+                return super()._heartbeat(job_id, number)
+            finally:
+                with lock:
+                    heartbeats.append(time.perf_counter() - t0)
+
+    label = f"service, {clients} client{'s' if clients > 1 else ''}"
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    lost = 0
+
+    with TimedClient(base) as admin:
+        job_id = admin.create_job(n_trials=n_trials, task=ASKTELL_TASK, seed=seed)["id"]
+        probe_job = admin.create_job(n_trials=1, task=ASKTELL_TASK, seed=seed)["id"]
+        probe_trial = admin.ask_trial(probe_job, "heartbeat-probe")["number"]
+
+        def probe() -> None:
+            while not stop.wait(PROBE_INTERVAL_S):
+                try:
+                    admin._heartbeat(probe_job, probe_trial)
+                except Exception as exc:  # reported, not fatal
+                    errors.append(exc)
+                    return
+
+        def work(name: str) -> None:
+            nonlocal lost
+            try:
+                with TimedClient(base) as own:
+                    for trial in own.trials(job_id, client_id=name, poll_s=0.2):
+                        with trial:
+                            value = _objective(trial.hyperparameters)
+                            for step in range(ASKTELL_REPORTS):
+                                if trial.report(step, value):
+                                    trial.prune()
+                                    break
+                            else:
+                                trial.complete(value)
+                        if trial.lease_lost:
+                            with lock:
+                                lost += 1
+            except BaseException as exc:
+                errors.append(exc)
+
+        prober = threading.Thread(target=probe, daemon=True)
+        prober.start()
+        started = time.perf_counter()
+        threads = [threading.Thread(target=work, args=(f"bench-{i}",)) for i in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(LOAD_TIMEOUT_S * 5)
+        seconds = time.perf_counter() - started
+        stop.set()
+        prober.join()
+        admin.finish_trial(probe_job, probe_trial, value=1.0)
+        job = admin.get_job(job_id)
+    if errors or any(t.is_alive() for t in threads):
+        return AskTellRun(label, clients, 0, math.nan, heartbeats,
+                          error=repr(errors[0]) if errors else "a client loop did not end")
+    progress = job["progress"]
+    lost = max(lost, int(progress["retried"]))
+    return AskTellRun(label, clients, int(progress["finished"]), seconds, heartbeats, lost,
+                      None if job["status"] == "completed" else f"job {job['status']}")
+
+
+def asktell_throughput(db_url: str, base: str, client_counts: Sequence[int], n_trials: int,
+                       seed: int) -> list[tuple[AskTellRun, AskTellRun]]:
+    """Per client count: plain Optuna, then the service (interleaved), after an untimed
+    warm-up of both."""
+    plain_asktell(db_url, 2, 8, seed)
+    service_asktell(base, 2, 8, seed)
+    pairs = []
+    for clients in client_counts:
+        plain = plain_asktell(db_url, clients, n_trials, seed)
+        service = service_asktell(base, clients, n_trials, seed)
+        pairs.append((plain, service))
+        print(f"  {clients:>2} clients: plain {plain.trials_per_s:.2f} trials/s, service "
+              f"{service.trials_per_s:.2f} trials/s", file=sys.stderr, flush=True)
+    return pairs
+
+
+def print_asktell(pairs: Sequence[tuple[AskTellRun, AskTellRun]], lease_s: float,
+                  n_trials: int) -> None:
+    print(f"{'ask/tell (' + str(n_trials) + ' trials)':<28}{'trials':>7}{'seconds':>9}"
+          f"{'trials/s':>10}{'vs plain':>10}{'hb p50 ms':>11}{'hb p99 ms':>11}{'beats':>7}"
+          f"{'lost':>6}")
+    verdicts = []
+    for plain, service in pairs:
+        for run in (plain, service):
+            if run.error is not None:
+                print(f"{run.label:<28}FAILED: {run.error}")
+                continue
+            is_service = run is service
+            ratio = _ratio(service.trials_per_s, plain.trials_per_s) if is_service else 1.0
+            print(f"{run.label:<28}{run.trials:>7}{run.seconds:>9.2f}{run.trials_per_s:>10.2f}"
+                  f"{_f(ratio):>10}"
+                  f"{_f(run.heartbeat_ms(0.5), '.1f') if is_service else '':>11}"
+                  f"{_f(run.heartbeat_ms(0.99), '.1f') if is_service else '':>11}"
+                  f"{len(run.heartbeats_s) if is_service else '':>7}"
+                  f"{run.lost if is_service else '':>6}")
+        if service.error is None and plain.error is None:
+            verdicts.append((service.clients, _ratio(service.trials_per_s, plain.trials_per_s),
+                             service.heartbeat_ms(0.99), service.lost))
+    for clients, ratio, p99, lost in verdicts:
+        if clients != max(c for c, *_ in verdicts):
+            continue
+        ok = ratio >= 0.5 and p99 < 1000 * lease_s / 5 and lost == 0
+        print(f"{clients} clients / plain Optuna: {_f(ratio)}x trials/s (target >= 0.5x); "
+              f"heartbeat p99 {_f(p99, '.0f')} ms (target < {1000 * lease_s / 5:.0f} ms, a fifth "
+              f"of the {lease_s:g} s lease); leases lost {lost} (target 0): "
+              f"{'ok' if ok else 'MISSED'}")
+
+
 # -- request throughput ---------------------------------------------------------------------
 
 
@@ -620,16 +854,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small numbers (~30 s measuring)")
     parser.add_argument("--log-dir", type=Path,
                         help="keep the server and worker logs here (default: a temp dir)")
-    parser.add_argument("--skip-trials", action="store_true", help="only the request part")
-    parser.add_argument("--skip-requests", action="store_true", help="only the trial part")
+    parser.add_argument("--skip-trials", action="store_true", help="skip the worker trial part")
+    parser.add_argument("--skip-requests", action="store_true", help="skip the request part")
+    parser.add_argument("--skip-asktell", action="store_true", help="skip the ask/tell part")
+    parser.add_argument("--clients", default="1,4,16",
+                        help="ask/tell: concurrent clients per run, comma-separated")
+    parser.add_argument("--asktell-trials", type=int,
+                        help="ask/tell: trials per job (default 200; quick 48)")
+    parser.add_argument("--lease-s", type=float, default=5.0,
+                        help="ask/tell: the API's lease (OPTPILOT_LEASE_S; default 5)")
     args = parser.parse_args(argv)
     args.trials = args.trials or (12 if args.quick else 40)
     args.requests = args.requests or (300 if args.quick else 2000)
     args.rounds = args.rounds or (1 if args.quick else 2)
+    args.asktell_trials = args.asktell_trials or (48 if args.quick else 200)
+    try:
+        args.client_counts = [int(c) for c in args.clients.split(",") if c.strip()]
+    except ValueError:
+        parser.error("--clients: comma-separated integers, e.g. 1,4,16")
+    if not args.client_counts or not all(1 <= c <= 64 for c in args.client_counts):
+        parser.error("--clients: each between 1 and 64")
+    if not 0.5 <= args.lease_s <= 3600:
+        parser.error("--lease-s: must be between 0.5 and 3600")
     names = [n.strip() for n in args.optimizers.split(",") if n.strip()]
     args.optimizer_names = None if names == ["prior"] else names
     for name, low, high in (("trials", 1, 1000), ("requests", 1, 100_000),
-                            ("concurrency", 1, 256), ("rounds", 1, 20)):
+                            ("concurrency", 1, 256), ("rounds", 1, 20),
+                            ("asktell_trials", 1, 5000)):
         if not low <= getattr(args, name) <= high:
             parser.error(f"--{name}: must be between {low} and {high}")
     return args
@@ -658,7 +909,7 @@ def run(args: argparse.Namespace, db_url: str, backend: str, log_dir: Path) -> b
     procs = Processes(log_dir)
     ok = True
     try:
-        api, base = start_api(procs, db_url)
+        api, base = start_api(procs, db_url, args.lease_s)
         print(f"optpilot service throughput: {backend}; workload {WORKLOAD}, "
               f"{args.trials} trials, optimizers {args.optimizers}, pruner {args.pruner}, "
               f"seed {args.seed}; {args.requests} requests x {args.concurrency} clients "
@@ -670,6 +921,12 @@ def run(args: argparse.Namespace, db_url: str, backend: str, log_dir: Path) -> b
             print()
             print_trials(report)
             ok = report.one.error is None and report.two.error is None
+        if not args.skip_asktell:
+            pairs = asktell_throughput(db_url, base, args.client_counts, args.asktell_trials,
+                                       args.seed)
+            print()
+            print_asktell(pairs, args.lease_s, args.asktell_trials)
+            ok = ok and all(p.error is None and s.error is None for p, s in pairs)
         if not args.skip_requests:
             bare, service = request_throughput(procs, api, base, args.requests,
                                                args.concurrency, args.rounds)

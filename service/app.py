@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from service import db, docs, errors, metrics, ui
 from service.api import catalog, health, jobs, recommendations, reports, results
 from service.auth import require_api_key
+from service.errors import database_error_text, database_unavailable
 from service.leases import reap_all
 from service.limits import BodySizeLimitMiddleware
 from service.routes import RouteTemplates
@@ -75,8 +76,12 @@ class LeaseSweeper:
             try:
                 with self._app.state.sessionmaker() as session:
                     reap_all(session, storage_for_app(self._app))
-            except Exception:  # the database may be briefly unavailable; try again next time
-                logger.exception("lease sweep failed")
+            except Exception as exc:  # the database may be unavailable; try again next time
+                if database_unavailable(exc):
+                    logger.warning("lease sweep skipped (database unavailable): %s",
+                                   database_error_text(exc))
+                else:
+                    logger.exception("lease sweep failed")
 
 
 def _version() -> str:

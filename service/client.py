@@ -249,11 +249,26 @@ class OptpilotClient:
         self._sleep = sleep
         self._http = httpx.Client(base_url=self.base_url, headers=headers,
                                   timeout=httpx.Timeout(timeout), transport=transport)
+        self._open_trials: set[ClientTrial] = set()
+        self._trials_lock = threading.Lock()
 
     # -- plumbing --
 
     def close(self) -> None:
+        """Close the connection pool, after failing this client's unfinished trials (reason
+        ``not reported``) and stopping their heartbeats."""
+        with self._trials_lock:
+            open_trials = list(self._open_trials)
+        for trial in open_trials:
+            trial.close(REASON_NOT_REPORTED)
         self._http.close()
+
+    def _track(self, trial: ClientTrial, open_: bool) -> None:
+        with self._trials_lock:
+            if open_:
+                self._open_trials.add(trial)
+            else:
+                self._open_trials.discard(trial)
 
     def __enter__(self) -> OptpilotClient:
         return self
@@ -475,6 +490,9 @@ class OptpilotClient:
         Each :class:`ClientTrial` keeps its lease alive from a background thread until it is
         completed, failed or pruned. A trial left unfinished when the loop moves on (or
         stops) is failed with reason ``not reported``, so its lease is never left to expire.
+        A trial whose lease was lost anyway (a stall longer than the lease) is logged as a
+        warning and skipped (``trial.lease_lost``): its ``report`` says stop, its result is
+        dropped, and the loop asks for the next trial.
 
         When no new trial is left but other clients still hold some (``wait=True``), the loop
         polls every ``poll_s`` seconds: a trial whose lease expires is offered again, and this
@@ -523,6 +541,13 @@ class ClientTrial:
     finished. ``with trial:`` fails the trial with the exception's type and message if the
     body raises (and prunes it on :class:`TrialPruned`); leaving the block without a result
     fails it with reason ``not reported``.
+
+    If the server reaped the trial anyway (its lease expired: the client stalled, or the
+    server did, for longer than the lease), the trial is lost: a warning is logged,
+    ``lease_lost`` becomes True, :meth:`report` answers True (stop) without asking the server,
+    and :meth:`complete`, :meth:`fail` and :meth:`prune` record nothing and raise nothing, so
+    the loop goes on with the next trial. The server offers a lost trial's parameters again
+    (within the job's ``max_retries``).
     """
 
     def __init__(self, client: OptpilotClient, data: Mapping[str, Any],
@@ -543,13 +568,14 @@ class ClientTrial:
         self.value: float | None = None
         self.reason: str | None = None
         self.lease_lost = False
-        """True once the server said the lease is gone (expired and reaped)."""
+        """True once the server said the trial is no longer this client's (lease expired)."""
         if remaining_s is None:
             remaining_s = lease_remaining_s(self.lease_expires_at)
         self._interval_s = _heartbeat_interval(remaining_s)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        client._track(self, True)
         if heartbeats:
             self._start_heartbeats()
 
@@ -584,9 +610,16 @@ class ClientTrial:
 
     def report(self, step: int, value: float) -> bool:
         """Record the metric at ``step`` (an epoch); True when the trial should stop (the
-        pruner says so, or the job was cancelled): then call :meth:`prune`."""
+        pruner says so, the job was cancelled, or the lease was lost): then call
+        :meth:`prune`."""
+        if self.lease_lost:
+            return True
         self._check_running("report")
-        return self.client.report_trial(self.job_id, self.number, step, value)
+        try:
+            return self.client.report_trial(self.job_id, self.number, step, value)
+        except Conflict as exc:
+            self._lose(exc)
+            return True
 
     def complete(self, value: float) -> None:
         """Finish with the trial's final metric (a finite number)."""
@@ -606,11 +639,12 @@ class ClientTrial:
         try:
             if not self.finished and not self.lease_lost:
                 self._finish("failed", reason=reason)
-        except OptpilotError as exc:
+        except (OptpilotError, RuntimeError) as exc:  # RuntimeError: the client was closed
             log.warning("trial %d of job %s could not be failed (%s): %s", self.number,
                         self.job_id, reason, exc)
         finally:
             self._stop_heartbeats()
+            self.client._track(self, False)
 
     def __enter__(self) -> ClientTrial:
         return self
@@ -640,6 +674,8 @@ class ClientTrial:
     def _finish(self, state: TrialState, *, value: float | None = None,
                 reason: str | None = None) -> None:
         with self._lock:
+            if self.lease_lost:
+                return  # already reported as lost; the server takes no result for it
             if self.finished:
                 if (state, value, reason) == (self.state, self.value, self.reason):
                     return  # the same result again: harmless, as on the server
@@ -652,14 +688,25 @@ class ClientTrial:
                     self.client.finish_trial(self.job_id, self.number,
                                              state="failed" if state == "failed" else "pruned",
                                              reason=reason)
-            except Conflict as exc:  # the lease expired, or another result was recorded
-                self.lease_lost = True
-                self.state, self.reason = "failed", exc.detail
-                raise
+            except Conflict as exc:  # the lease expired: the trial is no longer ours
+                self._lose(exc)
+                return
             except BaseException:
                 self._start_heartbeats()  # not recorded: keep the lease while the user retries
                 raise
             self.state, self.value, self.reason = state, value, reason
+            self.client._track(self, False)
+
+    def _lose(self, exc: OptpilotError) -> None:
+        """The server no longer takes anything for this trial: say so once, stop beating."""
+        if not self.lease_lost:
+            self.lease_lost = True
+            self.state, self.reason = "failed", exc.detail
+            log.warning("trial %d of job %s lost its lease (the server failed it and offers "
+                        "it again within the job's max_retries); its result is dropped: %s",
+                        self.number, self.job_id, exc)
+        self._stop.set()
+        self.client._track(self, False)
 
     def _start_heartbeats(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -683,15 +730,17 @@ class ClientTrial:
                 data, remaining = self.client._heartbeat(self.job_id, self.number)
             except (Conflict, NotFound) as exc:
                 if not stop.is_set():
-                    self.lease_lost = True
-                    log.warning("trial %d of job %s lost its lease: %s", self.number,
-                                self.job_id, exc)
+                    self._lose(exc)
                 return
             except OptpilotError as exc:  # retried already; keep trying while time is left
+                if stop.is_set():
+                    return
                 log.warning("heartbeat of trial %d of job %s failed: %s", self.number,
                             self.job_id, exc)
                 interval = max(interval / 2, 0.05)
                 continue
+            except RuntimeError:  # the client was closed under an in-flight heartbeat
+                return
             self.lease_expires_at = _parse_time(str(data["lease_expires_at"]))
             interval = _heartbeat_interval(remaining)
 

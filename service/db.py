@@ -11,6 +11,7 @@ revision in ``optpilot_alembic_version`` (Optuna keeps its own ``alembic_version
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,10 +25,18 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool, StaticPool
 
 from service import jsonsafe
+from service.errors import database_unavailable
+
+logger = logging.getLogger("optpilot.service")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "optpilot_alembic_version"
 DEFAULT_SQLITE_BUSY_TIMEOUT_S = 10.0
+SERVER_POOL = {"pool_size": 20, "max_overflow": 20}
+"""Connections kept open to a database server (PostgreSQL): as many as FastAPI's thread pool
+runs requests at once. SQLAlchemy's default (5 kept, 10 more opened and closed per use) made
+each request beyond the fifth concurrent one open a new server connection, a process each on
+PostgreSQL. A process uses only the connections it needs at once (a worker: one or two)."""
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -63,13 +72,15 @@ def create_engine_for(
 
     SQLite: ``check_same_thread=False``, WAL journal, ``busy_timeout``, ``foreign_keys=ON`` on
     every connection (the file's directory is created if missing). PostgreSQL and others:
-    ``pool_pre_ping``. JSON columns are written without NaN/Infinity. ``kwargs`` go to
-    ``sqlalchemy.create_engine``.
+    ``pool_pre_ping`` and :data:`SERVER_POOL`. JSON columns are written without NaN/Infinity.
+    ``kwargs`` go to ``sqlalchemy.create_engine``.
     """
     parsed = make_url(url)
     kwargs.setdefault("json_serializer", jsonsafe.dumps)
     if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)
+        for key, value in SERVER_POOL.items():
+            kwargs.setdefault(key, value)
         return create_engine(parsed, **kwargs)
 
     connect_args: dict[str, Any] = dict(kwargs.pop("connect_args", {}))
@@ -127,10 +138,24 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    """FastAPI dependency: one session per request from the app's sessionmaker, closed after."""
+    """FastAPI dependency: one session per request from the app's sessionmaker, closed after.
+
+    The session closes after the response went out (FastAPI runs a dependency's exit then), so
+    a connection lost meanwhile (the database stopped) cannot change the answer any more: the
+    rollback's error is logged, not raised, and the dead connection is discarded.
+    """
     factory: sessionmaker[Session] = request.app.state.sessionmaker
-    with factory() as session:
+    session = factory()
+    try:
         yield session
+    finally:
+        try:
+            session.close()
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            logger.warning("database connection lost before %s %s closed its session: %s",
+                           request.method, request.url.path, str(exc).splitlines()[0][:200])
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

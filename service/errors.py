@@ -11,7 +11,10 @@ problem documents::
 Validation errors (422) add ``errors: [{"loc": [...], "field": "body.task.num_parameters",
 "msg": "...", "type": "..."}]`` and never echo the rejected input (which may be NaN, bytes or
 anything else that JSON cannot carry). A busy or unreachable database is a 503 with
-``Retry-After``; an unexpected exception is logged and answered with a 500 that reveals nothing.
+``Retry-After`` wherever it is noticed: in the service's own queries (SQLAlchemy's errors) or
+through Optuna's storage, which wraps them (``StorageInternalError``); see
+:func:`database_unavailable`. An unexpected exception is logged and answered with a 500 that
+reveals nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from optuna.exceptions import StorageInternalError
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException
@@ -233,19 +237,46 @@ async def validation_error_handler(request: Request, exc: Exception) -> Response
     )
 
 
-def _database_unavailable(exc: BaseException) -> bool:
-    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
+def _database_error(exc: BaseException) -> BaseException | None:
+    """The database error behind ``exc``: itself, or the SQLAlchemy error that Optuna's storage
+    wrapped (``raise StorageInternalError(...) from error``), following explicit causes."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, sa_exc.SQLAlchemyError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__
+    return None
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Is ``exc`` the database being busy, down or unreachable (worth retrying later)?
+
+    The one test for it: the API answers 503 + ``Retry-After``, workers wait and retry.
+    """
+    error = _database_error(exc)
+    if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
         return True
-    return isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+    return isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated
+
+
+def database_error_text(exc: BaseException) -> str:
+    """One line saying what went wrong with the database (the wrapped error's, not Optuna's
+    generic "An exception is raised during the commit")."""
+    error = _database_error(exc) or exc
+    text = str(getattr(error, "orig", None) or error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:MAX_MESSAGE_CHARS]
 
 
 def _database_busy(exc: BaseException) -> bool:
-    message = str(getattr(exc, "orig", exc)).lower()
+    error = _database_error(exc) or exc
+    message = str(getattr(error, "orig", error)).lower()
     return "locked" in message or "busy" in message
 
 
 async def database_error_handler(request: Request, exc: Exception) -> Response:
-    if _database_unavailable(exc):
+    if database_unavailable(exc):
         busy = _database_busy(exc)
         if busy:
             logger.warning("database busy on %s %s: %s", request.method, request.url.path, exc)
@@ -261,17 +292,23 @@ async def database_error_handler(request: Request, exc: Exception) -> Response:
             instance=_instance(request),
             headers={"Retry-After": str(retry_after)},
         )
-    if isinstance(exc, sa_exc.IntegrityError):
+    if isinstance(_database_error(exc), sa_exc.IntegrityError):
         logger.warning("integrity error on %s %s: %s", request.method, request.url.path, exc)
         return problem_response(
             409,
             detail="the request conflicts with stored data",
             instance=_instance(request),
         )
-    return await unhandled_error_handler(request, exc)
+    return _internal_error(request, exc)
 
 
 async def unhandled_error_handler(request: Request, exc: Exception) -> Response:
+    if _database_error(exc) is not None:  # wrapped by a library (Optuna): same answers
+        return await database_error_handler(request, exc)
+    return _internal_error(request, exc)
+
+
+def _internal_error(request: Request, exc: Exception) -> Response:
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(
         500,
@@ -287,4 +324,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(sa_exc.DBAPIError, database_error_handler)
     app.add_exception_handler(sa_exc.TimeoutError, database_error_handler)
+    app.add_exception_handler(StorageInternalError, database_error_handler)
     app.add_exception_handler(Exception, unhandled_error_handler)

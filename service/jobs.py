@@ -4,10 +4,11 @@ finish, and describe a job.
 A job is a row in ``jobs`` plus an Optuna study in the same database. Budgets are exact however
 many workers run: a worker may only ask Optuna for a trial after it claimed a slot with one
 atomic ``UPDATE jobs SET trials_claimed = trials_claimed + 1 WHERE trials_claimed < n_trials``.
-A trial lost with its worker (no heartbeat for the grace period) is failed by Optuna's
-``fail_stale_trials``; :class:`RetryLostTrial` then enqueues it again (same parameters, at most
-``max_retries`` times) and gives its slot back, so the retry runs under the same budget.
-The job finishes when ``n_trials`` trials have finished, not counting the retried ones.
+A trial lost with its worker (no heartbeat for the grace period) or with its client (lease
+expired) is failed, enqueued again (same parameters, at most ``max_retries`` times along its
+retry chain) and its slot given back, all in one transaction (:func:`fail_and_retry`), so the
+retry runs under the same budget and no completion check ever sees the failure without its
+retry. The job finishes when ``n_trials`` trials have finished, not counting the retried ones.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from typing import Any
 
 import optuna
 import sqlalchemy as sa
+from optuna.storages._rdb import models as optuna_models
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from service.models import Job, JobStatus, Result, new_id, utcnow
+from service.models import Job, JobStatus, Result, TrialLease, new_id, utcnow
+from service.storage import cached_study
 from tuner.prior import Recommendation
 from tuner.task import TaskDescription
 from tuner.trial import ATTR_HYPERPARAMETERS, ATTR_OPTIMIZER, ATTR_REASON, trial_schedule
@@ -206,40 +210,85 @@ def should_stop(session: Session, job_id: str) -> bool:
     return job is None or job.status != JobStatus.RUNNING.value or deadline_passed(job)
 
 
-def retry_failed_trial(session: Session, study: optuna.Study, job: Job | None,
-                       trial: FrozenTrial, max_retries: int) -> bool:
-    """Enqueue a failed trial's parameters again and give its slot back, at most ``max_retries``
-    times along its retry chain. Same ``failed_trial``/``retry_history`` system attributes as
-    ``optuna.storages.RetryFailedTrialCallback``, so :func:`retried_numbers` can tell."""
-    history = [*trial.system_attrs.get("retry_history", ()), trial.number]
-    if job is None or len(history) > max_retries or job.status not in ACTIVE:
-        return False
-    study.add_trial(optuna.create_trial(
+@dataclass(frozen=True)
+class LostTrial:
+    number: int
+    retried: bool
+
+
+def fail_and_retry(storage: optuna.storages.RDBStorage, study_id: int, job_id: str,
+                   trial_id: int, reason: str, *, lease_id: str | None = None,
+                   max_retries: int | None = None) -> LostTrial | None:
+    """Fail a running trial with ``reason``, enqueue its parameters again and give its slot
+    back, in one transaction; None when the trial was no longer running (someone else failed
+    or finished it first).
+
+    The retry is made when the job is still active and the trial's retry chain is at most
+    ``max_retries`` long (default: the job's ``max_retries``). ``lease_id``: the trial's lease
+    (client-evaluated trials), marked expired in the same transaction; nothing happens unless
+    it was still open. The retry carries ``failed_trial``/``retry_history`` system attributes,
+    as Optuna's ``RetryFailedTrialCallback`` writes them, so :func:`retried_numbers` can tell.
+
+    One transaction matters: a completion check (:func:`finish_if_done`) that saw the failure
+    without the retry would count the lost trial as finished and complete the job one short.
+    It goes through Optuna's own storage helpers (the study row lock that numbers new trials,
+    the trial template copy), on Optuna's connection, with the job row in the same transaction.
+    Those helpers are Optuna internals, unchanged since Optuna 2 (pyproject keeps Optuna below
+    6); the job-state and outage tests exercise them.
+    """
+    with _create_scoped_session(storage.scoped_session) as session:
+        optuna_models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+        row = optuna_models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+        if lease_id is not None:
+            expired = session.execute(
+                sa.update(TrialLease).where(TrialLease.id == lease_id,
+                                            TrialLease.state == "open")
+                .values(state="expired", updated_at=utcnow())
+            ).rowcount  # type: ignore[attr-defined]
+            if not expired:
+                session.rollback()
+                return None
+        if row.state != TrialState.RUNNING:
+            return None
+        trial = storage._build_frozen_trial_from_trial_model(row)
+        storage._set_trial_attr_without_commit(
+            session, optuna_models.TrialUserAttributeModel, trial_id, ATTR_REASON, reason)
+        row.state = TrialState.FAIL
+        row.datetime_complete = datetime.now()  # Optuna's convention: naive local time
+        job = session.get(Job, job_id, with_for_update=True)
+        history = [*trial.system_attrs.get("retry_history", ()), trial.number]
+        limit = max_retries if max_retries is not None else (job.max_retries if job else 0)
+        retried = job is not None and job.status in ACTIVE and len(history) <= limit
+        if retried:
+            storage._get_prepared_new_trial(study_id, _retry_of(trial, history), session)
+            session.execute(
+                sa.update(Job).where(Job.id == job_id, Job.trials_claimed > 0)
+                .values(trials_claimed=Job.trials_claimed - 1, updated_at=utcnow()))
+        return LostTrial(trial.number, retried)
+
+
+def _retry_of(trial: FrozenTrial, history: list[int]) -> FrozenTrial:
+    return optuna.create_trial(
         state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
         user_attrs={k: v for k, v in trial.user_attrs.items() if k != ATTR_REASON},
         system_attrs={**trial.system_attrs,
                       "failed_trial": trial.system_attrs.get("failed_trial", trial.number),
                       "retry_history": history},
-    ))
-    release_trial_slot(session, job.id)
-    return True
+    )
 
 
-class RetryLostTrial:
-    """Optuna's stale-trial callback: re-enqueue a trial lost with its worker (the job's
-    ``max_retries`` times) and give back its slot."""
-
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
-        self.sessions = sessions
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        job_id = study.user_attrs.get(ATTR_JOB_ID)
-        with self.sessions() as session:
-            job = session.get(Job, job_id) if job_id else None
-            max_retries = job.max_retries if job is not None else 0
-            retried = retry_failed_trial(session, study, job, trial, max_retries)
-            log.warning("job %s trial %d lost its worker (%s)", job_id, trial.number,
-                        "retried" if retried else "not retried")
+def reap_lost_trials(storage: optuna.storages.RDBStorage, study: optuna.Study,
+                     job_id: str) -> int:
+    """Fail and retry (:func:`fail_and_retry`) the job's running trials whose worker sent no
+    heartbeat for the storage's grace period; returns how many this call reaped."""
+    reaped = 0
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        lost = fail_and_retry(storage, study._study_id, job_id, trial_id, REASON_WORKER_LOST)
+        if lost is not None:
+            reaped += 1
+            log.warning("job %s trial %d lost its worker (%s)", job_id, lost.number,
+                        "retried" if lost.retried else "not retried")
+    return reaped
 
 
 # -- finishing ------------------------------------------------------------------------------
@@ -323,8 +372,11 @@ class JobView:
 
 
 def describe(job: Job, storage: optuna.storages.BaseStorage) -> JobView:
+    """The job with its study's counts, best trial and per-optimizer summary. The study is the
+    process's loaded one (:func:`service.storage.cached_study`): only trials that changed since
+    the last view are read."""
     try:
-        study = optuna.load_study(study_name=job.study_name, storage=storage)
+        study = cached_study(storage, job.study_name)
         trials = study.get_trials(deepcopy=False)
         direction = study.direction.name.lower()
     except KeyError:  # study deleted under us: show the row alone

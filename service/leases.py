@@ -4,11 +4,18 @@ A client asks for a trial with its ``client_id`` and gets the optimizer and hype
 a lease. It reports intermediate values (and learns whether to prune), sends heartbeats to keep
 the lease, and finally posts a result. A lease that expires is reaped: the trial is failed with
 reason ``lease expired`` (kept apart from trials that failed on their own) and its parameters are
-offered again once. Budgets use the same slot counter as server-side jobs (service.jobs).
+offered again, at most the job's ``max_retries`` times along its retry chain, as for a trial
+lost with its worker (:func:`service.jobs.fail_and_retry`). Budgets use the same slot counter
+as server-side jobs (service.jobs).
 
 Idempotency: asking again with the same ``client_id`` while its trial is open returns that trial;
 posting the same result twice is harmless; a different result, or any result after the lease
 expired, is a conflict.
+
+Cost per request: the job's study is the process's loaded one (:func:`service.storage
+.cached_study`), which rereads only new or unfinished trials; a heartbeat is one conditional
+``UPDATE`` of the lease row. What still grows with the trials is Optuna's own work (the sampler
+on ask, the pruner on report), which plain Optuna pays too.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import math
 import threading
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import optuna
@@ -26,34 +33,36 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from service.jobs import (
     ACTIVE,
     JobConflict,
     JobNotFound,
     claim_trial_slot,
+    fail_and_retry,
     finish_if_done,
     get_job,
     release_trial_slot,
-    retry_failed_trial,
+    study_name_for,
 )
 from service.models import Job, TrialLease, new_id, utcnow
 from service.storage import ask as storage_ask
+from service.storage import set_trial_user_attrs, study_cache
 from tuner.trial import (
     ATTR_HYPERPARAMETERS,
     ATTR_OPTIMIZER,
     ATTR_REASON,
     DIVERGED,
     report_diverged,
-    suggest_and_record,
+    suggestion_attrs,
     trial_schedule,
 )
-from tuner.tuning import load_study, study_plan
 
 log = logging.getLogger(__name__)
 
 REASON_LEASE_EXPIRED = "lease expired"
-LEASE_EXPIRY_RETRIES = 1
+REASON_DUPLICATE_ASK = "duplicate ask"
 UNBOUNDED = 10**9
 ATTR_CLIENT = "client_id"
 
@@ -79,8 +88,8 @@ class LeasedTrial:
     schedule: dict[str, Any] | None = None  # None: a job created before schedules
 
 
-def _study(storage: optuna.storages.BaseStorage, job: Job) -> optuna.Study:
-    return load_study(storage, job.study_name)
+def _study(storage: optuna.storages.RDBStorage, job: Job) -> optuna.Study:
+    return study_cache(storage).study(job.study_name)
 
 
 def _ask_and_tell_job(session: Session, job_id: str) -> Job:
@@ -101,13 +110,13 @@ def _leased(lease: TrialLease, study: optuna.Study) -> LeasedTrial:
     return leased(lease, study._storage.get_trial(lease.trial_id))
 
 
-def ask(session: Session, storage: optuna.storages.BaseStorage, job_id: str, client_id: str,
+def ask(session: Session, storage: optuna.storages.RDBStorage, job_id: str, client_id: str,
         lease_s: float) -> tuple[LeasedTrial, bool]:
     """The client's open trial, or a new one; ``(trial, created)``. JobConflict (409) when the
     job is not active or has no trial left to give."""
     job = _ask_and_tell_job(session, job_id)
     study = _study(storage, job)
-    reap_expired(session, study, job)
+    reap_expired(session, storage, study, job)
     open_lease = session.scalar(sa.select(TrialLease).where(
         TrialLease.job_id == job_id, TrialLease.client_id == client_id,
         TrialLease.state == "open"))
@@ -120,11 +129,12 @@ def ask(session: Session, storage: optuna.storages.BaseStorage, job_id: str, cli
     with _ask_guard(session):
         try:
             trial = storage_ask(study)
-            choice = suggest_and_record(study_plan(study), trial)
+            choice = study_cache(storage).plan(job.study_name).suggest(trial)
         except Exception:
             release_trial_slot(session, job_id)
             raise
-        trial.set_user_attr(ATTR_CLIENT, client_id)
+        set_trial_user_attrs(storage, trial._trial_id,
+                             {**suggestion_attrs(choice), ATTR_CLIENT: client_id})
         now = utcnow()
         lease = TrialLease(id=new_id(), job_id=job_id, trial_number=trial.number,
                            trial_id=trial._trial_id, client_id=client_id, state="open",
@@ -142,14 +152,14 @@ def ask(session: Session, storage: optuna.storages.BaseStorage, job_id: str, cli
                 # The same client asked twice at once and keeps the first trial. This one never
                 # ran: fail it and offer its parameters (and its slot) again, so it does not
                 # count toward the budget.
-                trial.set_user_attr(ATTR_REASON, "duplicate ask")
-                study.tell(trial, state=TrialState.FAIL)
-                frozen = study._storage.get_trial(trial._trial_id)
-                handed_back = retry_failed_trial(session, study, job, frozen, UNBOUNDED)
+                lost = fail_and_retry(storage, study._study_id, job_id, trial._trial_id,
+                                      REASON_DUPLICATE_ASK, max_retries=UNBOUNDED)
+                handed_back = lost is not None and lost.retried
             # else another request took the same waiting trial first: it is theirs, not ours
             if not handed_back:
                 release_trial_slot(session, job_id)
             return ask(session, storage, job_id, client_id, lease_s)
+    study_cache(storage).keep_trial(trial)
     return LeasedTrial(lease, choice.optimizer, choice.hyperparameters,
                        None if choice.schedule is None else choice.schedule.to_dict()), True
 
@@ -163,58 +173,69 @@ def _lease(session: Session, job_id: str, number: int) -> TrialLease:
     return lease
 
 
-def _open_lease(session: Session, study: optuna.Study, job: Job, number: int) -> TrialLease:
-    lease = _lease(session, job.id, number)
+def _check_open(session: Session, storage: optuna.storages.RDBStorage, lease: TrialLease) -> None:
+    """JobConflict unless ``lease`` is open and unexpired; an expired one is reaped first."""
     if lease.state == "open" and lease.lease_expires_at <= utcnow():
-        reap_expired(session, study, job)
+        job = get_job(session, lease.job_id)
+        reap_expired(session, storage, _study(storage, job), job)
         session.refresh(lease)
     if lease.state == "expired":
-        raise JobConflict(f"trial {number}: the lease expired; the trial was failed")
+        raise JobConflict(f"trial {lease.trial_number}: the lease expired; the trial was failed")
     if lease.state != "open":
-        raise JobConflict(f"trial {number} is already {lease.state}")
-    return lease
+        raise JobConflict(f"trial {lease.trial_number} is already {lease.state}")
 
 
-def report(session: Session, storage: optuna.storages.BaseStorage, job_id: str, number: int,
+def report(session: Session, storage: optuna.storages.RDBStorage, job_id: str, number: int,
            step: int, value: float) -> bool:
     """Record an intermediate value; True when the job's pruner says stop (or it was
     cancelled)."""
-    job = _ask_and_tell_job(session, job_id)
-    study = _study(storage, job)
-    lease = _open_lease(session, study, job, number)
-    trial = optuna.trial.Trial(study, lease.trial_id)
+    found = session.execute(
+        sa.select(TrialLease, Job.status).join(Job, Job.id == TrialLease.job_id)
+        .where(TrialLease.job_id == job_id, TrialLease.trial_number == number)).first()
+    lease, status = found if found is not None else (_lease(session, job_id, number), None)
+    _check_open(session, storage, lease)
+    trial = study_cache(storage).trial(study_name_for(job_id), lease.trial_id)
     trial.report(value, step)
-    session.refresh(job)
-    return job.status not in ACTIVE or trial.should_prune()
+    return status not in ACTIVE or trial.should_prune()
 
 
-def heartbeat(session: Session, storage: optuna.storages.BaseStorage, job_id: str,
-              number: int, lease_s: float) -> TrialLease:
-    job = _ask_and_tell_job(session, job_id)
-    lease = _open_lease(session, _study(storage, job), job, number)
+def heartbeat(session: Session, storage: optuna.storages.RDBStorage, job_id: str,
+              number: int, lease_s: float) -> datetime:
+    """Extend the trial's lease by ``lease_s`` from now; returns when it expires. One
+    conditional ``UPDATE`` while the lease is open and unexpired; otherwise 404 or 409."""
     now = utcnow()
-    lease.lease_expires_at = now + timedelta(seconds=lease_s)
-    lease.updated_at = now
+    expires = now + timedelta(seconds=lease_s)
+    extended = session.execute(
+        sa.update(TrialLease).where(TrialLease.job_id == job_id,
+                                    TrialLease.trial_number == number,
+                                    TrialLease.state == "open",
+                                    TrialLease.lease_expires_at > now)
+        .values(lease_expires_at=expires, updated_at=now)
+    ).rowcount  # type: ignore[attr-defined]
     session.commit()
-    return lease
+    if extended:
+        return expires
+    lease = _lease(session, job_id, number)
+    _check_open(session, storage, lease)  # raises: why the lease could not be extended
+    return heartbeat(session, storage, job_id, number, lease_s)  # it was extended meanwhile
 
 
-def tell(session: Session, storage: optuna.storages.BaseStorage, job_id: str, number: int,
-         outcome: dict[str, Any]) -> TrialLease:
+def tell(session: Session, storage: optuna.storages.RDBStorage, job_id: str, number: int,
+         outcome: dict[str, Any]) -> LeasedTrial:
     """Finish the trial with ``{"value": x}`` or ``{"state": "failed"|"pruned", "reason"}``.
 
     Reason ``diverged`` is recorded as the trial runner records it (``tuner.trial``): pruned,
     with ``nan`` as its last intermediate value, so the sampler learns to avoid the region.
 
-    Repeating the same outcome returns the lease unchanged; another outcome, or one after the
+    Repeating the same outcome returns the trial unchanged; another outcome, or one after the
     lease expired, raises JobConflict.
     """
-    job = _ask_and_tell_job(session, job_id)
-    study = _study(storage, job)
-    lease = _lease(session, job_id, number)
+    lease = _lease(session, job_id, number)  # a lease exists only for an ask/tell job
+    cache = study_cache(storage)
+    study = cache.study(study_name_for(job_id))
     if lease.state not in ("open", "expired") and lease.outcome == outcome:
-        return lease
-    lease = _open_lease(session, study, job, number)
+        return _leased(lease, study)
+    _check_open(session, storage, lease)
     if "value" in outcome:
         value = float(outcome["value"])
         state, values = TrialState.COMPLETE, value
@@ -225,14 +246,15 @@ def tell(session: Session, storage: optuna.storages.BaseStorage, job_id: str, nu
         state = TrialState.FAIL if outcome["state"] == "failed" else TrialState.PRUNED
         values = None
         lease_state = str(outcome["state"])
-        optuna.trial.Trial(study, lease.trial_id).set_user_attr(
-            ATTR_REASON, outcome.get("reason") or lease_state)
+        storage.set_trial_user_attr(lease.trial_id, ATTR_REASON,
+                                    outcome.get("reason") or lease_state)
     claimed = session.execute(
         sa.update(TrialLease).where(TrialLease.id == lease.id, TrialLease.state == "open")
         .values(state=lease_state, outcome=outcome, updated_at=utcnow())
     ).rowcount  # type: ignore[attr-defined]
     session.commit()  # before Optuna writes: SQLite allows one writer at a time
     if not claimed:  # a concurrent request finished or reaped it first
+        session.refresh(lease)
         return tell(session, storage, job_id, number, outcome)
     try:
         if outcome.get("reason") == DIVERGED:
@@ -240,46 +262,43 @@ def tell(session: Session, storage: optuna.storages.BaseStorage, job_id: str, nu
             reported = storage.get_trial(lease.trial_id).intermediate_values
             report_diverged(optuna.trial.Trial(study, lease.trial_id),
                             max(reported, default=-1) + 1)
-        study.tell(lease.trial_number, values, state=state)
+        told = study.tell(lease.trial_number, values, state=state)
     except Exception:
         session.execute(sa.update(TrialLease).where(TrialLease.id == lease.id)
                         .values(state="open", outcome=None, updated_at=utcnow()))
         session.commit()
         raise
-    session.refresh(lease)
+    cache.drop_trial(lease.trial_id)
+    for key, stored in (("state", lease_state), ("outcome", outcome)):  # as just written
+        set_committed_value(lease, key, stored)
     finish_if_done(session, study, job_id)
-    return lease
+    return leased(lease, told)
 
 
-def reap_expired(session: Session, study: optuna.Study, job: Job) -> int:
+def reap_expired(session: Session, storage: optuna.storages.RDBStorage, study: optuna.Study,
+                 job: Job) -> int:
     """Fail trials whose lease expired (reason ``lease expired``) and offer their parameters
-    again once; returns how many were reaped."""
+    again within the job's ``max_retries``, each in one transaction
+    (:func:`service.jobs.fail_and_retry`); returns how many were reaped."""
     expired = session.scalars(sa.select(TrialLease).where(
         TrialLease.job_id == job.id, TrialLease.state == "open",
         TrialLease.lease_expires_at <= utcnow())).all()
     reaped = 0
     for lease in expired:
-        won = session.execute(
-            sa.update(TrialLease).where(TrialLease.id == lease.id, TrialLease.state == "open")
-            .values(state="expired", updated_at=utcnow())
-        ).rowcount  # type: ignore[attr-defined]
-        session.commit()
-        if not won:
+        lost = fail_and_retry(storage, study._study_id, job.id, lease.trial_id,
+                              REASON_LEASE_EXPIRED, lease_id=lease.id)
+        if lost is None:
             continue
-        trial = optuna.trial.Trial(study, lease.trial_id)
-        trial.set_user_attr(ATTR_REASON, REASON_LEASE_EXPIRED)
-        study.tell(lease.trial_number, state=TrialState.FAIL)
-        frozen = study._storage.get_trial(lease.trial_id)
-        retried = retry_failed_trial(session, study, job, frozen, LEASE_EXPIRY_RETRIES)
+        study_cache(storage).drop_trial(lease.trial_id)
         log.warning("job %s trial %d: lease of %s expired (%s)", job.id, lease.trial_number,
-                    lease.client_id, "offered again" if retried else "not retried")
+                    lease.client_id, "offered again" if lost.retried else "not retried")
         reaped += 1
     if reaped:
         finish_if_done(session, study, job.id)
     return reaped
 
 
-def reap_all(session: Session, storage: optuna.storages.BaseStorage) -> int:
+def reap_all(session: Session, storage: optuna.storages.RDBStorage) -> int:
     """Reap every job's expired leases (the API's background sweep)."""
     job_ids = session.scalars(sa.select(TrialLease.job_id).distinct().where(
         TrialLease.state == "open", TrialLease.lease_expires_at <= utcnow())).all()
@@ -289,5 +308,5 @@ def reap_all(session: Session, storage: optuna.storages.BaseStorage) -> int:
             job = get_job(session, job_id)
         except JobNotFound:
             continue
-        total += reap_expired(session, _study(storage, job), job)
+        total += reap_expired(session, storage, _study(storage, job), job)
     return total

@@ -49,7 +49,7 @@ def report_from_database(url: str, job_id: str) -> str:
         sessions = make_sessionmaker(engine)
         with sessions() as session:
             job = get_job(session, job_id)  # before Optuna's storage, which would add its tables
-            storage = open_optuna_storage(url, sessions)
+            storage = open_optuna_storage(url)
             return build_report(describe(job, storage))
     except JobNotFound:
         raise ReportError(f"job {job_id!r} was not found in {_safe(url)}") from None

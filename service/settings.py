@@ -50,7 +50,11 @@ class Settings(BaseSettings):
         default=None, repr=False, description="A separate bearer key for workers, also accepted."
     )
     max_body_bytes: int = Field(default=1024 * 1024, ge=1, le=1024**3)
-    sqlite_busy_timeout_s: float = Field(default=10.0, gt=0, le=3600, allow_inf_nan=False)
+    sqlite_busy_timeout_s: float = Field(
+        default=10.0, gt=0, le=3600, allow_inf_nan=False,
+        description="How long the API waits for a busy SQLite file (its tables and Optuna's) "
+        "before answering 503.",
+    )
     lease_s: float = Field(
         default=60.0, gt=0, le=86_400, allow_inf_nan=False,
         description="How long a client-evaluated trial stays leased without a heartbeat.",

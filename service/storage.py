@@ -1,51 +1,147 @@
-"""The process's one Optuna storage, on the service database (DESIGN: one per process).
+"""The process's one Optuna storage, on the service database (one per process), and the
+studies loaded from it.
 
-Heartbeats are on, so a trial whose worker died is noticed after ``grace_period_s`` and handed to
-:class:`service.jobs.RetryLostTrial`.
+Heartbeats are on, so a trial whose worker died is noticed after ``grace_period_s``
+(:func:`service.jobs.reap_lost_trials` fails and retries it).
+
+Loaded studies are kept (:func:`cached_study`): each keeps Optuna's trial cache, which rereads
+only the trials that are new or still unfinished, so a request on a job with many trials does
+not load all of them again.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 import warnings
-from typing import Annotated, Any
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import optuna
 from fastapi import Depends, FastAPI, Request
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages._rdb import models as optuna_models
+from optuna.storages._rdb.storage import _create_scoped_session
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import Connection, Engine, event
-from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import is_sqlite
-from service.jobs import RetryLostTrial
+from service.db import SERVER_POOL, is_sqlite
+from service.errors import database_error_text, database_unavailable
+from tuner.space import SearchPlan
+from tuner.tuning import load_study, study_plan
 
 DEFAULT_HEARTBEAT_INTERVAL_S = 10
 # Generous: a live worker whose heartbeat waits on a busy SQLite file must not be taken for lost.
 DEFAULT_GRACE_PERIOD_S = 60
+MAX_OUTAGE_BACKOFF_S = 2.0
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def open_optuna_storage(
     url: str,
-    sessions: sessionmaker[Session],
     *,
     heartbeat_interval_s: int = DEFAULT_HEARTBEAT_INTERVAL_S,
     grace_period_s: int = DEFAULT_GRACE_PERIOD_S,
     sqlite_busy_timeout_s: float = 30.0,
+    outage_wait_s: float | None = None,
 ) -> optuna.storages.RDBStorage:
-    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    """The storage; with ``outage_wait_s``, a :class:`PatientStorage` (workers)."""
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True, **SERVER_POOL}
     if is_sqlite(url):
         engine_kwargs = {"connect_args": {"timeout": sqlite_busy_timeout_s}}
+    kind = optuna.storages.RDBStorage if outage_wait_s is None else PatientStorage
     with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = optuna.storages.RDBStorage(
+        storage = kind(
             url,
             engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat_interval_s,
             grace_period=grace_period_s,
-            heartbeat_stale_trial_callback=RetryLostTrial(sessions),
         )
+    if isinstance(storage, PatientStorage) and outage_wait_s is not None:
+        storage.outage_wait_s = outage_wait_s
     if is_sqlite(url):
         _serialize_sqlite_transactions(storage.engine, sqlite_busy_timeout_s)
     return storage
+
+
+class PatientStorage(optuna.storages.RDBStorage):
+    """An RDBStorage whose calls during a running trial wait out a database outage.
+
+    Reading trials, storing intermediate values, attributes and parameters, and the final state
+    are retried with backoff (up to ``MAX_OUTAGE_BACKOFF_S`` between tries) while the database is
+    unavailable (:func:`service.errors.database_unavailable`), for at most ``outage_wait_s``.
+    Each is idempotent: the writes are upserts, and a final state that an earlier try stored
+    (its answer lost with the connection) counts as stored. So a trial in flight when the
+    database stops finishes and is told once it is back, instead of failing and waiting to be
+    reaped. Creating a trial is not retried here (a try whose answer was lost may have made
+    one); the worker gives its slot back and asks again later. Heartbeats are not retried
+    either: the next beat is the retry.
+    """
+
+    outage_wait_s: float = 120.0
+
+    def _patiently(self, call: Callable[[], T]) -> T:
+        deadline: float | None = None
+        delay = 0.25
+        while True:
+            try:
+                return call()
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    raise
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.outage_wait_s
+                    log.warning("database unavailable; retrying for up to %.0f s: %s",
+                                self.outage_wait_s, database_error_text(exc))
+                if now >= deadline:
+                    raise
+                time.sleep(min(delay, deadline - now))
+                delay = min(2 * delay, MAX_OUTAGE_BACKOFF_S)
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        return self._patiently(lambda: super(PatientStorage, self).get_trial(trial_id))
+
+    def _get_trials(self, *args: Any, **kwargs: Any) -> list[FrozenTrial]:
+        return self._patiently(lambda: super(PatientStorage, self)._get_trials(*args, **kwargs))
+
+    def _set_trial_param(self, *args: Any, **kwargs: Any) -> None:
+        self._patiently(lambda: super(PatientStorage, self)._set_trial_param(*args, **kwargs))
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int,
+                                     intermediate_value: float) -> None:
+        self._patiently(lambda: super(PatientStorage, self).set_trial_intermediate_value(
+            trial_id, step, intermediate_value))
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._patiently(lambda: super(PatientStorage, self).set_trial_user_attr(
+            trial_id, key, value))
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._patiently(lambda: super(PatientStorage, self).set_trial_system_attr(
+            trial_id, key, value))
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState,
+                               values: Any = None) -> bool:
+        tries = 0
+
+        def store() -> bool:
+            nonlocal tries
+            tries += 1
+            try:
+                return super(PatientStorage, self).set_trial_state_values(trial_id, state, values)
+            except UpdateFinishedTrialError:
+                if tries > 1 and super(PatientStorage, self).get_trial(trial_id).state == state:
+                    return True  # an earlier try was stored; its answer was lost
+                raise
+
+        return self._patiently(store)
 
 
 def _serialize_sqlite_transactions(engine: Engine, busy_timeout_s: float) -> None:
@@ -91,7 +187,8 @@ def storage_for_app(app: FastAPI) -> optuna.storages.RDBStorage:
             storage = getattr(state, "optuna_storage", None)
             if storage is None:
                 storage = state.optuna_storage = open_optuna_storage(
-                    state.settings.database_url, state.sessionmaker)
+                    state.settings.database_url,
+                    sqlite_busy_timeout_s=state.settings.sqlite_busy_timeout_s)
     assert isinstance(storage, optuna.storages.RDBStorage)
     return storage
 
@@ -105,3 +202,111 @@ def ask(study: optuna.Study) -> optuna.Trial:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
         return study.ask()
+
+
+# -- loaded studies -------------------------------------------------------------------------
+
+MAX_CACHED_STUDIES = 64
+MAX_KEPT_TRIALS = 4096
+
+
+class StudyCache:
+    """Studies of one storage by name, loaded once (``tuner.tuning.load_study``: sampler and
+    pruner rebuilt) and kept, least recently used first out, with their search plans.
+
+    A kept study's trial cache (Optuna's ``_CachedStorage``) rereads only trials that are new or
+    were unfinished at the last read, so its cost per request does not grow with the trials.
+    Safe to share between threads, as Optuna's studies are.
+
+    It also keeps the ``optuna.Trial`` of each running client-evaluated trial, from its ask to
+    its result, so a report does not read the trial back first (Optuna's ``Trial`` object is
+    made to live as long as its trial; another process serving the same trial makes its own).
+    """
+
+    def __init__(self, storage: optuna.storages.BaseStorage,
+                 capacity: int = MAX_CACHED_STUDIES) -> None:
+        self._storage = storage
+        self._capacity = capacity
+        self._studies: OrderedDict[str, tuple[optuna.Study, SearchPlan | None]] = OrderedDict()
+        self._trials: OrderedDict[int, optuna.Trial] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def study(self, study_name: str) -> optuna.Study:
+        """The study; KeyError when there is none of that name."""
+        return self._entry(study_name)[0]
+
+    def plan(self, study_name: str) -> SearchPlan:
+        """The study's search plan (``tuner.tuning.study_plan``), read once."""
+        study, plan = self._entry(study_name)
+        if plan is None:
+            plan = study_plan(study)
+            with self._lock:
+                if study_name in self._studies:
+                    self._studies[study_name] = (study, plan)
+        return plan
+
+    def forget(self, study_name: str) -> None:
+        with self._lock:
+            self._studies.pop(study_name, None)
+
+    def keep_trial(self, trial: optuna.Trial) -> None:
+        with self._lock:
+            self._trials[trial._trial_id] = trial
+            while len(self._trials) > MAX_KEPT_TRIALS:
+                self._trials.popitem(last=False)
+
+    def trial(self, study_name: str, trial_id: int) -> optuna.Trial:
+        """The running trial's ``optuna.Trial``: the kept one, else made (and kept) now."""
+        with self._lock:
+            trial = self._trials.get(trial_id)
+        if trial is None:
+            trial = optuna.trial.Trial(self.study(study_name), trial_id)
+            self.keep_trial(trial)
+        return trial
+
+    def drop_trial(self, trial_id: int) -> None:
+        with self._lock:
+            self._trials.pop(trial_id, None)
+
+    def _entry(self, study_name: str) -> tuple[optuna.Study, SearchPlan | None]:
+        with self._lock:
+            entry = self._studies.get(study_name)
+            if entry is not None:
+                self._studies.move_to_end(study_name)
+                return entry
+        study = load_study(self._storage, study_name)  # outside the lock: it reads the database
+        with self._lock:
+            entry = self._studies.setdefault(study_name, (study, None))
+            self._studies.move_to_end(study_name)
+            while len(self._studies) > self._capacity:
+                self._studies.popitem(last=False)
+            return entry
+
+
+_caches: weakref.WeakKeyDictionary[optuna.storages.BaseStorage, StudyCache] = (
+    weakref.WeakKeyDictionary())
+_caches_lock = threading.Lock()
+
+
+def study_cache(storage: optuna.storages.BaseStorage) -> StudyCache:
+    """The process's :class:`StudyCache` of ``storage``."""
+    with _caches_lock:
+        cache = _caches.get(storage)
+        if cache is None:
+            cache = _caches[storage] = StudyCache(storage)
+        return cache
+
+
+def set_trial_user_attrs(storage: optuna.storages.RDBStorage, trial_id: int,
+                         attrs: dict[str, Any]) -> None:
+    """A running trial's user attributes, in one transaction (Optuna's ``set_user_attr`` makes
+    one per attribute)."""
+    with _create_scoped_session(storage.scoped_session) as session:
+        for key, value in attrs.items():
+            storage._set_trial_attr_without_commit(
+                session, optuna_models.TrialUserAttributeModel, trial_id, key, value)
+
+
+def cached_study(storage: optuna.storages.BaseStorage, study_name: str) -> optuna.Study:
+    """``study_cache(storage).study(study_name)``: a study loaded once per process."""
+    return study_cache(storage).study(study_name)

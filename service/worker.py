@@ -18,6 +18,11 @@ SIGUSR1 asks for the first step however often it comes, SIGUSR2 for the second: 
 (:class:`service.supervisor.Supervisor`, behind ``optpilot serve``) stops its workers with them,
 so a Ctrl-C that reached the whole process group does not count twice. A supervised worker also
 stops after its current trial when its supervisor disappears (killed with SIGKILL).
+
+A database outage does not cost the running trial: its reads and writes wait for the database
+to come back (:class:`service.storage.PatientStorage`, up to ``outage_wait_s``), the
+cancellation check keeps its last answer meanwhile, and the poll loop backs off (up to
+``MAX_OUTAGE_BACKOFF_S``) until the database answers again.
 """
 
 from __future__ import annotations
@@ -41,15 +46,17 @@ import optuna
 import sqlalchemy as sa
 
 from service.db import create_engine_for, make_sessionmaker
+from service.errors import database_error_text, database_unavailable
 from service.jobs import (
     ACTIVE,
     MAX_TRIALS,
     claim_trial_slot,
     deadline_passed,
+    fail_and_retry,
     finish_if_done,
+    reap_lost_trials,
     reconcile_slots,
     release_trial_slot,
-    retry_failed_trial,
     should_stop,
 )
 from service.logs import log_context, setup_logging
@@ -57,8 +64,10 @@ from service.models import Job
 from service.storage import (
     DEFAULT_GRACE_PERIOD_S,
     DEFAULT_HEARTBEAT_INTERVAL_S,
+    MAX_OUTAGE_BACKOFF_S,
     ask,
     open_optuna_storage,
+    study_cache,
 )
 
 log = logging.getLogger(__name__)
@@ -69,6 +78,7 @@ REASON_HANDED_BACK = "worker stopped (handed back)"
 # Optuna's tables in a fresh database): doubling up to the cap, until stopped.
 OPEN_RETRY_FIRST_S = 0.5
 OPEN_RETRY_MAX_S = 30.0
+DEFAULT_OUTAGE_WAIT_S = 300.0
 
 ATTR_WORKER = "worker"
 
@@ -92,6 +102,9 @@ class WorkerConfig:
     supervisor_pid: int | None = None
     """The supervising process (``optpilot serve``): the worker stops after its current trial
     once that process is gone. None: a standalone worker."""
+    outage_wait_s: float = DEFAULT_OUTAGE_WAIT_S
+    """How long a running trial waits for an unavailable database before it gives up (then
+    it is reaped and retried like a trial whose worker died)."""
 
 
 def parse_devices(text: str | None) -> list[str]:
@@ -131,14 +144,29 @@ class _Heartbeat:
                                         daemon=True, name="heartbeat")
 
     def _beat(self) -> None:
+        failing = False
         while not self._stop.wait(self._interval):  # __enter__ recorded the first beat
             try:
                 self._storage.record_heartbeat(self._trial_id)
-            except Exception:  # a missed beat is retried; the grace period absorbs a few
-                log.exception("heartbeat failed")
+            except Exception as exc:  # a missed beat is retried; the grace period absorbs a few
+                if not database_unavailable(exc):
+                    log.exception("heartbeat failed")
+                elif not failing:
+                    log.warning("heartbeat failed (database unavailable; retrying every "
+                                "%g s): %s", self._interval, database_error_text(exc))
+                failing = True
+                continue
+            if failing:
+                log.info("heartbeats recorded again")
+                failing = False
 
     def __enter__(self) -> _Heartbeat:
-        self._storage.record_heartbeat(self._trial_id)
+        try:
+            self._storage.record_heartbeat(self._trial_id)
+        except Exception as exc:  # the thread beats again soon; the trial goes on meanwhile
+            if not database_unavailable(exc):
+                raise
+            log.warning("first heartbeat failed (database unavailable); retrying")
         self._thread.start()
         return self
 
@@ -165,9 +193,10 @@ class Worker:
         self.storage = self._open_storage()
         self.device = config.device if config.device != "auto" else default_device()
         self.trials_run = 0
-        self._studies: dict[str, optuna.Study] = {}
+        self._studies = study_cache(self.storage)
         self._last_reap = 0.0
         self._stop_checks: dict[str, tuple[float, bool]] = {}
+        self._outage_since: float | None = None
 
     def _open_storage(self) -> optuna.storages.RDBStorage:
         """The Optuna storage; retried while the database refuses (down, or Optuna's tables
@@ -177,9 +206,10 @@ class Worker:
         while True:
             try:
                 return open_optuna_storage(
-                    self.config.database_url, self.sessions,
+                    self.config.database_url,
                     heartbeat_interval_s=self.config.heartbeat_interval_s,
-                    grace_period_s=self.config.grace_period_s)
+                    grace_period_s=self.config.grace_period_s,
+                    outage_wait_s=self.config.outage_wait_s)
             except sa.exc.DBAPIError as exc:
                 log.warning("cannot open the Optuna storage (%s); retrying in %.1f s",
                             str(exc).splitlines()[0], delay)
@@ -189,12 +219,7 @@ class Worker:
             delay = min(delay * 2, OPEN_RETRY_MAX_S)
 
     def _study(self, job: Job) -> optuna.Study:
-        from tuner.tuning import load_study
-
-        study = self._studies.get(job.id)
-        if study is None:
-            study = self._studies[job.id] = load_study(self.storage, job.study_name)
-        return study
+        return self._studies.study(job.study_name)
 
     def _active_jobs(self) -> list[Job]:
         with self.sessions() as session:
@@ -208,7 +233,7 @@ class Worker:
             if job.trials_claimed == 0:
                 continue
             study = self._study(job)
-            optuna.storages.fail_stale_trials(study)
+            reap_lost_trials(self.storage, study, job.id)
             with self.sessions() as session:
                 reconcile_slots(session, study, job.id, self.config.grace_period_s)
                 finish_if_done(session, study, job.id)
@@ -223,7 +248,6 @@ class Worker:
 
     def _run_one(self, job: Job) -> bool:
         from tuner.trial import run_trial
-        from tuner.tuning import study_plan
         from tuner.workloads import get_workload
 
         with self.sessions() as session:
@@ -241,9 +265,11 @@ class Worker:
             trial.set_user_attr(ATTR_WORKER, worker_id())
             log.info("job %s trial %d on %s", job.id, trial.number, self.device)
             with _Heartbeat(self.storage, trial._trial_id, self.config.heartbeat_interval_s):
-                outcome = run_trial(study, study_plan(study), get_workload(job.workload),
+                outcome = run_trial(study, self._studies.plan(job.study_name),
+                                    get_workload(job.workload),
                                     trial=trial, seed=job.seed or 0, device=self.device,
-                                    should_stop=lambda: self._should_stop(job.id))
+                                    should_stop=lambda: self._should_stop(job.id, study,
+                                                                          trial._trial_id))
             log.info("job %s trial %d %s%s%s", job.id, trial.number,
                      outcome.state.name.lower(),
                      "" if outcome.value is None else f" with {outcome.value:.6g}",
@@ -251,35 +277,52 @@ class Worker:
                      extra={"state": outcome.state.name.lower(),
                             "seconds": round(outcome.seconds, 3)})
             if outcome.reason == REASON_HANDED_BACK:
-                self._requeue(job, study, trial._trial_id)
                 return True
             self.trials_run += 1
             with self.sessions() as session:
                 finish_if_done(session, study, job.id)
         return True
 
-    def _requeue(self, job: Job, study: optuna.Study, trial_id: int) -> None:
-        """Enqueue a handed-back trial again at once (same parameters, slot given back), as the
-        reaper would after the grace period; not for a job that stopped meanwhile."""
-        with self.sessions() as session:
-            row = session.get(Job, job.id, populate_existing=True)
-            requeued = retry_failed_trial(session, study, row, self.storage.get_trial(trial_id),
-                                          max_retries=MAX_TRIALS)
-        log.info("job %s: trial handed back%s", job.id,
-                 " and enqueued again" if requeued else " (the job has stopped)")
+    def _hand_back(self, job_id: str, study: optuna.Study, trial_id: int) -> None:
+        """Fail the running trial and enqueue it again at once (same parameters, slot given
+        back), in one transaction as the reaper would after the grace period; a handed-back
+        trial does not count against the job's ``max_retries``. Not for a stopped job."""
+        lost = fail_and_retry(self.storage, study._study_id, job_id, trial_id,
+                              REASON_HANDED_BACK, max_retries=MAX_TRIALS)
+        log.info("job %s: trial handed back%s", job_id,
+                 " and enqueued again" if lost is not None and lost.retried
+                 else " (the job has stopped)")
 
-    def _should_stop(self, job_id: str) -> bool | str:
+    def _should_stop(self, job_id: str, study: optuna.Study, trial_id: int) -> bool | str:
         """Handing back, cancelled or out of time? Asked at every report; the database at most
         once a second (a query per epoch measured 15 ms of a 300 ms trial)."""
         if self.hand_back.is_set():
+            self._hand_back(job_id, study, trial_id)  # run_trial then finds it finished
             return REASON_HANDED_BACK
         now = time.monotonic()
         checked, answer = self._stop_checks.get(job_id, (-math.inf, False))
         if now - checked >= STOP_CHECK_INTERVAL_S:
-            with self.sessions() as session:
-                answer = should_stop(session, job_id)
+            try:
+                with self.sessions() as session:
+                    answer = should_stop(session, job_id)
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    raise
+                log.warning("cannot check job %s for cancellation (database unavailable); "
+                            "going on", job_id)
             self._stop_checks[job_id] = (now, answer)
         return answer
+
+    def _outage_backoff(self, exc: Exception) -> float:
+        """How long to wait before the next poll while the database is unavailable: from the
+        poll interval, doubling up to ``MAX_OUTAGE_BACKOFF_S``; logged once per outage."""
+        now = time.monotonic()
+        if self._outage_since is None:
+            self._outage_since = now
+            log.warning("database unavailable; retrying with backoff: %s",
+                        database_error_text(exc))
+        waited = now - self._outage_since
+        return min(MAX_OUTAGE_BACKOFF_S, max(self.config.poll_interval_s, waited))
 
     def step(self) -> bool:
         """One pass over the active jobs; True if a trial ran."""
@@ -312,16 +355,21 @@ class Worker:
                 if self.config.max_trials is not None and \
                         self.trials_run >= self.config.max_trials:
                     break
+                idle_s = self.config.poll_interval_s
                 try:
                     ran = self.step()
-                except sa.exc.OperationalError:
-                    log.exception("database unavailable; retrying")
+                    if self._outage_since is not None:
+                        log.info("database available again after %.0f s",
+                                 time.monotonic() - self._outage_since)
+                        self._outage_since = None
+                except Exception as exc:  # one bad job or an outage must not end the worker
                     ran = False
-                except Exception:  # one bad job or storage hiccup must not end the worker
-                    log.exception("worker step failed; going on")
-                    ran = False
+                    if database_unavailable(exc):
+                        idle_s = self._outage_backoff(exc)
+                    else:
+                        log.exception("worker step failed; going on")
                 if not ran:
-                    self.stop.wait(self.config.poll_interval_s)
+                    self.stop.wait(idle_s)
         finally:
             self.engine.dispose()
         return self.trials_run

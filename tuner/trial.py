@@ -101,11 +101,18 @@ def suggest_and_record(plan: SearchPlan, trial: optuna.Trial) -> Suggestion:
     """Sample the trial's configuration from ``plan`` and record it as user attributes
     (optimizer, hyperparameters and, when the plan has one, the schedule)."""
     choice = plan.suggest(trial)
-    trial.set_user_attr(ATTR_OPTIMIZER, choice.optimizer)
-    trial.set_user_attr(ATTR_HYPERPARAMETERS, choice.hyperparameters)
-    if choice.schedule is not None:
-        trial.set_user_attr(ATTR_SCHEDULE, choice.schedule.to_dict())
+    for key, value in suggestion_attrs(choice).items():
+        trial.set_user_attr(key, value)
     return choice
+
+
+def suggestion_attrs(choice: Suggestion) -> dict[str, Any]:
+    """The user attributes that record a sampled configuration on its trial."""
+    attrs: dict[str, Any] = {ATTR_OPTIMIZER: choice.optimizer,
+                             ATTR_HYPERPARAMETERS: choice.hyperparameters}
+    if choice.schedule is not None:
+        attrs[ATTR_SCHEDULE] = choice.schedule.to_dict()
+    return attrs
 
 
 def trial_schedule(trial: FrozenTrial) -> dict[str, Any] | None:

@@ -98,7 +98,8 @@ class JobCreate(BodyModel):
     seed: Seed | None = None
     pruner: Literal["median", "hyperband", "none"] = "median"
     max_retries: WholeNumber = Field(default=2, ge=0, le=10,
-                             description="Retries of a trial whose worker died.")
+                             description="Retries of a trial whose worker died or whose lease "
+                             "expired.")
 
     @field_validator("optimizers")
     @classmethod
@@ -426,10 +427,10 @@ def heartbeat_trial(job_id: Annotated[ResourceId, Path()], number: TrialNumber,
                     session: SessionDep, storage: OptunaStorageDep,
                     settings: SettingsDep) -> LeaseOut:
     try:
-        lease = leases.heartbeat(session, storage, job_id, number, settings.lease_s)
+        expires = leases.heartbeat(session, storage, job_id, number, settings.lease_s)
     except (JobNotFound, LeaseNotFound, JobConflict) as exc:
         raise _translated(exc) from None
-    return LeaseOut(number=lease.trial_number, lease_expires_at=lease.lease_expires_at)
+    return LeaseOut(number=number, lease_expires_at=expires)
 
 
 @router.post("/{job_id}/trials/{number}/result", summary="Finish a trial",
@@ -437,7 +438,7 @@ def heartbeat_trial(job_id: Annotated[ResourceId, Path()], number: TrialNumber,
 def finish_trial(job_id: Annotated[ResourceId, Path()], number: TrialNumber, body: TrialResult,
                  session: SessionDep, storage: OptunaStorageDep) -> LeasedTrialOut:
     try:
-        lease = leases.tell(session, storage, job_id, number, body.outcome())
+        trial = leases.tell(session, storage, job_id, number, body.outcome())
     except (JobNotFound, LeaseNotFound, JobConflict, ValueError) as exc:
         raise _translated(exc) from None
-    return _leased_out(leases.leased(lease, storage.get_trial(lease.trial_id)))
+    return _leased_out(trial)

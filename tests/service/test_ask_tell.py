@@ -224,3 +224,96 @@ def test_pruning_and_cancelling_tell_running_trials_to_stop(api: Api) -> None:
         assert client.get_job(job_id)["status"] == "cancelled"
         states = [t["state"] for t in client.job_trials(job_id)]
         assert states[0] == "pruned" and "running" not in states  # (warm starts stay waiting)
+
+
+def test_sixteen_clients_keep_their_leases_and_finish_the_exact_budget(api: Api) -> None:
+    """16 threads, each the client's trials() loop, on one job: every heartbeat keeps its lease
+    (none is reaped), no client leaves its loop early, and the budget is exact. This is the
+    load that lost 15 of 16 clients when every request reloaded every trial of the study."""
+    n_clients, n_trials = 16, 48
+    with OptpilotClient(api.base) as client:
+        job_id = launch(client, n_trials)
+    done: dict[str, list[int]] = {}
+    lost: list[int] = []
+    errors: list[BaseException] = []
+
+    def work(name: str) -> None:
+        try:
+            with OptpilotClient(api.base) as own:
+                for trial in own.trials(job_id, client_id=name, poll_s=0.2):
+                    with trial:
+                        value = objective(trial.hyperparameters)
+                        for step in range(3):
+                            trial.report(step, value)
+                        trial.complete(value)
+                    (lost if trial.lease_lost else done.setdefault(name, [])).append(
+                        trial.number)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(f"c{i}",)) for i in range(n_clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(240)
+    assert not errors and not any(t.is_alive() for t in threads), errors[:3]
+    with OptpilotClient(api.base) as client:
+        job = client.get_job(job_id)
+    assert lost == [], "a live client lost its lease"
+    assert job["status"] == "completed", job
+    assert job["progress"]["completed"] == job["progress"]["finished"] == n_trials
+    assert job["progress"]["retried"] == job["progress"]["failed"] == 0
+    assert sorted(n for numbers in done.values() for n in numbers) == list(range(n_trials))
+
+
+STALLS = """
+import logging, sys
+from service.client import OptpilotClient
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+with OptpilotClient(sys.argv[1]) as client:
+    for trial in client.trials(sys.argv[2], client_id="stalls", poll_s=0.2):
+        print("got", trial.number, flush=True)
+        if trial.number == 0:
+            sys.stdin.readline()  # "training" while the test stops this process
+        trial.report(0, 1.0)
+        trial.complete(1.0)
+        print("done", trial.number, trial.lease_lost, flush=True)
+print("loop ended", flush=True)
+"""
+
+
+def test_a_client_that_stalled_past_its_lease_goes_on_with_the_next_trial(api: Api) -> None:
+    """The whole client process stops (SIGSTOP: no heartbeats either) for longer than the lease;
+    the server reaps its trial. Once it runs again, the loop warns that the lease was lost,
+    drops that result and asks for the next trial (the reaped one's retry among them)."""
+    with OptpilotClient(api.base) as client:
+        job_id = launch(client, 3, pruner="none")
+        stalls = subprocess.Popen([sys.executable, "-c", STALLS, api.base, job_id], cwd=ROOT,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            assert stalls.stdin is not None and stalls.stdout is not None
+            assert stalls.stdout.readline().split() == ["got", "0"]
+            os.killpg(stalls.pid, signal.SIGSTOP)
+            wait_for(lambda: client.job_trials(job_id)[0]["state"] == "fail",
+                     LEASE_S + 10, "the stalled client's trial to be reaped")
+            os.killpg(stalls.pid, signal.SIGCONT)
+            stalls.stdin.write("\n")
+            stalls.stdin.flush()
+            out, err = stalls.communicate(timeout=60)
+        finally:
+            if stalls.poll() is None:
+                os.killpg(stalls.pid, signal.SIGKILL)
+                stalls.wait()
+        job = client.get_job(job_id)
+        trials = client.job_trials(job_id)
+    assert stalls.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "done 0 True" and lines[-1] == "loop ended", out
+    later = [line.split() for line in lines[1:] if line.startswith("done")]
+    assert [flag for _, _, flag in later] == ["False"] * 3, out
+    assert "trial 0 of job" in err and "lost its lease" in err
+    assert trials[0]["reason"] == "lease expired" and trials[0]["retried"]
+    retry = next(t for t in trials if t["retry_of"] == 0)
+    assert retry["state"] == "complete" and str(retry["number"]) in [n for _, n, _ in later]
+    assert job["status"] == "completed" and job["progress"]["finished"] == 3

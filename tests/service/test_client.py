@@ -244,7 +244,7 @@ class FakeJob:
         parts = request.url.path.strip("/").split("/")
         with self.lock:
             if request.method == "GET":
-                running = self.next - len(self.results)
+                running = self.next - len(self.results) - len(self.expired)
                 return httpx.Response(200, json={**JOB, "status": self.status,
                                                  "progress": {"running": running,
                                                               "waiting": 0}})
@@ -260,11 +260,13 @@ class FakeJob:
                 self.heartbeats.append(number)
                 return httpx.Response(200, json={"number": number, "lease_expires_at":
                                                  self.lease(number)["lease_expires_at"]})
+            if number in self.expired:
+                return problem(409, f"trial {number}: the lease expired; the trial was failed")
             if parts[-1] == "reports":
                 return httpx.Response(200, json={"should_prune": json.loads(
                     request.content)["value"] > 10})
             self.results[number] = json.loads(request.content)
-            if len(self.results) == self.n:
+            if len(self.results) + len(self.expired) == self.n:
                 self.status = "completed"
             return httpx.Response(200, json=self.lease(number))
 
@@ -360,6 +362,87 @@ def test_a_heartbeat_conflict_marks_the_lease_lost() -> None:
         assert trial.lease_lost
         trial.close()  # nothing to fail: the server already did
     assert job.results == {}
+
+
+def test_a_lost_lease_is_logged_and_the_loop_goes_on_with_the_next_trial(
+        fake: tuple[FakeJob, OptpilotClient], caplog: pytest.LogCaptureFixture) -> None:
+    job, client = fake
+    outcomes = []
+    for trial in client.trials("j1"):
+        with trial:
+            if trial.number == 1:  # the client stalled past its lease; the server reaped it
+                job.expired.add(1)
+                assert trial.report(0, 1.0) is True, "stop: the trial is no longer ours"
+                assert trial.report(1, 1.0) is True
+            trial.complete(1.0)  # dropped for the lost trial, without raising
+        outcomes.append((trial.number, trial.state, trial.lease_lost))
+    assert outcomes == [(0, "completed", False), (1, "failed", True), (2, "completed", False)]
+    assert job.results == {0: {"value": 1.0}, 2: {"value": 1.0}}
+    lost = [r for r in caplog.records if "lost its lease" in r.getMessage()]
+    assert len(lost) == 1 and lost[0].levelname == "WARNING" and "trial 1" in lost[0].getMessage()
+
+
+def test_a_result_refused_for_a_lost_lease_does_not_end_the_loop(
+        fake: tuple[FakeJob, OptpilotClient]) -> None:
+    job, client = fake
+    seen = []
+    for trial in client.trials("j1"):
+        seen.append(trial.number)
+        if trial.number == 0:
+            job.expired.add(0)
+        trial.complete(0.5)
+        if trial.number == 0:
+            assert trial.lease_lost and trial.state == "failed"
+            trial.prune()  # harmless too: nothing more is sent for a lost trial
+    assert seen == [0, 1, 2]
+    assert job.results == {1: {"value": 0.5}, 2: {"value": 0.5}}
+
+
+def test_closing_the_client_fails_its_open_trial_and_stops_its_heartbeats() -> None:
+    job = FakeJob(2, lease_s=0.3)
+    client = make_client(job)
+    loop = client.trials("j1")
+    trial = next(loop)
+    time.sleep(0.25)
+    assert job.heartbeats, "heartbeats run while the trial is open"
+    client.close()  # e.g. the with-block of the client ended while the loop was still open
+    assert trial._thread is not None and not trial._thread.is_alive()
+    assert job.results == {0: {"state": "failed", "reason": "not reported"}}
+    beats = len(job.heartbeats)
+    time.sleep(0.3)
+    assert len(job.heartbeats) == beats
+    loop.close()  # the loop's own clean-up finds nothing left to do
+
+
+def test_a_heartbeat_in_flight_when_its_client_closes_ends_quietly(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heartbeat thread waits to retry a 503 while the trial's client is closed (the join
+    gives up after a second); the retry then finds the client closed: the thread ends quietly
+    instead of dying with "Cannot send a request, as the client has been closed"."""
+    unhandled: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: unhandled.append(args.exc_value))
+    job = FakeJob(1, lease_s=0.15)
+    waiting, release = threading.Event(), threading.Event()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/heartbeat"):
+            return problem(503, "the database is busy; retry shortly")
+        return job(request)
+
+    def sleep(seconds: float) -> None:
+        if threading.current_thread().name.startswith("optpilot-heartbeat"):
+            waiting.set()
+            release.wait(10)
+
+    client = OptpilotClient("http://test", transport=httpx.MockTransport(handler), sleep=sleep)
+    trial = ClientTrial(client, client.ask_trial("j1", "me"))
+    assert waiting.wait(5)
+    client.close()
+    release.set()
+    assert trial._thread is not None
+    trial._thread.join(5)
+    assert not trial._thread.is_alive() and unhandled == []
+    assert job.results == {0: {"state": "failed", "reason": "not reported"}}
 
 
 def test_the_loop_waits_while_others_hold_trials_then_stops() -> None:

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import optuna
 import sqlalchemy as sa
 from optuna.trial import TrialState
+from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.jobs import (
     claim_trial_slot,
     create_job,
+    fail_and_retry,
     finish_if_done,
     reconcile_slots,
     retried_numbers,
-    retry_failed_trial,
 )
 from service.models import Job, Result, utcnow
 from service.storage import ask, open_optuna_storage
@@ -25,7 +27,7 @@ def _setup(url: str) -> tuple[sessionmaker[Session], optuna.storages.RDBStorage]
     from service.db import create_engine_for, make_sessionmaker
 
     sessions = make_sessionmaker(create_engine_for(url))
-    return sessions, open_optuna_storage(url, sessions)
+    return sessions, open_optuna_storage(url)
 
 
 def test_claims_never_exceed_the_budget(migrated_url: str) -> None:
@@ -65,9 +67,8 @@ def test_retried_trials_do_not_count_and_the_result_is_written_once(migrated_url
         study = optuna.load_study(study_name=job.study_name, storage=storage)
         assert claim_trial_slot(session, job.id)
         lost = ask(study)
-        study.tell(lost, state=TrialState.FAIL)
-        assert retry_failed_trial(session, study, job,
-                                  storage.get_trial(lost._trial_id), max_retries=1)
+        outcome = fail_and_retry(storage, study._study_id, job.id, lost._trial_id, "lost")
+        assert outcome is not None and outcome.retried
         for value in (3.0, 2.0):
             assert claim_trial_slot(session, job.id)
             trial = ask(study)
@@ -83,3 +84,52 @@ def test_retried_trials_do_not_count_and_the_result_is_written_once(migrated_url
         result = session.scalar(sa.select(Result).where(Result.job_id == job.id))
         assert result is not None
         assert (result.best_value, result.best_optimizer, result.trials_used) == (2.0, "adam", 2)
+
+
+def test_a_completion_check_between_the_reapers_writes_never_finishes_a_job_short(
+        migrated_url: str) -> None:
+    """A worker reaps a lost trial while another checks whether the job is done. The check runs
+    after every transaction of the reaper's storage (its connections going back to the pool),
+    so it sees each state the reaper leaves behind: never the failure without its retry."""
+    from service.worker import Worker, WorkerConfig
+
+    sessions, storage = _setup(migrated_url)  # the checking worker
+    reaper = Worker(WorkerConfig(database_url=migrated_url, grace_period_s=1,
+                                 heartbeat_interval_s=1))
+    with sessions() as session:
+        job = create_job(session, storage, workload="rosenbrock", task=None, n_trials=2,
+                         optimizer_names=["adam"], max_retries=2)
+        study = optuna.load_study(study_name=job.study_name, storage=storage)
+        for value in (1.0, None):
+            assert claim_trial_slot(session, job.id)
+            trial = ask(study)
+            trial.set_user_attr("optimizer", "adam")
+            trial.set_user_attr("hyperparameters", {"lr": 0.01})
+            if value is not None:
+                study.tell(trial, value)
+        lost = trial  # still running; its worker dies after one heartbeat
+        storage.record_heartbeat(lost._trial_id)
+    time.sleep(1.5)  # past the reaper's grace period
+
+    finished_early: list[str] = []
+
+    def check(*_: object) -> None:
+        with sessions() as other:
+            if finish_if_done(other, study, job.id):
+                finished_early.append("finished while the reaper was mid-way")
+
+    event.listen(reaper.storage.engine, "checkin", check)
+    try:
+        reaper.reap(reaper._active_jobs())
+    finally:
+        event.remove(reaper.storage.engine, "checkin", check)
+        reaper.engine.dispose()
+        reaper.storage.engine.dispose()
+    assert not finished_early
+    with sessions() as session:
+        after = session.get(Job, job.id, populate_existing=True)
+        assert after is not None and after.status == "running" and after.trials_claimed == 1
+    trials = optuna.load_study(study_name=job.study_name, storage=storage).trials
+    assert [t.state for t in trials[-2:]] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[-1].system_attrs["retry_history"] == [lost.number]
+    assert trials[-1].params == lost.params

@@ -7,7 +7,6 @@ import warnings
 
 import optuna
 
-from service.db import create_engine_for, make_sessionmaker
 from service.storage import ask, open_optuna_storage
 
 ASKS_PER_PROCESS = 25
@@ -16,8 +15,7 @@ ASKS_PER_PROCESS = 25
 def pop_trials(url: str, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     warnings.filterwarnings("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    engine = create_engine_for(url)
-    storage = open_optuna_storage(url, make_sessionmaker(engine))
+    storage = open_optuna_storage(url)
     study = optuna.load_study(study_name="pop", storage=storage)
     numbers = []
     for _ in range(ASKS_PER_PROCESS):
