@@ -109,7 +109,9 @@ def test_a_completion_check_between_the_reapers_writes_never_finishes_a_job_shor
                 study.tell(trial, value)
         lost = trial  # still running; its worker dies after one heartbeat
         storage.record_heartbeat(lost._trial_id)
-    time.sleep(1.5)  # past the reaper's grace period
+    # Past the reaper's 1 s grace period: SQLite's CURRENT_TIMESTAMP (Optuna's heartbeat clock)
+    # keeps whole seconds, so a heartbeat can look up to 1 s younger than it is.
+    time.sleep(2.2)
 
     finished_early: list[str] = []
 

@@ -1,0 +1,148 @@
+"""Finished tuning jobs as evidence: what each optimizer reached on a task.
+
+A ``JobOutcome`` is one finished job as the prior needs it, wherever it ran (a service worker, an
+ask/tell client, ``tuner.tune``): its task, the metric and its direction, how many trials it
+spent, and per optimizer the best value and configuration it reached. The service builds them
+from its results table; ``optpilot history export`` writes them as JSON lines
+(:meth:`JobOutcome.to_json` / :meth:`JobOutcome.from_json`) and ``import`` reads them back.
+
+``namespace`` keeps the histories of teams that share a server apart: a recommendation only
+learns from jobs of its own namespace.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from tuner.task import TaskDescription
+
+Direction = Literal["minimize", "maximize"]
+
+DEFAULT_NAMESPACE = "default"
+NAMESPACE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+"""Lower-case letters, digits, ``.``, ``_`` and ``-``, starting with a letter or digit; at most
+64 characters (a team or project label, safe in URLs and file names)."""
+
+_NAMESPACE = re.compile(NAMESPACE_PATTERN)
+
+
+class HistoryError(ValueError):
+    """A history entry that cannot be used (a malformed export line, a bad namespace)."""
+
+
+def check_namespace(value: str) -> str:
+    """``value`` if it is a valid namespace, else :class:`HistoryError` saying what is allowed."""
+    if not isinstance(value, str) or not _NAMESPACE.fullmatch(value):
+        raise HistoryError(f"namespace {value!r}: use 1-64 lower-case letters, digits, '.', '_' "
+                           "or '-', starting with a letter or digit")
+    return value
+
+
+@dataclass(frozen=True)
+class OptimizerResult:
+    """One optimizer's part of a job: trials completed and the best it reached (None: none
+    completed with a finite value)."""
+
+    optimizer: str
+    completed: int
+    best_value: float | None
+    best_hyperparameters: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.completed < 0:
+            raise HistoryError(f"{self.optimizer}: completed must be >= 0")
+        if self.best_value is not None and not math.isfinite(self.best_value):
+            raise HistoryError(f"{self.optimizer}: best_value must be finite or null")
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """One finished job: its task, metric, trials spent and each optimizer's best."""
+
+    job_id: str
+    task: TaskDescription
+    metric: str
+    direction: Direction
+    trials_used: int
+    per_optimizer: tuple[OptimizerResult, ...]
+    namespace: str = DEFAULT_NAMESPACE
+    workload: str | None = None
+    best_schedule: Mapping[str, Any] | None = None
+    finished_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if not self.job_id:
+            raise HistoryError("job_id must not be empty")
+        if self.direction not in ("minimize", "maximize"):
+            raise HistoryError(f"direction must be minimize or maximize, got {self.direction!r}")
+        if self.trials_used < 0:
+            raise HistoryError("trials_used must be >= 0")
+        check_namespace(self.namespace)
+        names = [r.optimizer for r in self.per_optimizer]
+        if len(set(names)) != len(names):
+            raise HistoryError(f"job {self.job_id}: an optimizer appears twice")
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether value ``a`` beats ``b`` under this job's direction."""
+        return a < b if self.direction == "minimize" else a > b
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (one line of ``optpilot history export``)."""
+        return {
+            "job_id": self.job_id,
+            "namespace": self.namespace,
+            "task": self.task.model_dump(mode="json", exclude_none=True),
+            "workload": self.workload,
+            "metric": self.metric,
+            "direction": self.direction,
+            "trials_used": self.trials_used,
+            "per_optimizer": {
+                r.optimizer: {"completed": r.completed, "best_value": r.best_value,
+                              "best_hyperparameters": dict(r.best_hyperparameters)}
+                for r in self.per_optimizer
+            },
+            "best_schedule": dict(self.best_schedule) if self.best_schedule else None,
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> JobOutcome:
+        """The outcome :meth:`to_json` wrote; :class:`HistoryError` naming the field otherwise."""
+        if not isinstance(data, Mapping):
+            raise HistoryError("expected a JSON object")
+        try:
+            task = TaskDescription.model_validate(data["task"])
+            per = data.get("per_optimizer") or {}
+            if not isinstance(per, Mapping):
+                raise HistoryError("per_optimizer: expected an object")
+            results = tuple(
+                OptimizerResult(
+                    optimizer=str(name), completed=int(entry.get("completed", 0)),
+                    best_value=(None if entry.get("best_value") is None
+                                else float(entry["best_value"])),
+                    best_hyperparameters={str(k): float(v) for k, v in
+                                          (entry.get("best_hyperparameters") or {}).items()},
+                )
+                for name, entry in per.items()
+            )
+            finished = data.get("finished_at")
+            return cls(
+                job_id=str(data["job_id"]), task=task, metric=str(data["metric"]),
+                direction=data["direction"], trials_used=int(data["trials_used"]),
+                per_optimizer=results,
+                namespace=str(data.get("namespace") or DEFAULT_NAMESPACE),
+                workload=None if data.get("workload") is None else str(data["workload"]),
+                best_schedule=data.get("best_schedule") or None,
+                finished_at=datetime.fromisoformat(finished) if finished else None,
+            )
+        except HistoryError:
+            raise
+        except KeyError as exc:
+            raise HistoryError(f"missing field {exc.args[0]!r}") from exc
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise HistoryError(str(exc)) from exc
