@@ -458,11 +458,11 @@ class AskTellRun:
 
 def plain_asktell(db_url: str, clients: int, n_trials: int, seed: int) -> AskTellRun:
     """``clients`` threads doing Optuna's ask/report/tell on one study, set up as a job is, on
-    the storage the service opens (``service.storage.open_optuna_storage``: on SQLite, Optuna's
+    the storage the service opens (``service.core.storage.open_optuna_storage``: on SQLite, Optuna's
     read-then-write steps serialized, without which two threads pop the same enqueued trial)."""
     import optuna
 
-    from service.storage import ask, open_optuna_storage
+    from service.core.storage import ask, open_optuna_storage
     from tuner.task import TaskDescription
     from tuner.tuning import create_study, study_plan
 

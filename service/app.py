@@ -2,7 +2,7 @@
 
 One SQLAlchemy engine per app (so per process), made when the app is created and disposed when
 it shuts down, unless the caller passes its own ``engine`` (then the caller disposes it). The app
-does not migrate the database: run ``service.db.upgrade(url)`` first (``GET /readyz`` says 503
+does not migrate the database: run ``service.core.db.upgrade(url)`` first (``GET /readyz`` says 503
 until the schema is at head).
 """
 
@@ -17,15 +17,17 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import APIRouter, Depends, FastAPI
 from sqlalchemy import Engine
 
-from service import db, docs, errors, metrics, ui
-from service.api import catalog, health, jobs, recommendations, reports, results
-from service.auth import require_api_key
-from service.errors import database_error_text, database_unavailable
-from service.leases import reap_all
-from service.limits import BodySizeLimitMiddleware
-from service.routes import RouteTemplates
-from service.settings import Settings, get_settings
-from service.storage import storage_for_app
+from service import ui
+from service.api import docs
+from service.api.routes import catalog, health, jobs, recommendations, reports, results
+from service.core import db, errors, metrics
+from service.core.auth import require_api_key
+from service.core.errors import database_error_text, database_unavailable
+from service.core.limits import BodySizeLimitMiddleware
+from service.core.route_templates import RouteTemplates
+from service.core.settings import Settings, get_settings
+from service.core.storage import storage_for_app
+from service.jobs.leases import reap_all
 
 logger = logging.getLogger("optpilot.service")
 
@@ -121,7 +123,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         version=_version(),
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url=None,  # service.docs serves /docs and /redoc with local assets
+        docs_url=None,  # service.api.docs serves /docs and /redoc with local assets
         redoc_url=None,
     )
     app.state.settings = settings
@@ -129,7 +131,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.sessionmaker = db.make_sessionmaker(bound)
     app.state.schema_head = db.head_revision()
     app.state.metrics = metrics.Metrics(bound)
-    app.state.route_templates = RouteTemplates(app)  # a 405's Allow header (service.errors)
+    app.state.route_templates = RouteTemplates(app)  # a 405's Allow header (service.core.errors)
 
     errors.install(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)

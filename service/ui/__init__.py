@@ -15,7 +15,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 AUTH_PLACEHOLDER = "{{auth}}"

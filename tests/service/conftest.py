@@ -1,5 +1,5 @@
 """Fixtures for the service tests: real databases (a SQLite file always, PostgreSQL when
-``OPTPILOT_TEST_POSTGRES_URL`` is set), migrated with ``service.db.upgrade``, and a TestClient.
+``OPTPILOT_TEST_POSTGRES_URL`` is set), migrated with ``service.core.db.upgrade``, and a TestClient.
 
 PostgreSQL: each test session creates a uniquely named database (dropped at the end) and each
 test gets a fresh schema in it, selected through the URL (``?options=-csearch_path=...``), so
@@ -25,9 +25,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from service.app import create_app
-from service.db import upgrade
-from service.models import Job, Recommendation, Result, new_id, utcnow
-from service.settings import Settings
+from service.core.db import upgrade
+from service.core.models import Job, Recommendation, Result, new_id, utcnow
+from service.core.settings import Settings
 
 POSTGRES_ENV = "OPTPILOT_TEST_POSTGRES_URL"
 TEST_DB_PREFIX = "optpilot_test_"

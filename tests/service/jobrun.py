@@ -1,5 +1,5 @@
 """Tiny tuning jobs run to completion in the test process (API via a TestClient, trials by an
-in-process :class:`service.worker.Worker` on the same database)."""
+in-process :class:`service.runners.worker.Worker` on the same database)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from fastapi.testclient import TestClient
 
-from service.worker import Worker, WorkerConfig
+from service.runners.worker import Worker, WorkerConfig
 from tuner.workloads.builtin import Rosenbrock
 
 # Both complete on rosenbrock at their defaults (SGD there diverges: fine, but it makes plots

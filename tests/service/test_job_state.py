@@ -1,4 +1,4 @@
-"""Job state rules (service.jobs) on real databases, without worker processes."""
+"""Job state rules (service.jobs.state) on real databases, without worker processes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from optuna.trial import TrialState
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.jobs import (
+from service.core.models import Job, Result, utcnow
+from service.core.storage import ask, open_optuna_storage
+from service.jobs.state import (
     claim_trial_slot,
     create_job,
     fail_and_retry,
@@ -19,12 +21,10 @@ from service.jobs import (
     reconcile_slots,
     retried_numbers,
 )
-from service.models import Job, Result, utcnow
-from service.storage import ask, open_optuna_storage
 
 
 def _setup(url: str) -> tuple[sessionmaker[Session], optuna.storages.RDBStorage]:
-    from service.db import create_engine_for, make_sessionmaker
+    from service.core.db import create_engine_for, make_sessionmaker
 
     sessions = make_sessionmaker(create_engine_for(url))
     return sessions, open_optuna_storage(url)
@@ -91,7 +91,7 @@ def test_a_completion_check_between_the_reapers_writes_never_finishes_a_job_shor
     """A worker reaps a lost trial while another checks whether the job is done. The check runs
     after every transaction of the reaper's storage (its connections going back to the pool),
     so it sees each state the reaper leaves behind: never the failure without its retry."""
-    from service.worker import Worker, WorkerConfig
+    from service.runners.worker import Worker, WorkerConfig
 
     sessions, storage = _setup(migrated_url)  # the checking worker
     reaper = Worker(WorkerConfig(database_url=migrated_url, grace_period_s=1,

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.app import create_app
-from service.models import Job
+from service.core.models import Job
 from tests.service.conftest import settings_for
 
 

@@ -1,5 +1,5 @@
-"""Client-evaluated trials in process (service.leases through the API, TestClient), on SQLite and
-PostgreSQL: what one request costs as a job grows, and the retry policy of trials whose lease
+"""Client-evaluated trials in process (service.jobs.leases through the API, TestClient), on SQLite
+and PostgreSQL: what one request costs as a job grows, and the retry policy of trials whose lease
 expires. The end-to-end cases with real processes are in test_ask_tell.py."""
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import optuna
 import pytest
 from fastapi.testclient import TestClient
 
-from service.logs import log_context, setup_logging
+from service.core.logs import log_context, setup_logging
 from tests.service.jobrun import launch, work
 from tests.service.processes import ROOT, _env
 
@@ -81,9 +81,9 @@ def test_readable_lines_on_a_terminal_and_the_format_override(
     tty = Terminal()
     setup_logging("worker", stream=tty, device="cpu")
     with log_context(job_id="j2", trial=1):
-        logging.getLogger("service.worker").info("hello")
+        logging.getLogger("service.runners.worker").info("hello")
     line = tty.getvalue().strip()
-    assert line.endswith("INFO service.worker [worker cpu job j2 trial 1] hello"), line
+    assert line.endswith("INFO service.runners.worker [worker cpu job j2 trial 1] hello"), line
     monkeypatch.setenv("OPTPILOT_LOG_FORMAT", "json")
     forced = Terminal()
     setup_logging("worker", stream=forced)
@@ -102,13 +102,13 @@ def test_worker_lines_carry_job_and_trial_ids(client: TestClient, migrated_url: 
     assert {e["trial"] for e in in_trials} == {0, 1, 2}
     assert all(e["job_id"] == job_id for e in in_trials)
     ends = [e for e in in_trials if e.get("state")]
-    assert len(ends) == 3 and all(e["logger"] == "service.worker" for e in ends)
+    assert len(ends) == 3 and all(e["logger"] == "service.runners.worker" for e in ends)
 
 
 def test_a_worker_process_writes_json_lines(client: TestClient, migrated_url: str) -> None:
     job_id = launch(client, n_trials=2)
     code = ("from tuner.workloads.builtin import Rosenbrock; Rosenbrock.default_epochs = 3; "
-            "from service.worker import WorkerConfig, worker_main; "
+            "from service.runners.worker import WorkerConfig, worker_main; "
             f"worker_main(WorkerConfig(database_url={migrated_url!r}, max_trials=2, "
             "poll_interval_s=0.05))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(),

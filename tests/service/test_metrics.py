@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
-from service.storage import ask, storage_for_app
+from service.core.storage import ask, storage_for_app
 from tests.service.conftest import settings_for
 from tests.service.jobrun import launch, work
 

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 
 import optimizers
 from service.app import create_app
-from service.settings import Settings
+from service.core.settings import Settings
 from tests.service.jobrun import live_server
 from tuner.workloads import workload_names
 

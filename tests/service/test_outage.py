@@ -30,8 +30,10 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import create_engine_for, make_sessionmaker, upgrade
-from service.jobs import (
+from service.core.db import create_engine_for, make_sessionmaker, upgrade
+from service.core.models import Job
+from service.core.storage import open_optuna_storage
+from service.jobs.state import (
     ACTIVE,
     REASON_WORKER_LOST,
     counted_trials,
@@ -39,8 +41,6 @@ from service.jobs import (
     retried_numbers,
     trial_reason,
 )
-from service.models import Job
-from service.storage import open_optuna_storage
 from tests.service.pgserver import ThrowawayPostgres, unavailable_reason
 from tests.service.processes import start_worker, stop_process
 

@@ -20,11 +20,11 @@ from optuna.trial import TrialState
 
 import optimizers
 from service.app import create_app
-from service.jobs import JobView, prior_json
-from service.models import Job, utcnow
-from service.plots import Series, bar_chart, box_chart, log_ticks, number, xy_chart
-from service.report import MIN_IMPORTANCE_TRIALS, build_report, create_call
-from service.report_cli import add_report_parser, cmd_report
+from service.cli.report import add_report_parser, cmd_report
+from service.core.models import Job, utcnow
+from service.jobs.state import JobView, prior_json
+from service.report.plots import Series, bar_chart, box_chart, log_ticks, number, xy_chart
+from service.report.render import MIN_IMPORTANCE_TRIALS, build_report, create_call
 from tests.service.conftest import settings_for
 from tests.service.jobrun import OPTIMIZERS, finished_job, launch, live_server
 from tuner.task import TaskDescription

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import optimizers
 from service.client import ClientTrial, OptpilotClient
-from service.models import Recommendation
+from service.core.models import Recommendation
 from tests.service.jobrun import launch, live_server, work
 from tuner.rules import DEFAULT_SCHEDULE
 from tuner.tuning import ATTR_PLAN

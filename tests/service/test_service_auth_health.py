@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.auth import Caller, authenticate
-from service.db import upgrade
-from service.settings import Settings
+from service.core.auth import Caller, authenticate
+from service.core.db import upgrade
+from service.core.settings import Settings
 
 PROBLEM = "application/problem+json"
 USER_KEY = "user-key-0123456789"

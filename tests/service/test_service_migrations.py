@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from service.db import (
+from service.core.db import (
     VERSION_TABLE,
     Base,
     create_engine_for,

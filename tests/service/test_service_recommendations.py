@@ -275,7 +275,7 @@ def test_recommendations_stored_before_evidence_still_load(
     client: TestClient, sessions: Any
 ) -> None:
     """Rows written before candidates had ``evidence`` (and before fine-tuning kinds)."""
-    from service.models import Recommendation, new_id, utcnow
+    from service.core.models import Recommendation, new_id, utcnow
 
     old_candidate = {
         "optimizer": "adamw", "score": 0.5,

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 from fastapi.testclient import TestClient
 
-from service.api.results import similar_range, summarize
+from service.api.routes.results import similar_range, summarize
 
 AddResult = Callable[..., str]
 

@@ -8,9 +8,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.exc import OperationalError
 
-from service import jsonsafe
 from service.app import create_app
-from service.settings import Settings
+from service.core import jsonsafe
+from service.core.settings import Settings
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

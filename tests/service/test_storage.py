@@ -7,7 +7,7 @@ import warnings
 
 import optuna
 
-from service.storage import ask, open_optuna_storage
+from service.core.storage import ask, open_optuna_storage
 
 ASKS_PER_PROCESS = 25
 

@@ -23,8 +23,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.pool import NullPool
 
 from service.app import create_app
-from service.supervisor import Supervisor
-from service.worker import REASON_HANDED_BACK, Worker, WorkerConfig
+from service.runners.supervisor import Supervisor
+from service.runners.worker import REASON_HANDED_BACK, Worker, WorkerConfig
 from tests.service.conftest import settings_for
 from tests.service.processes import free_port, optpilot, wait_for
 
@@ -213,7 +213,7 @@ def _unopenable(database_url: str, tmp_path: Path) -> Iterator[tuple[str, Any]]:
 
 def test_a_worker_waits_for_a_database_it_cannot_open_yet(
         database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="service.worker")
+    caplog.set_level(logging.WARNING, logger="service.runners.worker")
     with _unopenable(database_url, tmp_path) as (url, make_openable):
         made: list[Worker] = []
         thread = threading.Thread(target=lambda: made.append(Worker(WorkerConfig(url))))
@@ -232,7 +232,7 @@ def test_a_worker_waits_for_a_database_it_cannot_open_yet(
 
 
 def test_a_stopped_worker_stops_waiting_for_its_database(tmp_path: Path) -> None:
-    from service.worker import StoppedWhileStarting
+    from service.runners.worker import StoppedWhileStarting
 
     (tmp_path / "dir.db").mkdir()
     stop = threading.Event()

@@ -11,25 +11,7 @@ from pydantic import BeforeValidator, ConfigDict, Field, field_validator
 
 import optimizers
 from optimizers import Schedule
-from service import leases
-from service.db import SessionDep
-from service.errors import ProblemError, problem_responses
-from service.jobs import (
-    ACTIVE,
-    MAX_TRIALS,
-    JobConflict,
-    JobNotFound,
-    JobView,
-    cancel_job,
-    create_job,
-    describe,
-    get_job,
-    retried_numbers,
-    trial_json,
-)
-from service.leases import LeasedTrial, LeaseNotFound
-from service.models import JOB_STATUSES, Job
-from service.schemas import (
+from service.api.schemas import (
     DEFAULT_PAGE_SIZE,
     MAX_OFFSET,
     MAX_PAGE_SIZE,
@@ -44,8 +26,26 @@ from service.schemas import (
     ShortText,
     one_of_names,
 )
-from service.settings import SettingsDep
-from service.storage import OptunaStorageDep
+from service.core.db import SessionDep
+from service.core.errors import ProblemError, problem_responses
+from service.core.models import JOB_STATUSES, Job
+from service.core.settings import SettingsDep
+from service.core.storage import OptunaStorageDep
+from service.jobs import leases
+from service.jobs.leases import LeasedTrial, LeaseNotFound
+from service.jobs.state import (
+    ACTIVE,
+    MAX_TRIALS,
+    JobConflict,
+    JobNotFound,
+    JobView,
+    cancel_job,
+    create_job,
+    describe,
+    get_job,
+    retried_numbers,
+    trial_json,
+)
 from tuner.task import TaskDescription, WholeNumber, whole_number
 from tuner.workloads import workload_names
 

@@ -50,11 +50,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.auth import require_api_key
-from service.errors import problem_responses
-from service.models import JOB_STATUSES, Job
-from service.routes import RouteTemplates
-from service.storage import DEFAULT_GRACE_PERIOD_S
+from service.core.auth import require_api_key
+from service.core.errors import problem_responses
+from service.core.models import JOB_STATUSES, Job
+from service.core.route_templates import RouteTemplates
+from service.core.storage import DEFAULT_GRACE_PERIOD_S
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A tuning job's report: one self-contained HTML page (inline CSS and SVG, no script, no URL).
 
-:func:`build_report` takes the job view (:func:`service.jobs.describe`), so the API
+:func:`build_report` takes the job view (:func:`service.jobs.state.describe`), so the API
 (``GET /v1/jobs/{id}/report``) and the CLI (``optpilot report JOB``, from a server or straight
 from a database with ``--db``) produce the same page. It shows, answer first:
 
@@ -31,8 +31,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 import optimizers
-from service.jobs import ACTIVE, JobView, retried_numbers, trial_reason
-from service.plots import (
+from service.jobs.state import ACTIVE, JobView, retried_numbers, trial_reason
+from service.report.plots import (
     PALETTE,
     Series,
     bar_chart,

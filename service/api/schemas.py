@@ -25,7 +25,7 @@ from pydantic import (
 
 import optimizers
 from optimizers import HyperparameterPrior, Schedule, SearchRange
-from service import jsonsafe
+from service.core import jsonsafe
 from tuner.evidence.records import Evidence
 from tuner.task import MAX_PARAMETERS, ModelFamily, TaskDescription, TaskType, WholeNumber
 

@@ -5,7 +5,7 @@ the CLI call ``create_engine_for`` once). Sessions are synchronous; routes that 
 ``def`` functions, run in FastAPI's thread pool.
 
 SQLite connections get WAL journaling, a busy timeout and enforced foreign keys; PostgreSQL
-connections are pinged before use. Migrations live in ``service/migrations`` and record their
+connections are pinged before use. Migrations live in ``service/core/migrations`` and record their
 revision in ``optpilot_alembic_version`` (Optuna keeps its own ``alembic_version`` beside it).
 """
 
@@ -24,8 +24,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool, StaticPool
 
-from service import jsonsafe
-from service.errors import database_unavailable
+from service.core import jsonsafe
+from service.core.errors import database_unavailable
 
 logger = logging.getLogger("optpilot.service")
 

@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 
-from service.db import SessionDep
-from service.errors import ProblemError, problem_responses
-from service.models import Recommendation, new_id, utcnow
-from service.schemas import RecommendationOut, RecommendationRequest, ResourceId
+from service.api.schemas import RecommendationOut, RecommendationRequest, ResourceId
+from service.core.db import SessionDep
+from service.core.errors import ProblemError, problem_responses
+from service.core.models import Recommendation, new_id, utcnow
 from tuner.prior import recommend
 
 router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])

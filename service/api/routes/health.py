@@ -6,10 +6,10 @@ from fastapi import APIRouter, Request
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from service import db
-from service.auth import ApiKeyDep
-from service.errors import RETRY_AFTER_UNAVAILABLE_S, ProblemError, logger, problem_responses
-from service.schemas import HealthOut, ReadyOut
+from service.api.schemas import HealthOut, ReadyOut
+from service.core import db
+from service.core.auth import ApiKeyDep
+from service.core.errors import RETRY_AFTER_UNAVAILABLE_S, ProblemError, logger, problem_responses
 
 router = APIRouter(tags=["health"])
 
@@ -38,7 +38,7 @@ def readyz(request: Request, _caller: ApiKeyDep) -> ReadyOut:
         raise ProblemError(
             503,
             detail=f"the database schema is at revision {revision}, expected {expected}: "
-            "run the migrations (service.db.upgrade)",
+            "run the migrations (service.core.db.upgrade)",
             headers=retry,
         )
     return ReadyOut(schema_revision=revision)

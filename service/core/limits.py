@@ -2,14 +2,14 @@
 
 A declared ``Content-Length`` over the limit is refused before the app runs; a body streamed
 without one (chunked) is counted as it is read, and reading stops with a 413 as soon as it passes
-the limit. (String, list and number bounds live on the request models in ``service.schemas``.)
+the limit. (String, list and number bounds live on the request models in ``service.api.schemas``.)
 """
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import ProblemError, problem_response
+from service.core.errors import ProblemError, problem_response
 
 
 def _too_large(limit: int) -> ProblemError:

@@ -2,7 +2,7 @@
 studies loaded from it.
 
 Heartbeats are on, so a trial whose worker died is noticed after ``grace_period_s``
-(:func:`service.jobs.reap_lost_trials` fails and retries it).
+(:func:`service.jobs.state.reap_lost_trials` fails and retries it).
 
 Loaded studies are kept (:func:`cached_study`): each keeps Optuna's trial cache, which rereads
 only the trials that are new or still unfinished, so a request on a job with many trials does
@@ -28,8 +28,8 @@ from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import Connection, Engine, event
 
-from service.db import SERVER_POOL, is_sqlite
-from service.errors import database_error_text, database_unavailable
+from service.core.db import SERVER_POOL, is_sqlite
+from service.core.errors import database_error_text, database_unavailable
 from tuner.space import SearchPlan
 from tuner.tuning import load_study, study_plan
 
@@ -75,7 +75,7 @@ class PatientStorage(optuna.storages.RDBStorage):
 
     Reading trials, storing intermediate values, attributes and parameters, and the final state
     are retried with backoff (up to ``MAX_OUTAGE_BACKOFF_S`` between tries) while the database is
-    unavailable (:func:`service.errors.database_unavailable`), for at most ``outage_wait_s``.
+    unavailable (:func:`service.core.errors.database_unavailable`), for at most ``outage_wait_s``.
     Each is idempotent: the writes are upserts, and a final state that an earlier try stored
     (its answer lost with the connection) counts as stored. So a trial in flight when the
     database stops finishes and is told once it is back, instead of failing and waiting to be

@@ -188,7 +188,7 @@ def render_recommendation(recommendation: Any, console: Console) -> None:
 def schedule_text(schedule: Any) -> str:
     """A schedule (``optimizers.Schedule``, its fields, or None) in words."""
     import optimizers
-    from service.report import schedule_text as text
+    from service.report.render import schedule_text as text
 
     return text(schedule.to_dict() if isinstance(schedule, optimizers.Schedule) else schedule)
 
@@ -304,7 +304,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def database_url(db: str | None) -> str:
     """``--db`` as a SQLAlchemy URL: a URL as is, a path as a SQLite file; else the settings'."""
     if db is None:
-        from service.settings import Settings
+        from service.core.settings import Settings
 
         return Settings().database_url
     if "://" in db:
@@ -315,7 +315,7 @@ def database_url(db: str | None) -> str:
 
 
 def _worker_config(args: argparse.Namespace, url: str) -> Any:
-    from service.worker import WorkerConfig
+    from service.runners.worker import WorkerConfig
 
     return WorkerConfig(database_url=url, poll_interval_s=args.poll_interval,
                         heartbeat_interval_s=args.heartbeat_interval,
@@ -324,7 +324,7 @@ def _worker_config(args: argparse.Namespace, url: str) -> Any:
 
 
 def _devices(args: argparse.Namespace) -> list[str]:
-    from service.worker import parse_devices
+    from service.runners.worker import parse_devices
 
     try:
         if args.devices is None and getattr(args, "workers", None) is not None:
@@ -374,10 +374,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from sqlalchemy import make_url
 
     from service.app import create_app
-    from service.db import prepare
-    from service.logs import setup_logging
-    from service.settings import Settings
-    from service.supervisor import Supervisor
+    from service.core.db import prepare
+    from service.core.logs import setup_logging
+    from service.core.settings import Settings
+    from service.runners.supervisor import Supervisor
 
     url = database_url(args.db)
     if args.workers is not None and args.workers < 0:
@@ -418,9 +418,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     import threading
 
-    from service.logs import setup_logging
-    from service.supervisor import Supervisor
-    from service.worker import worker_main
+    from service.core.logs import setup_logging
+    from service.runners.supervisor import Supervisor
+    from service.runners.worker import worker_main
 
     setup_logging("worker")
     url = database_url(args.db)
@@ -452,7 +452,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_db(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from service.db import current_revision, head_revision, prepare, read_only_engine
+    from service.core.db import current_revision, head_revision, prepare, read_only_engine
 
     url = database_url(args.db)
     if args.action == "upgrade":
@@ -919,7 +919,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_db)
 
     _add_remote_parsers(sub)
-    from service.report_cli import add_report_parser
+    from service.cli.report import add_report_parser
 
     add_report_parser(sub)
     return parser
@@ -940,6 +940,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -32,10 +32,10 @@ def report_from_database(url: str, job_id: str) -> str:
     from sqlalchemy import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
-    from service.db import create_engine_for, make_sessionmaker
-    from service.jobs import JobNotFound, describe, get_job
-    from service.report import build_report
-    from service.storage import open_optuna_storage
+    from service.core.db import create_engine_for, make_sessionmaker
+    from service.core.storage import open_optuna_storage
+    from service.jobs.state import JobNotFound, describe, get_job
+    from service.report.render import build_report
 
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):

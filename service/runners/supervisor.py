@@ -14,7 +14,7 @@ devices.
   grace period, like any lost worker's). :meth:`Supervisor.hurry` (a second Ctrl-C) skips the
   current wait.
 
-Call :func:`service.db.prepare` before :meth:`Supervisor.start`: workers that all find an empty
+Call :func:`service.core.db.prepare` before :meth:`Supervisor.start`: workers that all find an empty
 database race to create Optuna's tables.
 """
 
@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from multiprocessing.context import SpawnProcess
 
-from service.worker import WorkerConfig, spawn_worker
+from service.runners.worker import WorkerConfig, spawn_worker
 
 log = logging.getLogger(__name__)
 

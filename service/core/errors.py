@@ -32,7 +32,7 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
-from service import jsonsafe
+from service.core import jsonsafe
 
 logger = logging.getLogger("optpilot.service")
 

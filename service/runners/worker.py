@@ -1,7 +1,8 @@
 """Worker processes: one per device, each taking trials of active jobs from the shared storage.
 
-Coordination is Optuna's distributed mode plus the job table's slot counter (service.jobs): any
-number of workers on any number of machines open the same database. A worker
+Coordination is Optuna's distributed mode plus the job table's slot counter
+(service.jobs.state): any number of workers on any number of machines open the same database.
+A worker
 
 1. lists active jobs with a server-side workload, oldest first;
 2. claims one trial slot (atomic), asks the job's study for a trial (enqueued warm-start and
@@ -15,12 +16,12 @@ the same parameters, its slot given back) and exits; a third exits at once (the 
 reaped and retried after the grace period, like any lost worker's).
 
 SIGUSR1 asks for the first step however often it comes, SIGUSR2 for the second: a supervisor
-(:class:`service.supervisor.Supervisor`, behind ``optpilot serve``) stops its workers with them,
-so a Ctrl-C that reached the whole process group does not count twice. A supervised worker also
-stops after its current trial when its supervisor disappears (killed with SIGKILL).
+(:class:`service.runners.supervisor.Supervisor`, behind ``optpilot serve``) stops its workers
+with them, so a Ctrl-C that reached the whole process group does not count twice. A supervised
+worker also stops after its current trial when its supervisor disappears (killed with SIGKILL).
 
 A database outage does not cost the running trial: its reads and writes wait for the database
-to come back (:class:`service.storage.PatientStorage`, up to ``outage_wait_s``), the
+to come back (:class:`service.core.storage.PatientStorage`, up to ``outage_wait_s``), the
 cancellation check keeps its last answer meanwhile, and the poll loop backs off (up to
 ``MAX_OUTAGE_BACKOFF_S``) until the database answers again.
 """
@@ -45,9 +46,19 @@ from types import FrameType
 import optuna
 import sqlalchemy as sa
 
-from service.db import create_engine_for, make_sessionmaker
-from service.errors import database_error_text, database_unavailable
-from service.jobs import (
+from service.core.db import create_engine_for, make_sessionmaker
+from service.core.errors import database_error_text, database_unavailable
+from service.core.logs import log_context, setup_logging
+from service.core.models import Job
+from service.core.storage import (
+    DEFAULT_GRACE_PERIOD_S,
+    DEFAULT_HEARTBEAT_INTERVAL_S,
+    MAX_OUTAGE_BACKOFF_S,
+    ask,
+    open_optuna_storage,
+    study_cache,
+)
+from service.jobs.state import (
     ACTIVE,
     MAX_TRIALS,
     claim_trial_slot,
@@ -58,16 +69,6 @@ from service.jobs import (
     reconcile_slots,
     release_trial_slot,
     should_stop,
-)
-from service.logs import log_context, setup_logging
-from service.models import Job
-from service.storage import (
-    DEFAULT_GRACE_PERIOD_S,
-    DEFAULT_HEARTBEAT_INTERVAL_S,
-    MAX_OUTAGE_BACKOFF_S,
-    ask,
-    open_optuna_storage,
-    study_cache,
 )
 
 log = logging.getLogger(__name__)
@@ -242,7 +243,7 @@ class Worker:
         """Claim a slot of ``job`` and run one trial; False when the job had none to give.
 
         Every log line written meanwhile (by any logger, heartbeat thread included) carries
-        ``job_id``, and ``trial`` once the trial is asked (service.logs)."""
+        ``job_id``, and ``trial`` once the trial is asked (service.core.logs)."""
         with log_context(job_id=job.id, trial=None):
             return self._run_one(job)
 

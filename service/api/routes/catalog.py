@@ -8,8 +8,8 @@ from fastapi import APIRouter, Path
 
 import optimizers
 from optimizers import OptimizerSpec
-from service.errors import ProblemError, problem_responses
-from service.schemas import Listing, Name, OptimizerOut, WorkloadOut
+from service.api.schemas import Listing, Name, OptimizerOut, WorkloadOut
+from service.core.errors import ProblemError, problem_responses
 from tuner.workloads import Workload, workloads
 
 router = APIRouter(prefix="/v1", tags=["catalog"])

@@ -1,7 +1,7 @@
 """Alembic environment for the service's own tables.
 
-Run through ``service.db.upgrade(url)``; ``alembic`` on the command line works too with a config
-whose ``script_location`` points here (the URL then comes from ``sqlalchemy.url`` or
+Run through ``service.core.db.upgrade(url)``; ``alembic`` on the command line works too with a
+config whose ``script_location`` points here (the URL then comes from ``sqlalchemy.url`` or
 ``DATABASE_URL``). The revision is kept in ``optpilot_alembic_version`` so that Optuna's own
 ``alembic_version`` in the same database is never touched, and autogenerate only looks at the
 service's tables.
@@ -14,9 +14,9 @@ from typing import Any
 from alembic import context
 from sqlalchemy import Connection, text
 
-from service import models  # noqa: F401  (registers the tables on Base.metadata)
-from service.db import VERSION_TABLE, Base, create_engine_for
-from service.settings import Settings
+from service.core import models  # noqa: F401  (registers the tables on Base.metadata)
+from service.core.db import VERSION_TABLE, Base, create_engine_for
+from service.core.settings import Settings
 
 # Serializes concurrent upgrades of one PostgreSQL database (API and workers starting together).
 ADVISORY_LOCK_KEY = 0x6F70_7470  # "optp"

@@ -8,7 +8,7 @@ Job and trial ids: :func:`log_context` sets them in context variables (workers s
 each trial), and :class:`ContextFilter` copies them onto every record, so each line a worker
 writes during a trial carries ``job_id`` and ``trial``, whoever logged it::
 
-    {"ts": "2025-01-01T12:00:00.123Z", "level": "INFO", "logger": "service.worker",
+    {"ts": "2025-01-01T12:00:00.123Z", "level": "INFO", "logger": "service.runners.worker",
      "msg": "job 3f.. trial 4 on cpu", "process": 4242, "component": "worker",
      "device": "cpu", "job_id": "3f..", "trial": 4}
 """
@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from service import jsonsafe
+from service.core import jsonsafe
 
 FORMAT_ENV = "OPTPILOT_LOG_FORMAT"
 LEVEL_ENV = "OPTPILOT_LOG_LEVEL"
@@ -107,7 +107,7 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``12:00:00 INFO service.worker [job 3f.. trial 4] message`` for a terminal."""
+    """``12:00:00 INFO service.runners.worker [job 3f.. trial 4] message`` for a terminal."""
 
     def __init__(self, component: str | None = None) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s%(where)s %(message)s",

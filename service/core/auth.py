@@ -1,5 +1,5 @@
 """Bearer API keys: ``Authorization: Bearer <key>`` on every API route. Public by design:
-``/healthz``, the documentation (``/docs``, ``/redoc``, ``/openapi.json``: see ``service.docs``)
+``/healthz``, the documentation (``/docs``, ``/redoc``, ``/openapi.json``: see ``service.api.docs``)
 and the dashboard page ``/ui`` (its data comes through the API with the user's key).
 
 Keys come from ``Settings.api_keys`` (users) and ``Settings.worker_api_key`` (workers). With no
@@ -17,8 +17,8 @@ from typing import Annotated, Literal
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.errors import ProblemError
-from service.settings import Settings, SettingsDep
+from service.core.errors import ProblemError
+from service.core.settings import Settings, SettingsDep
 
 Role = Literal["anonymous", "user", "worker"]
 

@@ -1,6 +1,7 @@
 """Path templates of an app's documented routes (from its OpenAPI document), for requests that
-no route answered: label a 413 from the body limit by the route it was for (``service.metrics``),
-and list every method a path allows in a 405's ``Allow`` (``service.errors``)."""
+no route answered: label a 413 from the body limit by the route it was for
+(``service.core.metrics``), and list every method a path allows in a 405's ``Allow``
+(``service.core.errors``)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Identifiers are 32-character UUID4 hex strings; timestamps are timezone-aware UTC datetimes on
 both SQLite and PostgreSQL; JSON columns are JSONB on PostgreSQL. The schema itself is created
-by the hand-written migrations in ``service/migrations/versions`` (keep them in step).
+by the hand-written migrations in ``service/core/migrations/versions`` (keep them in step).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.db import Base
+from service.core.db import Base
 
 JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
 

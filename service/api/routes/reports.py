@@ -1,4 +1,4 @@
-"""``GET /v1/jobs/{id}/report``: the job's self-contained HTML report (service.report)."""
+"""``GET /v1/jobs/{id}/report``: the job's self-contained HTML report (service.report.render)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 from fastapi.responses import HTMLResponse
 
-from service.db import SessionDep
-from service.errors import ProblemError, problem_responses
-from service.jobs import JobNotFound, describe, get_job
-from service.report import build_report
-from service.schemas import ResourceId
-from service.storage import OptunaStorageDep
+from service.api.schemas import ResourceId
+from service.core.db import SessionDep
+from service.core.errors import ProblemError, problem_responses
+from service.core.storage import OptunaStorageDep
+from service.jobs.state import JobNotFound, describe, get_job
+from service.report.render import build_report
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

@@ -5,14 +5,14 @@ a lease. It reports intermediate values (and learns whether to prune), sends hea
 the lease, and finally posts a result. A lease that expires is reaped: the trial is failed with
 reason ``lease expired`` (kept apart from trials that failed on their own) and its parameters are
 offered again, at most the job's ``max_retries`` times along its retry chain, as for a trial
-lost with its worker (:func:`service.jobs.fail_and_retry`). Budgets use the same slot counter
-as server-side jobs (service.jobs).
+lost with its worker (:func:`service.jobs.state.fail_and_retry`). Budgets use the same slot counter
+as server-side jobs (service.jobs.state).
 
 Idempotency: asking again with the same ``client_id`` while its trial is open returns that trial;
 posting the same result twice is harmless; a different result, or any result after the lease
 expired, is a conflict.
 
-Cost per request: the job's study is the process's loaded one (:func:`service.storage
+Cost per request: the job's study is the process's loaded one (:func:`service.core.storage
 .cached_study`), which rereads only new or unfinished trials; a heartbeat is one conditional
 ``UPDATE`` of the lease row. What still grows with the trials is Optuna's own work (the sampler
 on ask, the pruner on report), which plain Optuna pays too.
@@ -35,7 +35,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from service.jobs import (
+from service.core.models import Job, TrialLease, new_id, utcnow
+from service.core.storage import ask as storage_ask
+from service.core.storage import set_trial_user_attrs, study_cache
+from service.jobs.state import (
     ACTIVE,
     JobConflict,
     JobNotFound,
@@ -46,9 +49,6 @@ from service.jobs import (
     release_trial_slot,
     study_name_for,
 )
-from service.models import Job, TrialLease, new_id, utcnow
-from service.storage import ask as storage_ask
-from service.storage import set_trial_user_attrs, study_cache
 from tuner.trial import (
     ATTR_HYPERPARAMETERS,
     ATTR_OPTIMIZER,
@@ -279,7 +279,7 @@ def reap_expired(session: Session, storage: optuna.storages.RDBStorage, study: o
                  job: Job) -> int:
     """Fail trials whose lease expired (reason ``lease expired``) and offer their parameters
     again within the job's ``max_retries``, each in one transaction
-    (:func:`service.jobs.fail_and_retry`); returns how many were reaped."""
+    (:func:`service.jobs.state.fail_and_retry`); returns how many were reaped."""
     expired = session.scalars(sa.select(TrialLease).where(
         TrialLease.job_id == job.id, TrialLease.state == "open",
         TrialLease.lease_expires_at <= utcnow())).all()

@@ -10,10 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from sqlalchemy import ColumnElement, func, select
 
-from service.db import SessionDep
-from service.errors import ProblemError, problem_responses
-from service.models import Result
-from service.schemas import (
+from service.api.schemas import (
     OptimizerWins,
     Page,
     ResourceId,
@@ -24,6 +21,9 @@ from service.schemas import (
     SimilarTo,
     SummaryQuery,
 )
+from service.core.db import SessionDep
+from service.core.errors import ProblemError, problem_responses
+from service.core.models import Result
 from tuner.task import MAX_PARAMETERS
 
 router = APIRouter(prefix="/v1/results", tags=["results"])

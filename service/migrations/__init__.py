@@ -1,1 +1,0 @@
-"""Alembic migrations of the service tables (run them with ``service.db.upgrade``)."""
