@@ -9,7 +9,6 @@ until the schema is at head).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -19,15 +18,13 @@ from sqlalchemy import Engine
 
 from service import ui
 from service.api import docs
+from service.api.deps import require_api_key
 from service.api.routes import catalog, health, jobs, recommendations, reports, results
 from service.core import db, errors, metrics
-from service.core.auth import require_api_key
-from service.core.errors import database_error_text, database_unavailable
 from service.core.limits import BodySizeLimitMiddleware
 from service.core.route_templates import RouteTemplates
 from service.core.settings import Settings, get_settings
-from service.core.storage import storage_for_app
-from service.jobs.leases import reap_all
+from service.runners.sweeper import LeaseSweeper
 
 logger = logging.getLogger("optpilot.service")
 
@@ -42,7 +39,7 @@ V1_ROUTERS: list[APIRouter] = [
 ]
 # Routers that handle authentication themselves (/healthz is open; /readyz and /metrics ask for
 # the key). The dashboard (/ui, and / redirecting to it) is public: its data comes from the API.
-OTHER_ROUTERS: list[APIRouter] = [health.router, metrics.router]
+OTHER_ROUTERS: list[APIRouter] = [health.router]
 
 DESCRIPTION = """\
 optpilot recommends a training optimizer for a described model and task, tunes it with Optuna
@@ -55,35 +52,6 @@ route but `/healthz` and the documentation (`/docs`, `/redoc`, `/openapi.json`) 
 Also served: a job's HTML report (`/v1/jobs/{id}/report`), a web dashboard at `/ui`, and
 Prometheus metrics at `/metrics`.
 """
-
-
-class LeaseSweeper:
-    """Fails client-evaluated trials whose lease expired, every ``interval_s`` (requests for the
-    same job reap too; this catches jobs nobody asks about)."""
-
-    def __init__(self, app: FastAPI, interval_s: float) -> None:
-        self._app, self._interval_s = app, interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="lease-sweeper")
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval_s):
-            try:
-                with self._app.state.sessionmaker() as session:
-                    reap_all(session, storage_for_app(self._app))
-            except Exception as exc:  # the database may be unavailable; try again next time
-                if database_unavailable(exc):
-                    logger.warning("lease sweep skipped (database unavailable): %s",
-                                   database_error_text(exc))
-                else:
-                    logger.exception("lease sweep failed")
 
 
 def _version() -> str:
@@ -111,7 +79,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         try:
             yield
         finally:
-            sweeper.stop()
+            sweeper.join()
             storage = getattr(app.state, "optuna_storage", None)
             if storage is not None:
                 storage.engine.dispose()

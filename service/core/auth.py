@@ -12,20 +12,12 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from typing import Annotated, Literal
-
-from fastapi import Depends
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from typing import Literal
 
 from service.core.errors import ProblemError
-from service.core.settings import Settings, SettingsDep
+from service.core.settings import Settings
 
 Role = Literal["anonymous", "user", "worker"]
-
-_bearer = HTTPBearer(
-    auto_error=False,
-    description="An API key from OPTPILOT_API_KEYS (or OPTPILOT_WORKER_API_KEY for workers).",
-)
 
 
 @dataclass(frozen=True)
@@ -67,12 +59,3 @@ def authenticate(settings: Settings, token: str | None) -> Caller:
     )
 
 
-async def require_api_key(  # async: no I/O, so no thread-pool hop per request
-    settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Caller:
-    """FastAPI dependency: the authenticated caller (anonymous when auth is off)."""
-    return authenticate(settings, credentials.credentials if credentials else None)
-
-
-ApiKeyDep = Annotated[Caller, Depends(require_api_key)]

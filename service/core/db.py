@@ -12,20 +12,17 @@ revision in ``optpilot_alembic_version`` (Optuna keeps its own ``alembic_version
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from fastapi import Depends, Request
 from sqlalchemy import Engine, MetaData, create_engine, event, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool, StaticPool
 
 from service.core import jsonsafe
-from service.core.errors import database_unavailable
 
 logger = logging.getLogger("optpilot.service")
 
@@ -137,28 +134,6 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """FastAPI dependency: one session per request from the app's sessionmaker, closed after.
-
-    The session closes after the response went out (FastAPI runs a dependency's exit then), so
-    a connection lost meanwhile (the database stopped) cannot change the answer any more: the
-    rollback's error is logged, not raised, and the dead connection is discarded.
-    """
-    factory: sessionmaker[Session] = request.app.state.sessionmaker
-    session = factory()
-    try:
-        yield session
-    finally:
-        try:
-            session.close()
-        except Exception as exc:
-            if not database_unavailable(exc):
-                raise
-            logger.warning("database connection lost before %s %s closed its session: %s",
-                           request.method, request.url.path, str(exc).splitlines()[0][:200])
-
-
-SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def ping(engine: Engine) -> None:

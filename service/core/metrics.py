@@ -1,4 +1,5 @@
-"""Prometheus metrics at ``GET /metrics`` (text format; needs the API key when keys are set).
+"""Prometheus metrics, served at ``GET /metrics`` (``service.api.routes.health``; text format,
+needs the API key when keys are set).
 
 Per app (so per process) one registry with:
 
@@ -40,8 +41,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
@@ -50,8 +50,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.core.auth import require_api_key
-from service.core.errors import problem_responses
 from service.core.models import JOB_STATUSES, Job
 from service.core.route_templates import RouteTemplates
 from service.core.storage import DEFAULT_GRACE_PERIOD_S
@@ -243,17 +241,3 @@ class MetricsMiddleware:
             self.metrics.observe(scope.get("method", "GET"),
                                  route_template(scope, self.templates),
                                  status, time.perf_counter() - started)
-
-
-router = APIRouter(tags=["health"])
-
-
-@router.get("/metrics", summary="Prometheus metrics (text format)",
-            dependencies=[Depends(require_api_key)],
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}},
-                             "description": "Prometheus text exposition format."},
-                       **problem_responses(401)})
-def metrics_endpoint(request: Request) -> Response:
-    metrics: Metrics = request.app.state.metrics
-    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST,
-                    headers={"Cache-Control": "no-store"})

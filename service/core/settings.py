@@ -16,7 +16,6 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -110,10 +109,3 @@ def get_settings() -> Settings:
     return Settings()
 
 
-async def app_settings(request: Request) -> Settings:  # async: no I/O, no thread-pool hop
-    """The settings of the app serving ``request`` (``create_app`` stores them on app.state)."""
-    settings = getattr(request.app.state, "settings", None)
-    return settings if isinstance(settings, Settings) else get_settings()
-
-
-SettingsDep = Annotated[Settings, Depends(app_settings)]

@@ -1,12 +1,8 @@
-"""The process's one Optuna storage, on the service database (one per process), and the
-studies loaded from it.
+"""The process's one Optuna storage, on the service database (one per process).
 
-Heartbeats are on, so a trial whose worker died is noticed after ``grace_period_s``
-(:func:`service.jobs.state.reap_lost_trials` fails and retries it).
-
-Loaded studies are kept (:func:`cached_study`): each keeps Optuna's trial cache, which rereads
-only the trials that are new or still unfinished, so a request on a job with many trials does
-not load all of them again.
+Heartbeats are on, so a trial whose worker died is noticed after ``grace_period_s`` (the job
+domain, ``service.jobs.state.reap_lost_trials``, fails and retries it). The studies loaded from
+the storage are the job domain's too (``service.jobs.studies``).
 """
 
 from __future__ import annotations
@@ -15,13 +11,11 @@ import logging
 import threading
 import time
 import warnings
-import weakref
-from collections import OrderedDict
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import optuna
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages._rdb import models as optuna_models
 from optuna.storages._rdb.storage import _create_scoped_session
@@ -30,8 +24,6 @@ from sqlalchemy import Connection, Engine, event
 
 from service.core.db import SERVER_POOL, is_sqlite
 from service.core.errors import database_error_text, database_unavailable
-from tuner.space import SearchPlan
-from tuner.tuning import load_study, study_plan
 
 DEFAULT_HEARTBEAT_INTERVAL_S = 10
 # Generous: a live worker whose heartbeat waits on a busy SQLite file must not be taken for lost.
@@ -174,9 +166,6 @@ def _serialize_sqlite_transactions(engine: Engine, busy_timeout_s: float) -> Non
 _storage_lock = threading.Lock()
 
 
-def app_optuna_storage(request: Request) -> optuna.storages.RDBStorage:
-    """FastAPI dependency: the app's Optuna storage, made on first use (one per process)."""
-    return storage_for_app(request.app)
 
 
 def storage_for_app(app: FastAPI) -> optuna.storages.RDBStorage:
@@ -193,7 +182,6 @@ def storage_for_app(app: FastAPI) -> optuna.storages.RDBStorage:
     return storage
 
 
-OptunaStorageDep = Annotated[optuna.storages.RDBStorage, Depends(app_optuna_storage)]
 
 
 def ask(study: optuna.Study) -> optuna.Trial:
@@ -204,99 +192,6 @@ def ask(study: optuna.Study) -> optuna.Trial:
         return study.ask()
 
 
-# -- loaded studies -------------------------------------------------------------------------
-
-MAX_CACHED_STUDIES = 64
-MAX_KEPT_TRIALS = 4096
-
-
-class StudyCache:
-    """Studies of one storage by name, loaded once (``tuner.tuning.load_study``: sampler and
-    pruner rebuilt) and kept, least recently used first out, with their search plans.
-
-    A kept study's trial cache (Optuna's ``_CachedStorage``) rereads only trials that are new or
-    were unfinished at the last read, so its cost per request does not grow with the trials.
-    Safe to share between threads, as Optuna's studies are.
-
-    It also keeps the ``optuna.Trial`` of each running client-evaluated trial, from its ask to
-    its result, so a report does not read the trial back first (Optuna's ``Trial`` object is
-    made to live as long as its trial; another process serving the same trial makes its own).
-    """
-
-    def __init__(self, storage: optuna.storages.BaseStorage,
-                 capacity: int = MAX_CACHED_STUDIES) -> None:
-        self._storage = storage
-        self._capacity = capacity
-        self._studies: OrderedDict[str, tuple[optuna.Study, SearchPlan | None]] = OrderedDict()
-        self._trials: OrderedDict[int, optuna.Trial] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def study(self, study_name: str) -> optuna.Study:
-        """The study; KeyError when there is none of that name."""
-        return self._entry(study_name)[0]
-
-    def plan(self, study_name: str) -> SearchPlan:
-        """The study's search plan (``tuner.tuning.study_plan``), read once."""
-        study, plan = self._entry(study_name)
-        if plan is None:
-            plan = study_plan(study)
-            with self._lock:
-                if study_name in self._studies:
-                    self._studies[study_name] = (study, plan)
-        return plan
-
-    def forget(self, study_name: str) -> None:
-        with self._lock:
-            self._studies.pop(study_name, None)
-
-    def keep_trial(self, trial: optuna.Trial) -> None:
-        with self._lock:
-            self._trials[trial._trial_id] = trial
-            while len(self._trials) > MAX_KEPT_TRIALS:
-                self._trials.popitem(last=False)
-
-    def trial(self, study_name: str, trial_id: int) -> optuna.Trial:
-        """The running trial's ``optuna.Trial``: the kept one, else made (and kept) now."""
-        with self._lock:
-            trial = self._trials.get(trial_id)
-        if trial is None:
-            trial = optuna.trial.Trial(self.study(study_name), trial_id)
-            self.keep_trial(trial)
-        return trial
-
-    def drop_trial(self, trial_id: int) -> None:
-        with self._lock:
-            self._trials.pop(trial_id, None)
-
-    def _entry(self, study_name: str) -> tuple[optuna.Study, SearchPlan | None]:
-        with self._lock:
-            entry = self._studies.get(study_name)
-            if entry is not None:
-                self._studies.move_to_end(study_name)
-                return entry
-        study = load_study(self._storage, study_name)  # outside the lock: it reads the database
-        with self._lock:
-            entry = self._studies.setdefault(study_name, (study, None))
-            self._studies.move_to_end(study_name)
-            while len(self._studies) > self._capacity:
-                self._studies.popitem(last=False)
-            return entry
-
-
-_caches: weakref.WeakKeyDictionary[optuna.storages.BaseStorage, StudyCache] = (
-    weakref.WeakKeyDictionary())
-_caches_lock = threading.Lock()
-
-
-def study_cache(storage: optuna.storages.BaseStorage) -> StudyCache:
-    """The process's :class:`StudyCache` of ``storage``."""
-    with _caches_lock:
-        cache = _caches.get(storage)
-        if cache is None:
-            cache = _caches[storage] = StudyCache(storage)
-        return cache
-
-
 def set_trial_user_attrs(storage: optuna.storages.RDBStorage, trial_id: int,
                          attrs: dict[str, Any]) -> None:
     """A running trial's user attributes, in one transaction (Optuna's ``set_user_attr`` makes
@@ -305,8 +200,3 @@ def set_trial_user_attrs(storage: optuna.storages.RDBStorage, trial_id: int,
         for key, value in attrs.items():
             storage._set_trial_attr_without_commit(
                 session, optuna_models.TrialUserAttributeModel, trial_id, key, value)
-
-
-def cached_study(storage: optuna.storages.BaseStorage, study_name: str) -> optuna.Study:
-    """``study_cache(storage).study(study_name)``: a study loaded once per process."""
-    return study_cache(storage).study(study_name)

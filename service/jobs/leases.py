@@ -12,7 +12,7 @@ Idempotency: asking again with the same ``client_id`` while its trial is open re
 posting the same result twice is harmless; a different result, or any result after the lease
 expired, is a conflict.
 
-Cost per request: the job's study is the process's loaded one (:func:`service.core.storage
+Cost per request: the job's study is the process's loaded one (:func:`service.jobs.studies
 .cached_study`), which rereads only new or unfinished trials; a heartbeat is one conditional
 ``UPDATE`` of the lease row. What still grows with the trials is Optuna's own work (the sampler
 on ask, the pruner on report), which plain Optuna pays too.
@@ -37,7 +37,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from service.core.models import Job, TrialLease, new_id, utcnow
 from service.core.storage import ask as storage_ask
-from service.core.storage import set_trial_user_attrs, study_cache
+from service.core.storage import set_trial_user_attrs
 from service.jobs.state import (
     ACTIVE,
     JobConflict,
@@ -49,6 +49,7 @@ from service.jobs.state import (
     release_trial_slot,
     study_name_for,
 )
+from service.jobs.studies import study_cache
 from tuner.trial import (
     ATTR_HYPERPARAMETERS,
     ATTR_OPTIMIZER,

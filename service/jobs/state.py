@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.orm import Session
 
 from service.core.models import Job, JobStatus, Result, TrialLease, new_id, utcnow
-from service.core.storage import cached_study
+from service.jobs.studies import cached_study
 from tuner.prior import Recommendation
 from tuner.task import TaskDescription
 from tuner.trial import ATTR_HYPERPARAMETERS, ATTR_OPTIMIZER, ATTR_REASON, trial_schedule
@@ -373,7 +373,7 @@ class JobView:
 
 def describe(job: Job, storage: optuna.storages.BaseStorage) -> JobView:
     """The job with its study's counts, best trial and per-optimizer summary. The study is the
-    process's loaded one (:func:`service.core.storage.cached_study`): only trials that changed since
+    process's loaded one (:func:`service.jobs.studies.cached_study`): only trials that changed since
     the last view are read."""
     try:
         study = cached_study(storage, job.study_name)

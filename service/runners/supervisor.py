@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from multiprocessing.context import SpawnProcess
 
+from service.runners.loop import BackgroundLoop
 from service.runners.worker import WorkerConfig, spawn_worker
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,11 @@ class Supervisor:
         self._config = replace(config, supervisor_pid=os.getpid())
         self._slots = [_Slot(device) for device in devices]
         self._stop_timeout_s = stop_timeout_s
-        self._watch_interval_s = watch_interval_s
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._urgency = 0
         self._hurried = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True, name="worker-supervisor")
+        self._watch = _Watch(self, watch_interval_s, self._stopping)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -76,7 +76,7 @@ class Supervisor:
         with self._lock:
             for slot in self._slots:
                 self._spawn(slot)
-        self._thread.start()
+        self._watch.start()
 
     def pids(self) -> list[int]:
         """The worker processes now alive."""
@@ -96,13 +96,13 @@ class Supervisor:
         slot.restart_at = None
         log.info("worker on %s started (pid %s)", slot.device, slot.process.pid)
 
-    def _watch(self) -> None:
-        while not self._stopping.wait(self._watch_interval_s):
-            with self._lock:
-                if self._stopping.is_set():
-                    return
-                for slot in self._slots:
-                    self._check(slot, time.monotonic())
+    def check_workers(self) -> None:
+        """Note exits, restart the workers that died once their backoff is over."""
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            for slot in self._slots:
+                self._check(slot, time.monotonic())
 
     def _check(self, slot: _Slot, now: float) -> None:
         process = slot.process
@@ -137,9 +137,7 @@ class Supervisor:
     def stop(self) -> None:
         """Stop every worker after its running trial (see the module docstring); returns when
         they are all gone."""
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        self._watch.join()
         with self._lock:
             processes = [s.process for s in self._slots if s.process is not None]
             for slot in self._slots:
@@ -167,6 +165,20 @@ class Supervisor:
                 return
             self._hurried.wait(min(0.1, max(0.0, deadline - time.monotonic())))
             self._hurried.clear()
+
+
+class _Watch(BackgroundLoop):
+    name = "worker-supervisor"
+    wait_first = True  # the workers have just been started
+
+    def __init__(self, supervisor: Supervisor, interval_s: float,
+                 stop: threading.Event) -> None:
+        super().__init__(interval_s, stop)
+        self._supervisor = supervisor
+
+    def tick(self) -> bool:
+        self._supervisor.check_workers()
+        return False
 
 
 def _send(process: SpawnProcess, signum: int) -> None:

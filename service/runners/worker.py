@@ -28,7 +28,6 @@ cancellation check keeps its last answer meanwhile, and the poll loop backs off 
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import math
 import multiprocessing
@@ -47,16 +46,14 @@ import optuna
 import sqlalchemy as sa
 
 from service.core.db import create_engine_for, make_sessionmaker
-from service.core.errors import database_error_text, database_unavailable
+from service.core.errors import database_unavailable
 from service.core.logs import log_context, setup_logging
 from service.core.models import Job
 from service.core.storage import (
     DEFAULT_GRACE_PERIOD_S,
     DEFAULT_HEARTBEAT_INTERVAL_S,
-    MAX_OUTAGE_BACKOFF_S,
     ask,
     open_optuna_storage,
-    study_cache,
 )
 from service.jobs.state import (
     ACTIVE,
@@ -70,6 +67,8 @@ from service.jobs.state import (
     release_trial_slot,
     should_stop,
 )
+from service.jobs.studies import study_cache
+from service.runners.loop import BackgroundLoop
 
 log = logging.getLogger(__name__)
 
@@ -133,33 +132,21 @@ def pin_device(device: str) -> str:
     return "cpu"
 
 
-class _Heartbeat:
-    """Records an Optuna heartbeat for one running trial every ``interval`` seconds."""
+class _Heartbeat(BackgroundLoop):
+    """Records an Optuna heartbeat for one running trial every ``interval`` seconds; a missed
+    beat is retried (the grace period absorbs a few)."""
+
+    name = "heartbeat"
+    wait_first = True  # __enter__ records the first beat
 
     def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int,
                  interval: float) -> None:
-        self._storage, self._trial_id, self._interval = storage, trial_id, interval
-        self._stop = threading.Event()
-        # In the caller's logging context, so its lines carry the job and trial ids too.
-        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._beat,),
-                                        daemon=True, name="heartbeat")
+        super().__init__(interval)
+        self._storage, self._trial_id = storage, trial_id
 
-    def _beat(self) -> None:
-        failing = False
-        while not self._stop.wait(self._interval):  # __enter__ recorded the first beat
-            try:
-                self._storage.record_heartbeat(self._trial_id)
-            except Exception as exc:  # a missed beat is retried; the grace period absorbs a few
-                if not database_unavailable(exc):
-                    log.exception("heartbeat failed")
-                elif not failing:
-                    log.warning("heartbeat failed (database unavailable; retrying every "
-                                "%g s): %s", self._interval, database_error_text(exc))
-                failing = True
-                continue
-            if failing:
-                log.info("heartbeats recorded again")
-                failing = False
+    def tick(self) -> bool:
+        self._storage.record_heartbeat(self._trial_id)
+        return False
 
     def __enter__(self) -> _Heartbeat:
         try:
@@ -168,25 +155,28 @@ class _Heartbeat:
             if not database_unavailable(exc):
                 raise
             log.warning("first heartbeat failed (database unavailable); retrying")
-        self._thread.start()
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        self.join()
 
 
 class StoppedWhileStarting(Exception):
     """The worker was stopped before it could open its storage."""
 
 
-class Worker:
+class Worker(BackgroundLoop):
+    """The poll loop of one worker process: :meth:`step` every poll interval while idle."""
+
+    name = "worker"
+
     def __init__(self, config: WorkerConfig, stop: threading.Event | None = None,
                  hand_back: threading.Event | None = None) -> None:
         from tuner.trial import default_device
 
+        super().__init__(config.poll_interval_s, stop)
         self.config = config
-        self.stop = stop or threading.Event()
         self.hand_back = hand_back or threading.Event()
         """Set (with ``stop``): end the running trial at its next report and enqueue it again."""
         self.engine = create_engine_for(config.database_url)
@@ -197,7 +187,6 @@ class Worker:
         self._studies = study_cache(self.storage)
         self._last_reap = 0.0
         self._stop_checks: dict[str, tuple[float, bool]] = {}
-        self._outage_since: float | None = None
 
     def _open_storage(self) -> optuna.storages.RDBStorage:
         """The Optuna storage; retried while the database refuses (down, or Optuna's tables
@@ -314,17 +303,6 @@ class Worker:
             self._stop_checks[job_id] = (now, answer)
         return answer
 
-    def _outage_backoff(self, exc: Exception) -> float:
-        """How long to wait before the next poll while the database is unavailable: from the
-        poll interval, doubling up to ``MAX_OUTAGE_BACKOFF_S``; logged once per outage."""
-        now = time.monotonic()
-        if self._outage_since is None:
-            self._outage_since = now
-            log.warning("database unavailable; retrying with backoff: %s",
-                        database_error_text(exc))
-        waited = now - self._outage_since
-        return min(MAX_OUTAGE_BACKOFF_S, max(self.config.poll_interval_s, waited))
-
     def step(self) -> bool:
         """One pass over the active jobs; True if a trial ran."""
         jobs = self._active_jobs()
@@ -341,36 +319,23 @@ class Worker:
                 return True
         return False
 
-    def _orphaned(self) -> bool:
+    tick = step
+
+    def keep_going(self) -> bool:
+        if self.config.max_trials is not None and self.trials_run >= self.config.max_trials:
+            return False
         supervisor = self.config.supervisor_pid
         if supervisor is None or os.getppid() == supervisor:
-            return False
+            return True
         log.warning("the supervising process %d is gone; stopping", supervisor)
-        return True
+        return False
 
     def run(self) -> int:
+        """Poll until stopped; the number of trials run."""
         log.info("worker %d on %s: polling %s", os.getpid(), self.device,
                  self.engine.url.render_as_string(hide_password=True))
         try:
-            while not self.stop.is_set() and not self._orphaned():
-                if self.config.max_trials is not None and \
-                        self.trials_run >= self.config.max_trials:
-                    break
-                idle_s = self.config.poll_interval_s
-                try:
-                    ran = self.step()
-                    if self._outage_since is not None:
-                        log.info("database available again after %.0f s",
-                                 time.monotonic() - self._outage_since)
-                        self._outage_since = None
-                except Exception as exc:  # one bad job or an outage must not end the worker
-                    ran = False
-                    if database_unavailable(exc):
-                        idle_s = self._outage_backoff(exc)
-                    else:
-                        log.exception("worker step failed; going on")
-                if not ran:
-                    self.stop.wait(idle_s)
+            self.loop()
         finally:
             self.engine.dispose()
         return self.trials_run

@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlalchemy.pool import NullPool
 
+from service.api.deps import SessionDep
 from service.app import create_app
-from service.core.db import SessionDep
 from tests.service.conftest import settings_for
 
 JOB = {"workload": None, "n_trials": 3, "task": {"model_family": "mlp", "num_parameters": 1000}}

@@ -1,15 +1,18 @@
-"""Liveness and readiness: ``GET /healthz`` (never authenticated) and ``GET /readyz``."""
+"""Liveness, readiness and metrics: ``GET /healthz`` (never authenticated), ``GET /readyz`` and
+``GET /metrics`` (Prometheus text format, from ``service.core.metrics``)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from service.api.deps import ApiKeyDep
 from service.api.schemas import HealthOut, ReadyOut
 from service.core import db
-from service.core.auth import ApiKeyDep
 from service.core.errors import RETRY_AFTER_UNAVAILABLE_S, ProblemError, logger, problem_responses
+from service.core.metrics import Metrics
 
 router = APIRouter(tags=["health"])
 
@@ -42,3 +45,13 @@ def readyz(request: Request, _caller: ApiKeyDep) -> ReadyOut:
             headers=retry,
         )
     return ReadyOut(schema_revision=revision)
+
+
+@router.get("/metrics", summary="Prometheus metrics (text format)",
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}},
+                             "description": "Prometheus text exposition format."},
+                       **problem_responses(401)})
+def metrics_endpoint(request: Request, _caller: ApiKeyDep) -> Response:
+    metrics: Metrics = request.app.state.metrics
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST,
+                    headers={"Cache-Control": "no-store"})

@@ -11,6 +11,7 @@ from pydantic import BeforeValidator, ConfigDict, Field, field_validator
 
 import optimizers
 from optimizers import Schedule
+from service.api.deps import OptunaStorageDep, SessionDep, SettingsDep
 from service.api.schemas import (
     DEFAULT_PAGE_SIZE,
     MAX_OFFSET,
@@ -26,11 +27,8 @@ from service.api.schemas import (
     ShortText,
     one_of_names,
 )
-from service.core.db import SessionDep
 from service.core.errors import ProblemError, problem_responses
 from service.core.models import JOB_STATUSES, Job
-from service.core.settings import SettingsDep
-from service.core.storage import OptunaStorageDep
 from service.jobs import leases
 from service.jobs.leases import LeasedTrial, LeaseNotFound
 from service.jobs.state import (

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 
+from service.api.deps import SessionDep
 from service.api.schemas import RecommendationOut, RecommendationRequest, ResourceId
-from service.core.db import SessionDep
 from service.core.errors import ProblemError, problem_responses
 from service.core.models import Recommendation, new_id, utcnow
 from tuner.prior import recommend

@@ -7,10 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 from fastapi.responses import HTMLResponse
 
+from service.api.deps import OptunaStorageDep, SessionDep
 from service.api.schemas import ResourceId
-from service.core.db import SessionDep
 from service.core.errors import ProblemError, problem_responses
-from service.core.storage import OptunaStorageDep
 from service.jobs.state import JobNotFound, describe, get_job
 from service.report.render import build_report
 

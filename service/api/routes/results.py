@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from sqlalchemy import ColumnElement, func, select
 
+from service.api.deps import SessionDep
 from service.api.schemas import (
     OptimizerWins,
     Page,
@@ -21,7 +22,6 @@ from service.api.schemas import (
     SimilarTo,
     SummaryQuery,
 )
-from service.core.db import SessionDep
 from service.core.errors import ProblemError, problem_responses
 from service.core.models import Result
 from tuner.task import MAX_PARAMETERS
