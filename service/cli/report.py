@@ -2,9 +2,8 @@
 
 From a running server (``GET /v1/jobs/{id}/report``; ``--url``, default ``$OPTPILOT_URL`` or
 http://127.0.0.1:8000, key from ``$OPTPILOT_API_KEY``, like the other remote commands), or built
-straight from the database with ``--db`` (SQLite file or URL). This module stays light (the
-report builder and the database are imported only when the command runs), so the CLI can add
-the parser cheaply: ``add_report_parser(sub)``.
+straight from the database with ``--db`` (SQLite file or URL). The report builder and the
+database are imported only when the command runs, so adding the parser costs nothing.
 """
 
 from __future__ import annotations
@@ -14,17 +13,7 @@ import os
 import sys
 from typing import Any
 
-
-class ReportError(Exception):
-    """A one-line, user-facing failure of ``optpilot report``."""
-
-
-def _database_url(db: str) -> str:
-    if "://" in db:
-        return db
-    from pathlib import Path
-
-    return f"sqlite:///{Path(db).expanduser().resolve()}"
+from service.cli.common import CliError, database_url
 
 
 def report_from_database(url: str, job_id: str) -> str:
@@ -42,7 +31,7 @@ def report_from_database(url: str, job_id: str) -> str:
         from pathlib import Path
 
         if not Path(parsed.database).is_file():
-            raise ReportError(f"no database at {parsed.database}")
+            raise CliError(f"no database at {parsed.database}")
     engine = create_engine_for(url)
     storage = None
     try:
@@ -52,9 +41,9 @@ def report_from_database(url: str, job_id: str) -> str:
             storage = open_optuna_storage(url)
             return build_report(describe(job, storage))
     except JobNotFound:
-        raise ReportError(f"job {job_id!r} was not found in {_safe(url)}") from None
+        raise CliError(f"job {job_id!r} was not found in {_safe(url)}") from None
     except SQLAlchemyError as exc:
-        raise ReportError(f"cannot read {_safe(url)}: {type(exc).__name__}: "
+        raise CliError(f"cannot read {_safe(url)}: {type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:200]}") from None
     finally:
         if storage is not None:
@@ -90,12 +79,12 @@ def report_from_server(base_url: str | None, job_id: str, api_key: str | None = 
         response = httpx.get(f"{base}/v1/jobs/{quote(job_id, safe='')}/report",
                              headers=headers, timeout=timeout_s)
     except httpx.HTTPError as exc:
-        raise ReportError(f"cannot reach the API at {base} ({type(exc).__name__}); is "
+        raise CliError(f"cannot reach the API at {base} ({type(exc).__name__}); is "
                           "`optpilot serve` running? (--url or OPTPILOT_URL)") from None
     if response.status_code != 200:
         error = error_from_response(response)
         hint = " (set OPTPILOT_API_KEY)" if response.status_code == 401 else ""
-        raise ReportError(f"{error}{hint}")
+        raise CliError(f"{error}{hint}")
     return response.text
 
 
@@ -103,7 +92,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """``optpilot report JOB [-o FILE] [--url URL | --db DB]``; 2 on any failure."""
     try:
         if args.db:
-            text = report_from_database(_database_url(args.db), args.job_id)
+            text = report_from_database(database_url(args.db), args.job_id)
         else:
             text = report_from_server(args.url, args.job_id)
         output = args.output or f"optpilot-report-{args.job_id}.html"
@@ -113,7 +102,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             with open(output, "w", encoding="utf-8") as f:
                 f.write(text)
             print(f"wrote {output} ({len(text.encode()) / 1024:.0f} KiB)", file=sys.stderr)
-    except (ReportError, OSError) as exc:
+    except (CliError, OSError) as exc:
         print(f"optpilot report: error: {exc}", file=sys.stderr)
         return 2
     return 0
