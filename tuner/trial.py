@@ -40,7 +40,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import optuna
@@ -131,6 +131,45 @@ def _free_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
+@dataclass(frozen=True)
+class TrialEnd:
+    """How a trial ended, before it is recorded: its state, value (COMPLETE only) and why."""
+
+    state: TrialState
+    value: float | None = None
+    reason: str | None = None
+    traceback: str | None = None
+    seconds: float | None = None
+
+
+def end_trial(study: optuna.Study, trial: optuna.Trial, end: TrialEnd, *,
+              skip_if_finished: bool = True) -> FrozenTrial:
+    """Record how ``trial`` ended and tell Optuna: the one way every trial ends, run here or
+    evaluated by an ask/tell client.
+
+    A trial that ends with reason ``diverged`` is told PRUNED with ``nan`` as its last
+    intermediate value (reported at the next step unless its last report was already ``nan``).
+    ``reason``, ``traceback`` and ``seconds`` become user attributes. ``skip_if_finished``: a
+    trial finished elsewhere meanwhile (taken for lost, failed and retried) keeps that end, and
+    this one is dropped rather than raised.
+    """
+    state, value = end.state, end.value
+    if end.reason == DIVERGED:
+        state, value = TrialState.PRUNED, None
+        reported = study._storage.get_trial(trial._trial_id).intermediate_values
+        last = max(reported, default=None)
+        if last is None or not math.isnan(reported[last]):
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                report_diverged(trial, 0 if last is None else last + 1)
+    attrs = {ATTR_REASON: end.reason, ATTR_TRACEBACK: end.traceback, ATTR_SECONDS: end.seconds}
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+        for key, attr in attrs.items():
+            if attr is not None:
+                trial.set_user_attr(key, attr)
+    return study.tell(trial, value if state == TrialState.COMPLETE else None, state=state,
+                      skip_if_finished=skip_if_finished)
+
+
 def run_trial(
     study: optuna.Study,
     plan: SearchPlan,
@@ -153,15 +192,35 @@ def run_trial(
     trial = trial if trial is not None else study.ask()
     device = device or default_device()
     started = time.monotonic()
+    choice: Suggestion | None = None
+    try:
+        choice = suggest_and_record(plan, trial)
+        trial.set_user_attr(ATTR_DEVICE, device)
+        config = TrialConfig(choice.optimizer, choice.hyperparameters, seed=seed, device=device,
+                             epochs=epochs, schedule=choice.schedule)
+        end = _train(trial, workload, config, started, timeout_s, should_stop)
+    except Exception as exc:  # sampling or recording failed: the trial's own failure too
+        end = _failure(exc)
+    end = replace(end, seconds=round(time.monotonic() - started, 4))
+    if end.traceback is not None:
+        log.warning("trial %d failed: %s", trial.number, end.reason)
+    end_trial(study, trial, end)
+    return TrialOutcome(trial.number, end.state, end.value,
+                        None if choice is None else choice.optimizer,
+                        {} if choice is None else choice.hyperparameters, end.reason,
+                        end.seconds or 0.0, None if choice is None else choice.schedule)
+
+
+def _train(trial: optuna.Trial, workload: Workload, config: TrialConfig, started: float,
+           timeout_s: float | None, should_stop: Callable[[], bool | str] | None) -> TrialEnd:
+    """Train ``config`` on ``workload``, reporting each epoch to ``trial``; how it ended."""
     deadline = started + timeout_s if timeout_s is not None else None
     reported: set[int] = set()  # epochs reported to Optuna
-    optimizer: str | None = None
-    hyperparameters: dict[str, float] = {}
-    schedule: Schedule | None = None
 
     def report(epoch: int, value: float) -> None:
         if not math.isfinite(value):
-            diverged_at(epoch)
+            if epoch not in reported:
+                report_diverged(trial, epoch)
             raise TrialStopped(DIVERGED)
         trial.report(value, epoch)
         reported.add(epoch)
@@ -173,54 +232,29 @@ def run_trial(
         if deadline is not None and time.monotonic() > deadline:
             raise TrialStopped("timeout")
 
-    def diverged_at(epoch: int) -> None:
-        if epoch not in reported:
-            report_diverged(trial, epoch)
-            reported.add(epoch)
-
-    state, value, reason, tb = TrialState.FAIL, None, None, None
     try:
-        optimizer, hyperparameters, schedule = suggest_and_record(plan, trial)
-        trial.set_user_attr(ATTR_DEVICE, device)
-        config = TrialConfig(optimizer, hyperparameters, seed=seed, device=device,
-                             epochs=epochs, schedule=schedule)
         result = float(workload.run(config, report))
-        if math.isfinite(result):
-            state, value = TrialState.COMPLETE, result
-        else:  # a workload that returned nan without reporting it
-            diverged_at(max(reported, default=-1) + 1)
-            state, reason = TrialState.PRUNED, DIVERGED
     except TrialStopped as stop:
-        reason = stop.reason
-        if stop.interrupted:
-            state = TrialState.FAIL
-        else:
-            state = TrialState.PRUNED if reported else TrialState.FAIL
+        if stop.reason == DIVERGED:
+            return TrialEnd(TrialState.PRUNED, reason=DIVERGED)
+        state = TrialState.PRUNED if reported and not stop.interrupted else TrialState.FAIL
+        return TrialEnd(state, reason=stop.reason)
     except optuna.TrialPruned:
-        state, reason = TrialState.PRUNED, "pruned"
-    except torch.cuda.OutOfMemoryError:
-        reason = "cuda_oom"
-        tb = traceback.format_exc()
+        return TrialEnd(TrialState.PRUNED, reason="pruned")
     except Exception as exc:  # a trial's own failure must not stop the study
-        reason = f"error: {type(exc).__name__}: {exc}"[:500]
-        tb = traceback.format_exc()
-    finally:
-        if reason == "cuda_oom":
-            _free_accelerator_memory()
+        return _failure(exc)
+    if math.isfinite(result):
+        return TrialEnd(TrialState.COMPLETE, result)
+    return TrialEnd(TrialState.PRUNED, reason=DIVERGED)  # returned nan without reporting it
 
-    seconds = time.monotonic() - started
-    if tb is not None:
-        log.warning("trial %d failed: %s", trial.number, reason)
-    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-        if reason is not None:
-            trial.set_user_attr(ATTR_REASON, reason)
-        if tb is not None:
-            trial.set_user_attr(ATTR_TRACEBACK, tb[-MAX_TRACEBACK_CHARS:])
-    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-        trial.set_user_attr(ATTR_SECONDS, round(seconds, 4))  # finished elsewhere: see below
-    # skip_if_finished: a trial taken for lost (no heartbeat in time) was already failed and
-    # retried elsewhere; its late result is dropped rather than crashing this process.
-    study.tell(trial, value if state == TrialState.COMPLETE else None, state=state,
-               skip_if_finished=True)
-    return TrialOutcome(trial.number, state, value, optimizer, hyperparameters, reason, seconds,
-                        schedule)
+
+def _failure(exc: Exception) -> TrialEnd:
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        _free_accelerator_memory()
+        return TrialEnd(TrialState.FAIL, reason="cuda_oom", traceback=_traceback())
+    return TrialEnd(TrialState.FAIL, reason=f"error: {type(exc).__name__}: {exc}"[:500],
+                    traceback=_traceback())
+
+
+def _traceback() -> str:
+    return traceback.format_exc()[-MAX_TRACEBACK_CHARS:]

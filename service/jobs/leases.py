@@ -53,9 +53,8 @@ from service.jobs.studies import study_cache
 from tuner.trial import (
     ATTR_HYPERPARAMETERS,
     ATTR_OPTIMIZER,
-    ATTR_REASON,
-    DIVERGED,
-    report_diverged,
+    TrialEnd,
+    end_trial,
     suggestion_attrs,
     trial_schedule,
 )
@@ -239,16 +238,13 @@ def tell(session: Session, storage: optuna.storages.RDBStorage, job_id: str, num
     _check_open(session, storage, lease)
     if "value" in outcome:
         value = float(outcome["value"])
-        state, values = TrialState.COMPLETE, value
-        lease_state = "completed"
         if not math.isfinite(value):  # schemas reject this; keep the store safe regardless
             raise ValueError("value: must be finite")
+        end, lease_state = TrialEnd(TrialState.COMPLETE, value), "completed"
     else:
-        state = TrialState.FAIL if outcome["state"] == "failed" else TrialState.PRUNED
-        values = None
         lease_state = str(outcome["state"])
-        storage.set_trial_user_attr(lease.trial_id, ATTR_REASON,
-                                    outcome.get("reason") or lease_state)
+        state = TrialState.FAIL if lease_state == "failed" else TrialState.PRUNED
+        end = TrialEnd(state, reason=outcome.get("reason") or lease_state)
     claimed = session.execute(
         sa.update(TrialLease).where(TrialLease.id == lease.id, TrialLease.state == "open")
         .values(state=lease_state, outcome=outcome, updated_at=utcnow())
@@ -258,12 +254,8 @@ def tell(session: Session, storage: optuna.storages.RDBStorage, job_id: str, num
         session.refresh(lease)
         return tell(session, storage, job_id, number, outcome)
     try:
-        if outcome.get("reason") == DIVERGED:
-            state = TrialState.PRUNED
-            reported = storage.get_trial(lease.trial_id).intermediate_values
-            report_diverged(optuna.trial.Trial(study, lease.trial_id),
-                            max(reported, default=-1) + 1)
-        told = study.tell(lease.trial_number, values, state=state)
+        told = end_trial(study, cache.trial(study.study_name, lease.trial_id), end,
+                         skip_if_finished=False)
     except Exception:
         session.execute(sa.update(TrialLease).where(TrialLease.id == lease.id)
                         .values(state="open", outcome=None, updated_at=utcnow()))
