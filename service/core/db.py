@@ -12,6 +12,8 @@ revision in ``optpilot_alembic_version`` (Optuna keeps its own ``alembic_version
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,51 @@ def _sqlite_in_memory(url: URL) -> bool:
     return database in ("", ":memory:") or url.query.get("mode") == "memory"
 
 
+# --- SQLite writers take turns ------------------------------------------------------------
+
+_WRITE_PREFIXES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "BEGIN IMMEDIATE", "CREATE", "DROP",
+                   "ALTER")
+_writer_queues: dict[str, threading.Lock] = {}
+_writer_queues_guard = threading.Lock()
+
+
+def _writer_queue(database: str) -> threading.Lock:
+    key = os.path.realpath(os.path.expanduser(database))
+    with _writer_queues_guard:
+        return _writer_queues.setdefault(key, threading.Lock())
+
+
+def take_turns_writing(engine: Engine, database: str, wait_s: float) -> None:
+    """Make this process's writers of the SQLite file ``database`` queue on one lock, from the
+    first write of a transaction to its commit or rollback, before they meet SQLite's.
+
+    SQLite's busy handler polls: a writer that finds the file locked sleeps (1 ms, growing to
+    100 ms) and tries again, and whoever tries at the right moment wins, so under many
+    concurrent requests a waiting writer can lose again and again (an ask/tell heartbeat waited
+    almost a second behind 16 clients' asks). Queued on a lock, each writer starts the moment
+    the one before it ends. Every engine of the process on the same file shares the lock (the
+    service's and Optuna's); other processes still meet at SQLite's own lock. A writer that
+    waited ``wait_s`` goes on without its turn and leaves it to SQLite's busy timeout.
+    """
+    queue = _writer_queue(database)
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _queue(connection: Any, cursor: Any, statement: str, *args: Any) -> None:
+        info = connection.info
+        if "writer_turn" not in info and statement.lstrip()[:15].upper().startswith(
+                _WRITE_PREFIXES):
+            info["writer_turn"] = queue.acquire(timeout=wait_s)
+
+    def _end(info: dict[str, Any]) -> None:
+        if info.pop("writer_turn", False):
+            queue.release()
+
+    event.listen(engine, "commit", lambda connection: _end(connection.info))
+    event.listen(engine, "rollback", lambda connection: _end(connection.info))
+    # a connection given back mid-transaction (rolled back by the pool) ends its turn too
+    event.listen(engine, "checkin", lambda _dbapi, record: _end(record.info))
+
+
 def create_engine_for(
     url: str | URL,
     *,
@@ -94,6 +141,8 @@ def create_engine_for(
         if parsed.database:
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(parsed, connect_args=connect_args, **kwargs)
+    if not in_memory and parsed.database:
+        take_turns_writing(engine, parsed.database, sqlite_busy_timeout_s)
     busy_ms = max(1, round(sqlite_busy_timeout_s * 1000))
 
     @event.listens_for(engine, "connect")

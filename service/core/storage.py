@@ -20,9 +20,9 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages._rdb import models as optuna_models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import Connection, Engine, event
+from sqlalchemy import Connection, Engine, event, make_url
 
-from service.core.db import SERVER_POOL, is_sqlite
+from service.core.db import SERVER_POOL, is_sqlite, take_turns_writing
 from service.core.errors import database_error_text, database_unavailable
 
 DEFAULT_HEARTBEAT_INTERVAL_S = 10
@@ -59,6 +59,9 @@ def open_optuna_storage(
         storage.outage_wait_s = outage_wait_s
     if is_sqlite(url):
         _serialize_sqlite_transactions(storage.engine, sqlite_busy_timeout_s)
+        database = make_url(url).database
+        if database and database != ":memory:":
+            take_turns_writing(storage.engine, database, sqlite_busy_timeout_s)
     return storage
 
 
