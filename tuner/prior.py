@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import cast
 
@@ -402,6 +402,19 @@ class _EvidenceScores:
                 f"renormalised [score {before:.3g} -> {after:.3g}]")
 
 
+def _blend(rule_p: Mapping[str, float], weight_of: Mapping[str, float]) -> dict[str, float]:
+    """The evidence step on scores: the rules' probabilities ``rule_p`` times
+    ``exp(EVIDENCE_SCORE_RATE * E)``, ``E = weight_of[name]`` (0 for an optimizer nobody
+    similar used), renormalised.
+
+    One function so that ``bench/recommend_accuracy.py --crossval`` can put other blend forms
+    in its place and measure them on the published table."""
+    boosted = {name: p * math.exp(EVIDENCE_SCORE_RATE * weight_of.get(name, 0.0))
+               for name, p in rule_p.items()}
+    total = math.fsum(boosted.values())
+    return {name: b / total for name, b in boosted.items()}
+
+
 def _lr_evidence(
     name: str, priors: _Priors, scored: list[Scored]
 ) -> tuple[list[Evidence], list[str]]:
@@ -590,9 +603,7 @@ def recommend(
     # 2. Evidence on scores.
     scored = pool.scored(task) if len(pool) else []
     ev = _EvidenceScores.of(scored, names)
-    boosted = {name: rule_p[name] * ev.factor(name) for name in names}
-    boosted_total = math.fsum(boosted.values())
-    blended = {name: boosted[name] / boosted_total for name in names}
+    blended = _blend(rule_p, ev.weight_of)
     score = dict(blended)
 
     # 3. Memory: every candidate that fits ranks above every one that does not.
