@@ -43,6 +43,7 @@ from service.jobs.state import (
     JobConflict,
     JobNotFound,
     claim_trial_slot,
+    deadline_passed,
     fail_and_retry,
     finish_if_done,
     get_job,
@@ -53,6 +54,7 @@ from service.jobs.studies import study_cache
 from tuner.trial import (
     ATTR_HYPERPARAMETERS,
     ATTR_OPTIMIZER,
+    DIVERGED,
     TrialEnd,
     end_trial,
     suggestion_attrs,
@@ -124,6 +126,10 @@ def ask(session: Session, storage: optuna.storages.RDBStorage, job_id: str, clie
         return _leased(open_lease, study), False
     if job.status not in ACTIVE:
         raise JobConflict(f"job {job_id} is {job.status}")
+    if deadline_passed(job):  # as workers do: no new trial once the job's time is up
+        finish_if_done(session, study, job_id)
+        raise JobConflict(f"job {job_id} is out of time (timeout_s {job.timeout_s:g}): no new "
+                          "trials")
     if not claim_trial_slot(session, job_id):
         raise JobConflict(f"job {job_id} has no trial left to give")
     with _ask_guard(session):
@@ -242,9 +248,11 @@ def tell(session: Session, storage: optuna.storages.RDBStorage, job_id: str, num
             raise ValueError("value: must be finite")
         end, lease_state = TrialEnd(TrialState.COMPLETE, value), "completed"
     else:
-        lease_state = str(outcome["state"])
+        reason = outcome.get("reason") or str(outcome["state"])
+        # diverged is recorded as the trial runner records it: pruned, whatever the client said
+        lease_state = "pruned" if reason == DIVERGED else str(outcome["state"])
         state = TrialState.FAIL if lease_state == "failed" else TrialState.PRUNED
-        end = TrialEnd(state, reason=outcome.get("reason") or lease_state)
+        end = TrialEnd(state, reason=reason)
     claimed = session.execute(
         sa.update(TrialLease).where(TrialLease.id == lease.id, TrialLease.state == "open")
         .values(state=lease_state, outcome=outcome, updated_at=utcnow())

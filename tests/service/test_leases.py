@@ -117,3 +117,34 @@ def test_a_retried_trial_that_loses_its_lease_again_is_retried_up_to_max_retries
         assert (progress["finished"], progress["failed"], progress["retried"]) == (1, 1, 2)
         assert progress["running"] == progress["waiting"] == 0
         assert job["status"] == "failed", "its one trial failed: the budget is spent"
+
+
+def test_no_trial_is_handed_out_once_the_jobs_time_is_up(migrated_url: str) -> None:
+    with api(migrated_url, lease_s=30) as client:
+        job_id = launch(client, 5, timeout_s=0.5)
+        base = f"/v1/jobs/{job_id}"
+        number = client.post(f"{base}/trials", json={"client_id": "c"}).json()["number"]
+        assert client.post(f"{base}/trials/{number}/result",
+                           json={"value": 0.5}).status_code == 200
+        time.sleep(0.7)
+        late = client.post(f"{base}/trials", json={"client_id": "c"})
+        assert late.status_code == 409, late.text
+        assert "out of time" in late.json()["detail"]
+        job = client.get(base).json()
+    assert job["status"] == "completed"
+    assert job["progress"]["finished"] == 1
+    assert job["error"] == "timeout after 1 of 5 trials"
+
+
+def test_a_diverged_result_is_pruned_in_the_answer_as_in_the_trial(migrated_url: str) -> None:
+    with api(migrated_url, lease_s=30) as client:
+        job_id = launch(client, 2)
+        base = f"/v1/jobs/{job_id}"
+        number = client.post(f"{base}/trials", json={"client_id": "c"}).json()["number"]
+        outcome = {"state": "failed", "reason": "diverged"}
+        answers = [client.post(f"{base}/trials/{number}/result", json=outcome)
+                   for _ in range(2)]  # the same outcome twice: harmless
+        trial = client.get(f"{base}/trials").json()[0]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert {a.json()["state"] for a in answers} == {"pruned"}
+    assert trial["state"] == "pruned" and trial["reason"] == "diverged"
