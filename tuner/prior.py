@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -576,6 +576,85 @@ def _pool(evidence: EvidencePool | Iterable[EvidenceRecord] | None) -> EvidenceP
     return EvidencePool(evidence)
 
 
+@dataclass(frozen=True)
+class _Ranking:
+    """Scores over the whole catalog: the rules' probabilities, blended with evidence, then
+    demoted when they do not fit while others do."""
+
+    rule_p: dict[str, float]
+    blended: dict[str, float]
+    final: dict[str, float]
+    failing: frozenset[str]  # names that do not fit the memory budget
+    demote: float  # the factor a failing candidate's score took (1: none)
+
+    def top(self, k: int) -> list[str]:
+        """Every fitting candidate first, then by score."""
+        return sorted(self.final, key=lambda n: (n in self.failing, -self.final[n], n))[:k]
+
+
+def _rank(task: TaskDescription, rules: _RulesResult, ev: _EvidenceScores,
+          specs: Sequence[OptimizerSpec]) -> _Ranking:
+    names = [spec.name for spec in specs]
+    rule_total = math.fsum(rules.weights.values())
+    rule_p = {name: rules.weights[name] / rule_total for name in names}
+    blended = _blend(rule_p, ev.weight_of)
+    score = dict(blended)
+    # Memory: every candidate that fits ranks above every one that does not.
+    failing = frozenset() if task.memory_budget_gb is None else frozenset(
+        spec.name for spec in specs if memory_use(task, spec).fits is False)
+    fitting_scores = [score[n] for n in names if n not in failing]
+    failing_scores = [score[n] for n in names if n in failing]
+    demote = 1.0
+    if fitting_scores and failing_scores and \
+            max(failing_scores) >= MEMORY_PENALTY * min(fitting_scores):
+        demote = MEMORY_PENALTY * min(fitting_scores) / max(failing_scores)
+        for n in failing:
+            score[n] *= demote
+    total = math.fsum(score.values())
+    return _Ranking(rule_p, blended, {n: score[n] / total for n in names}, failing, demote)
+
+
+def _candidate(name: str, task: TaskDescription, rules: _RulesResult, priors: _Priors,
+               effects: dict[tuple[str, int], list[str]], ev: _EvidenceScores,
+               ranking: _Ranking) -> Candidate:
+    """One ranked optimizer with its values, schedule, evidence and the words for each."""
+    base = _base(optimizers.get(name))
+    mem = memory_use(task, base.spec)
+    schedule, schedule_lines, schedule_ref = _schedule(task, base.spec, priors, ev.scored)
+    lines = [base.line, lr_meaning(schedule)]
+    refs = list(base.references)
+    for i in rules.rows[name]:
+        if effects[name, i]:
+            rule = RULES[i]
+            lines.append(_line(rule, task, mem, effects[name, i]))
+            if rule.reference not in refs:
+                refs.append(rule.reference)
+    if ev.scored:
+        lines.append(ev.line(name, ranking.rule_p[name], ranking.blended[name]))
+    entries, lr_lines = _lr_evidence(name, priors, ev.scored)
+    lines += lr_lines
+    if mem.fits is False and ranking.demote != 1.0:
+        lines.append(f"does not fit while others do: ranked below every candidate that fits "
+                     f"[score x{ranking.demote:.3g}]")
+    lines += schedule_lines
+    if schedule_ref not in refs:
+        refs.append(schedule_ref)
+    if mem.fits or (mem.fits is None and task.num_devices > 1):
+        lines.append(_memory_line(task, mem))
+    # Built from validated parts; model_construct skips a second validation (latency).
+    return Candidate.model_construct(
+        optimizer=name,
+        score=min(1.0, ranking.final[name]),
+        hyperparameters=priors,
+        memory=MemoryEstimate.model_construct(
+            state_bytes=mem.state_bytes, total_bytes=mem.total_bytes, fits=mem.fits),
+        rationale=lines,
+        references=refs,
+        evidence=entries,
+        schedule=schedule,
+    )
+
+
 def recommend(
     task: TaskDescription,
     top_k: int = 3,
@@ -594,71 +673,10 @@ def recommend(
         raise ValueError(f"top_k: must be an integer in 1..{len(specs)}, got {top_k!r}")
     pool = _pool(evidence)
     rules = _apply_rules(task)
-    names = [spec.name for spec in specs]
-
-    # 1. The rules' probabilities, over the whole catalog.
-    rule_total = math.fsum(rules.weights.values())
-    rule_p = {name: rules.weights[name] / rule_total for name in names}
-
-    # 2. Evidence on scores.
-    scored = pool.scored(task) if len(pool) else []
-    ev = _EvidenceScores.of(scored, names)
-    blended = _blend(rule_p, ev.weight_of)
-    score = dict(blended)
-
-    # 3. Memory: every candidate that fits ranks above every one that does not.
-    failing_names = set() if task.memory_budget_gb is None else {
-        spec.name for spec in specs if memory_use(task, spec).fits is False}
-    fitting = [score[n] for n in names if n not in failing_names]
-    failing = [score[n] for n in names if n in failing_names]
-    demote = 1.0
-    if fitting and failing and max(failing) >= MEMORY_PENALTY * min(fitting):
-        demote = MEMORY_PENALTY * min(fitting) / max(failing)
-        for n in names:
-            if n in failing_names:
-                score[n] *= demote
-    total = math.fsum(score.values())
-    final = {n: score[n] / total for n in names}
-    ranked = sorted(names, key=lambda n: (n in failing_names, -final[n], n))[:top_k]
-
-    # 4. Values and words, for the returned candidates only.
-    priors, effects = rules.values(ranked)
-    candidates: list[Candidate] = []
-    for name in ranked:
-        base = _base(optimizers.get(name))
-        mem = memory_use(task, base.spec)
-        schedule, schedule_lines, schedule_ref = _schedule(task, base.spec, priors[name],
-                                                           ev.scored)
-        lines = [base.line, lr_meaning(schedule)]
-        refs = list(base.references)
-        for i in rules.rows[name]:
-            if effects[name, i]:
-                rule = RULES[i]
-                lines.append(_line(rule, task, mem, effects[name, i]))
-                if rule.reference not in refs:
-                    refs.append(rule.reference)
-        if ev.scored:
-            lines.append(ev.line(name, rule_p[name], blended[name]))
-        entries, lr_lines = _lr_evidence(name, priors[name], ev.scored)
-        lines += lr_lines
-        if mem.fits is False and demote != 1.0:
-            lines.append(f"does not fit while others do: ranked below every candidate that "
-                         f"fits [score x{demote:.3g}]")
-        lines += schedule_lines
-        if schedule_ref not in refs:
-            refs.append(schedule_ref)
-        if mem.fits or (mem.fits is None and task.num_devices > 1):
-            lines.append(_memory_line(task, mem))
-        # Built from validated parts; model_construct skips a second validation (latency).
-        candidates.append(Candidate.model_construct(
-            optimizer=name,
-            score=min(1.0, final[name]),
-            hyperparameters=priors[name],
-            memory=MemoryEstimate.model_construct(
-                state_bytes=mem.state_bytes, total_bytes=mem.total_bytes, fits=mem.fits),
-            rationale=lines,
-            references=refs,
-            evidence=entries,
-            schedule=schedule,
-        ))
-    return Recommendation.model_construct(task=task, candidates=candidates)
+    ev = _EvidenceScores.of(pool.scored(task) if len(pool) else [],
+                            [spec.name for spec in specs])
+    ranking = _rank(task, rules, ev, specs)
+    ranked = ranking.top(top_k)
+    priors, effects = rules.values(ranked)  # values and words for the returned ones only
+    return Recommendation.model_construct(task=task, candidates=[
+        _candidate(name, task, rules, priors[name], effects, ev, ranking) for name in ranked])
