@@ -54,9 +54,9 @@ import optuna
 import optimizers
 from optimizers.registry import HYPERPARAMETER_BOUNDS, HyperparameterPrior
 from optimizers.schedules import Schedule
+from tuner.contract import OPTIMIZER_PARAM
 from tuner.rules import FINAL_LR_FRACTION_RANGE, WARMUP_FRACTION_RANGE, WSD_DECAY_SHAPES
 
-OPTIMIZER_PARAM = "optimizer"
 COMPLEMENT_PREFIX = "one_minus_"
 LR_HEADROOM = 3.0  # the searched lr range ends this many times above the prior's high end
 # Warm-start lr multiples of the default: the first rung before the other candidates' defaults,

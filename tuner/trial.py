@@ -48,22 +48,26 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from optimizers.schedules import Schedule
+from tuner import optuna_internals
+from tuner.contract import (
+    REASON_CANCELLED,
+    REASON_DIVERGED,
+    TRIAL_DEVICE,
+    TRIAL_HYPERPARAMETERS,
+    TRIAL_OPTIMIZER,
+    TRIAL_REASON,
+    TRIAL_SCHEDULE,
+    TRIAL_SECONDS,
+    TRIAL_TRACEBACK,
+)
 from tuner.space import SearchPlan, Suggestion
 from tuner.workloads import TrialConfig, Workload
 
 log = logging.getLogger(__name__)
 
 MAX_TRACEBACK_CHARS = 8000
-ATTR_OPTIMIZER = "optimizer"
-ATTR_HYPERPARAMETERS = "hyperparameters"
-ATTR_SCHEDULE = "schedule"
-ATTR_REASON = "reason"
-ATTR_TRACEBACK = "traceback"
-ATTR_DEVICE = "device"
-ATTR_SECONDS = "seconds"
 
 
-CANCELLED = "cancelled"
 
 
 class TrialStopped(Exception):
@@ -88,7 +92,6 @@ class TrialOutcome:
     schedule: Schedule | None = None
 
 
-DIVERGED = "diverged"
 
 
 def report_diverged(trial: optuna.Trial, step: int) -> None:
@@ -108,17 +111,13 @@ def suggest_and_record(plan: SearchPlan, trial: optuna.Trial) -> Suggestion:
 
 def suggestion_attrs(choice: Suggestion) -> dict[str, Any]:
     """The user attributes that record a sampled configuration on its trial."""
-    attrs: dict[str, Any] = {ATTR_OPTIMIZER: choice.optimizer,
-                             ATTR_HYPERPARAMETERS: choice.hyperparameters}
+    attrs: dict[str, Any] = {TRIAL_OPTIMIZER: choice.optimizer,
+                             TRIAL_HYPERPARAMETERS: choice.hyperparameters}
     if choice.schedule is not None:
-        attrs[ATTR_SCHEDULE] = choice.schedule.to_dict()
+        attrs[TRIAL_SCHEDULE] = choice.schedule.to_dict()
     return attrs
 
 
-def trial_schedule(trial: FrozenTrial) -> dict[str, Any] | None:
-    """A recorded trial's schedule as JSON fields; None for trials recorded without one."""
-    recorded = trial.user_attrs.get(ATTR_SCHEDULE)
-    return dict(recorded) if isinstance(recorded, dict) else None
 
 
 def default_device() -> str:
@@ -154,14 +153,15 @@ def end_trial(study: optuna.Study, trial: optuna.Trial, end: TrialEnd, *,
     this one is dropped rather than raised.
     """
     state, value = end.state, end.value
-    if end.reason == DIVERGED:
+    if end.reason == REASON_DIVERGED:
         state, value = TrialState.PRUNED, None
-        reported = study._storage.get_trial(trial._trial_id).intermediate_values
+        stored = optuna_internals.stored_trial(study, optuna_internals.trial_id(trial))
+        reported = stored.intermediate_values
         last = max(reported, default=None)
         if last is None or not math.isnan(reported[last]):
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 report_diverged(trial, 0 if last is None else last + 1)
-    attrs = {ATTR_REASON: end.reason, ATTR_TRACEBACK: end.traceback, ATTR_SECONDS: end.seconds}
+    attrs = {TRIAL_REASON: end.reason, TRIAL_TRACEBACK: end.traceback, TRIAL_SECONDS: end.seconds}
     with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
         for key, attr in attrs.items():
             if attr is not None:
@@ -195,7 +195,7 @@ def run_trial(
     choice: Suggestion | None = None
     try:
         choice = suggest_and_record(plan, trial)
-        trial.set_user_attr(ATTR_DEVICE, device)
+        trial.set_user_attr(TRIAL_DEVICE, device)
         config = TrialConfig(choice.optimizer, choice.hyperparameters, seed=seed, device=device,
                              epochs=epochs, schedule=choice.schedule)
         end = _train(trial, workload, config, started, timeout_s, should_stop)
@@ -221,12 +221,13 @@ def _train(trial: optuna.Trial, workload: Workload, config: TrialConfig, started
         if not math.isfinite(value):
             if epoch not in reported:
                 report_diverged(trial, epoch)
-            raise TrialStopped(DIVERGED)
+            raise TrialStopped(REASON_DIVERGED)
         trial.report(value, epoch)
         reported.add(epoch)
         stop = should_stop() if should_stop is not None else False
         if stop:
-            raise TrialStopped(stop if isinstance(stop, str) else CANCELLED, interrupted=True)
+            reason = stop if isinstance(stop, str) else REASON_CANCELLED
+            raise TrialStopped(reason, interrupted=True)
         if trial.should_prune():
             raise TrialStopped("pruned")
         if deadline is not None and time.monotonic() > deadline:
@@ -235,8 +236,8 @@ def _train(trial: optuna.Trial, workload: Workload, config: TrialConfig, started
     try:
         result = float(workload.run(config, report))
     except TrialStopped as stop:
-        if stop.reason == DIVERGED:
-            return TrialEnd(TrialState.PRUNED, reason=DIVERGED)
+        if stop.reason == REASON_DIVERGED:
+            return TrialEnd(TrialState.PRUNED, reason=REASON_DIVERGED)
         state = TrialState.PRUNED if reported and not stop.interrupted else TrialState.FAIL
         return TrialEnd(state, reason=stop.reason)
     except optuna.TrialPruned:
@@ -245,7 +246,7 @@ def _train(trial: optuna.Trial, workload: Workload, config: TrialConfig, started
         return _failure(exc)
     if math.isfinite(result):
         return TrialEnd(TrialState.COMPLETE, result)
-    return TrialEnd(TrialState.PRUNED, reason=DIVERGED)  # returned nan without reporting it
+    return TrialEnd(TrialState.PRUNED, reason=REASON_DIVERGED)  # returned nan without reporting it
 
 
 def _failure(exc: Exception) -> TrialEnd:

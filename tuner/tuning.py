@@ -18,28 +18,28 @@ from optuna.trial import FrozenTrial, TrialState
 
 import optimizers
 from optimizers.schedules import Schedule
+from tuner.contract import (
+    STUDY_EPOCHS,
+    STUDY_N_TRIALS,
+    STUDY_PLAN,
+    STUDY_PRUNER,
+    STUDY_SEED,
+    STUDY_TASK,
+    STUDY_WORKLOAD,
+    better,
+    trial_hyperparameters,
+    trial_optimizer,
+    trial_schedule,
+)
 from tuner.prior import Recommendation, recommend
 from tuner.space import LR_HEADROOM, SearchPlan
 from tuner.task import TaskDescription
-from tuner.trial import (
-    ATTR_HYPERPARAMETERS,
-    ATTR_OPTIMIZER,
-    TrialOutcome,
-    run_trial,
-    trial_schedule,
-)
+from tuner.trial import TrialOutcome, run_trial
 from tuner.workloads import Workload, get_workload
 
 PrunerName = Literal["median", "hyperband", "none"]
 PRUNERS: tuple[PrunerName, ...] = ("median", "hyperband", "none")
 
-ATTR_PLAN = "optpilot.plan"
-ATTR_WORKLOAD = "optpilot.workload"
-ATTR_TASK = "optpilot.task"
-ATTR_N_TRIALS = "optpilot.n_trials"
-ATTR_SEED = "optpilot.seed"
-ATTR_PRUNER = "optpilot.pruner"
-ATTR_EPOCHS = "optpilot.epochs"
 DEFAULT_TOP_K = 3
 
 
@@ -123,13 +123,13 @@ def create_study(
         pruner=make_pruner(pruner, epochs or (workload.default_epochs if workload else None)),
         direction=direction or (workload.direction if workload else "minimize"),
     )
-    study.set_user_attr(ATTR_PLAN, plan.to_json())
-    study.set_user_attr(ATTR_WORKLOAD, workload.name if workload else None)
-    study.set_user_attr(ATTR_TASK, task.model_dump(mode="json"))
-    study.set_user_attr(ATTR_N_TRIALS, n_trials)
-    study.set_user_attr(ATTR_SEED, seed)
-    study.set_user_attr(ATTR_PRUNER, pruner)
-    study.set_user_attr(ATTR_EPOCHS, epochs)
+    study.set_user_attr(STUDY_PLAN, plan.to_json())
+    study.set_user_attr(STUDY_WORKLOAD, workload.name if workload else None)
+    study.set_user_attr(STUDY_TASK, task.model_dump(mode="json"))
+    study.set_user_attr(STUDY_N_TRIALS, n_trials)
+    study.set_user_attr(STUDY_SEED, seed)
+    study.set_user_attr(STUDY_PRUNER, pruner)
+    study.set_user_attr(STUDY_EPOCHS, epochs)
     for params in plan.warm_start(n_trials):
         study.enqueue_trial(params, skip_if_exists=True)
     return study, recommendation
@@ -139,20 +139,20 @@ def load_study(storage: str | optuna.storages.BaseStorage, study_name: str) -> o
     """Open a study made by :func:`create_study` with its sampler and pruner rebuilt."""
     probe = optuna.load_study(study_name=study_name, storage=storage)
     attrs = probe.user_attrs
-    n_trials = int(attrs.get(ATTR_N_TRIALS, 50))
-    seed = attrs.get(ATTR_SEED)
-    workload_name = attrs.get(ATTR_WORKLOAD)
-    epochs = attrs.get(ATTR_EPOCHS) or (
+    n_trials = int(attrs.get(STUDY_N_TRIALS, 50))
+    seed = attrs.get(STUDY_SEED)
+    workload_name = attrs.get(STUDY_WORKLOAD)
+    epochs = attrs.get(STUDY_EPOCHS) or (
         get_workload(workload_name).default_epochs if workload_name else None)
     return optuna.load_study(
         study_name=study_name, storage=storage,
         sampler=make_sampler(n_trials, None if seed is None else int(seed) + len(probe.trials)),
-        pruner=make_pruner(attrs.get(ATTR_PRUNER, "median"), epochs),
+        pruner=make_pruner(attrs.get(STUDY_PRUNER, "median"), epochs),
     )
 
 
 def study_plan(study: optuna.Study) -> SearchPlan:
-    return SearchPlan.from_json(str(study.user_attrs[ATTR_PLAN]))
+    return SearchPlan.from_json(str(study.user_attrs[STUDY_PLAN]))
 
 
 # -- summaries ------------------------------------------------------------------------------
@@ -188,10 +188,6 @@ class StudySummary:
         return self.completed + self.pruned + self.failed
 
 
-def _better(a: float, b: float | None, direction: str) -> bool:
-    return b is None or (a < b if direction == "minimize" else a > b)
-
-
 def summarize(trials: Sequence[FrozenTrial], direction: str) -> StudySummary:
     """Counts, best trial and per-optimizer bests, from user attributes set by the trial runner."""
     counts = dict.fromkeys(TrialState, 0)
@@ -199,7 +195,7 @@ def summarize(trials: Sequence[FrozenTrial], direction: str) -> StudySummary:
     best: FrozenTrial | None = None
     for t in trials:
         counts[t.state] += 1
-        name = t.user_attrs.get(ATTR_OPTIMIZER) or t.params.get("optimizer")
+        name = trial_optimizer(t)
         if name is None:
             continue
         s = per.setdefault(str(name), OptimizerSummary())
@@ -208,10 +204,10 @@ def summarize(trials: Sequence[FrozenTrial], direction: str) -> StudySummary:
             s.completed += 1
             value = t.value
             if value is not None and math.isfinite(value):
-                if _better(value, s.best_value, direction):
+                if better(value, s.best_value, direction):
                     s.best_value = value
-                    s.best_hyperparameters = dict(t.user_attrs.get(ATTR_HYPERPARAMETERS, {}))
-                if best is None or _better(value, best.value, direction):
+                    s.best_hyperparameters = trial_hyperparameters(t)
+                if best is None or better(value, best.value, direction):
                     best = t
         elif t.state == TrialState.PRUNED:
             s.pruned += 1
@@ -223,8 +219,8 @@ def summarize(trials: Sequence[FrozenTrial], direction: str) -> StudySummary:
         failed=counts[TrialState.FAIL], running=counts[TrialState.RUNNING],
         waiting=counts[TrialState.WAITING],
         best_value=best.value if best else None,
-        best_optimizer=str(best.user_attrs.get(ATTR_OPTIMIZER)) if best else None,
-        best_hyperparameters=dict(best.user_attrs.get(ATTR_HYPERPARAMETERS, {})) if best else {},
+        best_optimizer=trial_optimizer(best) if best else None,
+        best_hyperparameters=trial_hyperparameters(best) if best else {},
         best_trial=best.number if best else None,
         per_optimizer=per,
         best_schedule=trial_schedule(best) if best else None,

@@ -17,8 +17,6 @@ from typing import Any, TypeVar
 import optuna
 from fastapi import FastAPI
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages._rdb import models as optuna_models
-from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import Connection, Engine, event, make_url
 
@@ -193,13 +191,3 @@ def ask(study: optuna.Study) -> optuna.Trial:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
         return study.ask()
-
-
-def set_trial_user_attrs(storage: optuna.storages.RDBStorage, trial_id: int,
-                         attrs: dict[str, Any]) -> None:
-    """A running trial's user attributes, in one transaction (Optuna's ``set_user_attr`` makes
-    one per attribute)."""
-    with _create_scoped_session(storage.scoped_session) as session:
-        for key, value in attrs.items():
-            storage._set_trial_attr_without_commit(
-                session, optuna_models.TrialUserAttributeModel, trial_id, key, value)

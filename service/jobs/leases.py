@@ -37,7 +37,6 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from service.core.models import Job, TrialLease, new_id, utcnow
 from service.core.storage import ask as storage_ask
-from service.core.storage import set_trial_user_attrs
 from service.jobs.state import (
     ACTIVE,
     JobConflict,
@@ -51,22 +50,21 @@ from service.jobs.state import (
     study_name_for,
 )
 from service.jobs.studies import study_cache
-from tuner.trial import (
-    ATTR_HYPERPARAMETERS,
-    ATTR_OPTIMIZER,
-    DIVERGED,
-    TrialEnd,
-    end_trial,
-    suggestion_attrs,
+from tuner import optuna_internals
+from tuner.contract import (
+    REASON_DIVERGED,
+    TRIAL_CLIENT,
+    trial_hyperparameters,
+    trial_optimizer,
     trial_schedule,
 )
+from tuner.trial import TrialEnd, end_trial, suggestion_attrs
 
 log = logging.getLogger(__name__)
 
 REASON_LEASE_EXPIRED = "lease expired"
 REASON_DUPLICATE_ASK = "duplicate ask"
 UNBOUNDED = 10**9
-ATTR_CLIENT = "client_id"
 
 
 # Optuna pops a waiting trial with SELECT ... FOR UPDATE, which SQLite ignores: two requests
@@ -103,13 +101,12 @@ def _ask_and_tell_job(session: Session, job_id: str) -> Job:
 
 def leased(lease: TrialLease, trial: optuna.trial.FrozenTrial) -> LeasedTrial:
     """The leased trial as recorded: optimizer, hyperparameters, schedule."""
-    return LeasedTrial(lease, str(trial.user_attrs.get(ATTR_OPTIMIZER)),
-                       dict(trial.user_attrs.get(ATTR_HYPERPARAMETERS, {})),
+    return LeasedTrial(lease, str(trial_optimizer(trial)), trial_hyperparameters(trial),
                        trial_schedule(trial))
 
 
 def _leased(lease: TrialLease, study: optuna.Study) -> LeasedTrial:
-    return leased(lease, study._storage.get_trial(lease.trial_id))
+    return leased(lease, optuna_internals.stored_trial(study, lease.trial_id))
 
 
 def ask(session: Session, storage: optuna.storages.RDBStorage, job_id: str, client_id: str,
@@ -139,11 +136,12 @@ def ask(session: Session, storage: optuna.storages.RDBStorage, job_id: str, clie
         except Exception:
             release_trial_slot(session, job_id)
             raise
-        set_trial_user_attrs(storage, trial._trial_id,
-                             {**suggestion_attrs(choice), ATTR_CLIENT: client_id})
+        optuna_internals.set_user_attrs(storage, optuna_internals.trial_id(trial),
+                             {**suggestion_attrs(choice), TRIAL_CLIENT: client_id})
         now = utcnow()
         lease = TrialLease(id=new_id(), job_id=job_id, trial_number=trial.number,
-                           trial_id=trial._trial_id, client_id=client_id, state="open",
+                           trial_id=optuna_internals.trial_id(trial), client_id=client_id,
+                           state="open",
                            lease_expires_at=now + timedelta(seconds=lease_s), created_at=now,
                            updated_at=now)
         session.add(lease)
@@ -158,8 +156,9 @@ def ask(session: Session, storage: optuna.storages.RDBStorage, job_id: str, clie
                 # The same client asked twice at once and keeps the first trial. This one never
                 # ran: fail it and offer its parameters (and its slot) again, so it does not
                 # count toward the budget.
-                lost = fail_and_retry(storage, study._study_id, job_id, trial._trial_id,
-                                      REASON_DUPLICATE_ASK, max_retries=UNBOUNDED)
+                lost = fail_and_retry(storage, optuna_internals.study_id(study), job_id,
+                                      optuna_internals.trial_id(trial), REASON_DUPLICATE_ASK,
+                                      max_retries=UNBOUNDED)
                 handed_back = lost is not None and lost.retried
             # else another request took the same waiting trial first: it is theirs, not ours
             if not handed_back:
@@ -250,7 +249,7 @@ def tell(session: Session, storage: optuna.storages.RDBStorage, job_id: str, num
     else:
         reason = outcome.get("reason") or str(outcome["state"])
         # diverged is recorded as the trial runner records it: pruned, whatever the client said
-        lease_state = "pruned" if reason == DIVERGED else str(outcome["state"])
+        lease_state = "pruned" if reason == REASON_DIVERGED else str(outcome["state"])
         state = TrialState.FAIL if lease_state == "failed" else TrialState.PRUNED
         end = TrialEnd(state, reason=reason)
     claimed = session.execute(
@@ -286,7 +285,7 @@ def reap_expired(session: Session, storage: optuna.storages.RDBStorage, study: o
         TrialLease.lease_expires_at <= utcnow())).all()
     reaped = 0
     for lease in expired:
-        lost = fail_and_retry(storage, study._study_id, job.id, lease.trial_id,
+        lost = fail_and_retry(storage, optuna_internals.study_id(study), job.id, lease.trial_id,
                               REASON_LEASE_EXPIRED, lease_id=lease.id)
         if lost is None:
             continue

@@ -14,7 +14,6 @@ retry. The job finishes when ``n_trials`` trials have finished, not counting the
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,25 +21,36 @@ from typing import Any
 
 import optuna
 import sqlalchemy as sa
-from optuna.storages._rdb import models as optuna_models
-from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.orm import Session
 
 from service.core.models import Job, JobStatus, Result, TrialLease, new_id, utcnow
 from service.jobs.studies import cached_study
+from tuner import optuna_internals
+from tuner.contract import (
+    REASON_WORKER_LOST,
+    STUDY_JOB_ID,
+    TRIAL_REASON,
+    TRIAL_WORKER,
+    finite,
+    retried_numbers,
+    retry_history,
+    retry_of,
+    retry_system_attrs,
+    trial_hyperparameters,
+    trial_optimizer,
+    trial_reason,
+    trial_schedule,
+)
 from tuner.prior import Recommendation
 from tuner.task import TaskDescription
-from tuner.trial import ATTR_HYPERPARAMETERS, ATTR_OPTIMIZER, ATTR_REASON, trial_schedule
 from tuner.tuning import PrunerName, StudySummary, create_study, summarize
 from tuner.workloads import get_workload
 
 log = logging.getLogger(__name__)
 
-ATTR_JOB_ID = "optpilot.job_id"
 MAX_TRIALS = 10_000
 ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
-REASON_WORKER_LOST = "worker lost (no heartbeat)"
 
 
 class JobNotFound(LookupError):
@@ -85,7 +95,7 @@ def create_job(
         optimizer_names=optimizer_names, seed=seed, pruner=pruner,
     )
     try:
-        study.set_user_attr(ATTR_JOB_ID, job_id)
+        study.set_user_attr(STUDY_JOB_ID, job_id)
         job = Job(
             id=job_id, status=JobStatus.QUEUED.value, workload=workload,
             task=recommendation.task.model_dump(mode="json"), n_trials=n_trials,
@@ -132,12 +142,6 @@ def cancel_job(session: Session, job_id: str) -> Job:
 # -- trial accounting -----------------------------------------------------------------------
 
 
-def retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
-    """Numbers of failed trials that were enqueued again (they do not count toward the budget)."""
-    out: set[int] = set()
-    for t in trials:
-        out.update(int(n) for n in t.system_attrs.get("retry_history", ()))
-    return out
 
 
 def counted_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
@@ -231,14 +235,12 @@ def fail_and_retry(storage: optuna.storages.RDBStorage, study_id: int, job_id: s
 
     One transaction matters: a completion check (:func:`finish_if_done`) that saw the failure
     without the retry would count the lost trial as finished and complete the job one short.
-    It goes through Optuna's own storage helpers (the study row lock that numbers new trials,
-    the trial template copy), on Optuna's connection, with the job row in the same transaction.
-    Those helpers are Optuna internals, unchanged since Optuna 2 (pyproject keeps Optuna below
-    6); the job-state and outage tests exercise them.
+    It goes through Optuna's own storage helpers (``tuner.optuna_internals``: the study row lock
+    that numbers new trials, the trial template copy), on Optuna's connection, with the job row
+    in the same transaction.
     """
-    with _create_scoped_session(storage.scoped_session) as session:
-        optuna_models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
-        row = optuna_models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+    with optuna_internals.transaction(storage) as session:
+        row, trial = optuna_internals.lock_trial(session, storage, study_id, trial_id)
         if lease_id is not None:
             expired = session.execute(
                 sa.update(TrialLease).where(TrialLease.id == lease_id,
@@ -250,30 +252,26 @@ def fail_and_retry(storage: optuna.storages.RDBStorage, study_id: int, job_id: s
                 return None
         if row.state != TrialState.RUNNING:
             return None
-        trial = storage._build_frozen_trial_from_trial_model(row)
-        storage._set_trial_attr_without_commit(
-            session, optuna_models.TrialUserAttributeModel, trial_id, ATTR_REASON, reason)
+        optuna_internals.set_user_attr(session, storage, trial_id, TRIAL_REASON, reason)
         row.state = TrialState.FAIL
         row.datetime_complete = datetime.now()  # Optuna's convention: naive local time
         job = session.get(Job, job_id, with_for_update=True)
-        history = [*trial.system_attrs.get("retry_history", ()), trial.number]
+        history = [*retry_history(trial), trial.number]
         limit = max_retries if max_retries is not None else (job.max_retries if job else 0)
         retried = job is not None and job.status in ACTIVE and len(history) <= limit
         if retried:
-            storage._get_prepared_new_trial(study_id, _retry_of(trial, history), session)
+            optuna_internals.enqueue(session, storage, study_id, _retry_trial(trial))
             session.execute(
                 sa.update(Job).where(Job.id == job_id, Job.trials_claimed > 0)
                 .values(trials_claimed=Job.trials_claimed - 1, updated_at=utcnow()))
         return LostTrial(trial.number, retried)
 
 
-def _retry_of(trial: FrozenTrial, history: list[int]) -> FrozenTrial:
+def _retry_trial(trial: FrozenTrial) -> FrozenTrial:
     return optuna.create_trial(
         state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-        user_attrs={k: v for k, v in trial.user_attrs.items() if k != ATTR_REASON},
-        system_attrs={**trial.system_attrs,
-                      "failed_trial": trial.system_attrs.get("failed_trial", trial.number),
-                      "retry_history": history},
+        user_attrs={k: v for k, v in trial.user_attrs.items() if k != TRIAL_REASON},
+        system_attrs=retry_system_attrs(trial),
     )
 
 
@@ -282,8 +280,9 @@ def reap_lost_trials(storage: optuna.storages.RDBStorage, study: optuna.Study,
     """Fail and retry (:func:`fail_and_retry`) the job's running trials whose worker sent no
     heartbeat for the storage's grace period; returns how many this call reaped."""
     reaped = 0
-    for trial_id in storage._get_stale_trial_ids(study._study_id):
-        lost = fail_and_retry(storage, study._study_id, job_id, trial_id, REASON_WORKER_LOST)
+    study_id = optuna_internals.study_id(study)
+    for trial_id in optuna_internals.stale_trial_ids(storage, study_id):
+        lost = fail_and_retry(storage, study_id, job_id, trial_id, REASON_WORKER_LOST)
         if lost is not None:
             reaped += 1
             log.warning("job %s trial %d lost its worker (%s)", job_id, lost.number,
@@ -332,7 +331,7 @@ def finish_if_done(session: Session, study: optuna.Study, job_id: str) -> bool:
 
 
 def _failure_reason(trials: Sequence[FrozenTrial]) -> str:
-    reasons = [str(t.user_attrs.get(ATTR_REASON, REASON_WORKER_LOST)) for t in trials
+    reasons = [str(t.user_attrs.get(TRIAL_REASON, REASON_WORKER_LOST)) for t in trials
                if t.state != TrialState.COMPLETE]
     common = max(set(reasons), key=reasons.count) if reasons else "no trial ran"
     return f"no trial completed (most common reason: {common})"
@@ -347,16 +346,12 @@ def result_row(job: Job, summary: StudySummary, study: optuna.Study, trials_used
         task_type=task.task_type, num_parameters=task.num_parameters,
         task=task.model_dump(mode="json"), metric=metric,
         direction=study.direction.name.lower(),
-        best_value=_finite(summary.best_value), best_optimizer=summary.best_optimizer,
+        best_value=finite(summary.best_value), best_optimizer=summary.best_optimizer,
         best_hyperparameters=summary.best_hyperparameters,
-        per_optimizer={name: {**vars(s), "best_value": _finite(s.best_value)}
+        per_optimizer={name: {**vars(s), "best_value": finite(s.best_value)}
                        for name, s in summary.per_optimizer.items()},
         trials_used=trials_used, prior_top=prior_top,
     )
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
 
 
 # -- views ----------------------------------------------------------------------------------
@@ -387,28 +382,21 @@ def describe(job: Job, storage: optuna.storages.BaseStorage) -> JobView:
                    len(trials) - len(counted), trials)
 
 
-def trial_reason(trial: FrozenTrial) -> str | None:
-    reason = trial.user_attrs.get(ATTR_REASON)
-    if reason is None and trial.state == TrialState.FAIL:
-        return REASON_WORKER_LOST
-    return None if reason is None else str(reason)
 
 
 def trial_json(trial: FrozenTrial, retried: set[int]) -> dict[str, Any]:
     return {
         "number": trial.number,
         "state": trial.state.name.lower(),
-        "value": _finite(trial.value) if trial.state == TrialState.COMPLETE else None,
-        "optimizer": (trial.user_attrs.get(ATTR_OPTIMIZER) or trial.params.get("optimizer")
-                      # a waiting (enqueued) trial has only its fixed parameters
-                      or trial.system_attrs.get("fixed_params", {}).get("optimizer")),
-        "hyperparameters": trial.user_attrs.get(ATTR_HYPERPARAMETERS, {}),
+        "value": finite(trial.value) if trial.state == TrialState.COMPLETE else None,
+        "optimizer": trial_optimizer(trial),
+        "hyperparameters": trial_hyperparameters(trial),
         "schedule": trial_schedule(trial),
         "reason": trial_reason(trial),
         "retried": trial.number in retried,
-        "worker": trial.user_attrs.get("worker"),
-        "retry_of": trial.system_attrs.get("failed_trial"),
-        "intermediate_values": {str(k): _finite(v) for k, v in
+        "worker": trial.user_attrs.get(TRIAL_WORKER),
+        "retry_of": retry_of(trial),
+        "intermediate_values": {str(k): finite(v) for k, v in
                                 sorted(trial.intermediate_values.items())},
         "started_at": _utc(trial.datetime_start), "completed_at": _utc(trial.datetime_complete),
     }

@@ -14,6 +14,7 @@ from collections import OrderedDict
 
 import optuna
 
+from tuner import optuna_internals
 from tuner.space import SearchPlan
 from tuner.tuning import load_study, study_plan
 
@@ -62,7 +63,7 @@ class StudyCache:
 
     def keep_trial(self, trial: optuna.Trial) -> None:
         with self._lock:
-            self._trials[trial._trial_id] = trial
+            self._trials[optuna_internals.trial_id(trial)] = trial
             while len(self._trials) > MAX_KEPT_TRIALS:
                 self._trials.popitem(last=False)
 

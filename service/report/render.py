@@ -31,7 +31,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 import optimizers
-from service.jobs.state import ACTIVE, JobView, retried_numbers, trial_reason
+from service.jobs.state import ACTIVE, JobView
 from service.report.plots import (
     PALETTE,
     Series,
@@ -42,8 +42,16 @@ from service.report.plots import (
     number,
     xy_chart,
 )
-from tuner.space import OPTIMIZER_PARAM
-from tuner.trial import ATTR_HYPERPARAMETERS, ATTR_OPTIMIZER, trial_schedule
+from tuner.contract import (
+    OPTIMIZER_PARAM,
+    best_first,
+    better,
+    retried_numbers,
+    trial_hyperparameters,
+    trial_optimizer,
+    trial_reason,
+    trial_schedule,
+)
 
 MIN_IMPORTANCE_TRIALS = 5
 TOP_CONFIGURATIONS = 5
@@ -65,11 +73,6 @@ class Point:
     schedule: dict[str, Any] | None = None
 
 
-def trial_optimizer(trial: FrozenTrial) -> str | None:
-    name = trial.user_attrs.get(ATTR_OPTIMIZER) or trial.params.get(OPTIMIZER_PARAM)
-    return None if name is None else str(name)
-
-
 def completed_points(trials: Sequence[FrozenTrial]) -> list[Point]:
     out = []
     for t in trials:
@@ -77,19 +80,14 @@ def completed_points(trials: Sequence[FrozenTrial]) -> list[Point]:
         if t.state != TrialState.COMPLETE or name is None or not finite(t.value):
             continue
         assert t.value is not None
-        hps = {str(k): float(v) for k, v in dict(t.user_attrs.get(ATTR_HYPERPARAMETERS, {})).items()
+        hps = {str(k): float(v) for k, v in trial_hyperparameters(t).items()
                if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
         out.append(Point(t.number, name, float(t.value), hps, trial_schedule(t)))
     return sorted(out, key=lambda p: p.number)
 
 
-def better(a: float, b: float, direction: str) -> bool:
-    return a < b if direction == "minimize" else a > b
-
-
 def ranked(points: Sequence[Point], direction: str) -> list[Point]:
-    return sorted(points, key=lambda p: (p.value if direction == "minimize" else -p.value,
-                                         p.number))
+    return sorted(points, key=lambda p: (best_first(p.value, direction), p.number))
 
 
 def python_value(value: float) -> str:
@@ -431,8 +429,7 @@ class _Report:
                   if name != winner and o.best_value is not None and finite(o.best_value)]
         if not others:
             return None
-        name, value = sorted(others, key=lambda kv: kv[1] if self.direction == "minimize"
-                             else -kv[1])[0]
+        name, value = min(others, key=lambda kv: best_first(kv[1], self.direction))
         assert value is not None
         return name, value
 
@@ -440,8 +437,7 @@ class _Report:
         klass, sentence = self.verdict()
         bests = {name: o.best_value for name, o in self.summary.per_optimizer.items()
                  if o.best_value is not None and finite(o.best_value)}
-        order = sorted(bests, key=lambda n: bests[n] if self.direction == "minimize"
-                       else -bests[n])
+        order = sorted(bests, key=lambda n: best_first(bests[n], self.direction))
         tuned_rank = {name: i + 1 for i, name in enumerate(order)}
         rows = []
         listed = [str(c.get("optimizer")) for c in self.prior]
@@ -601,7 +597,7 @@ class _Report:
         for t in trials[:MAX_TRIAL_ROWS]:
             state = t.state.name.lower() + (" (retried)" if t.number in retried else "")
             value = t.value if t.state == TrialState.COMPLETE else None
-            hps = dict(t.user_attrs.get(ATTR_HYPERPARAMETERS, {}))
+            hps = trial_hyperparameters(t)
             rows.append(f'<tr><td class="num">{t.number}</td><td>{esc(state)}</td>'
                         f'<td class="num">{esc(number(value))}</td>'
                         f"<td>{esc(trial_optimizer(t) or '—')}</td><td>{esc(_hps_text(hps))}</td>"

@@ -69,6 +69,8 @@ from service.jobs.state import (
 )
 from service.jobs.studies import study_cache
 from service.runners.loop import BackgroundLoop
+from tuner import optuna_internals
+from tuner.contract import TRIAL_WORKER
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,6 @@ OPEN_RETRY_FIRST_S = 0.5
 OPEN_RETRY_MAX_S = 30.0
 DEFAULT_OUTAGE_WAIT_S = 300.0
 
-ATTR_WORKER = "worker"
 
 
 def worker_id() -> str:
@@ -252,14 +253,15 @@ class Worker(BackgroundLoop):
             raise
         assert job.workload is not None
         with log_context(trial=trial.number):
-            trial.set_user_attr(ATTR_WORKER, worker_id())
+            trial.set_user_attr(TRIAL_WORKER, worker_id())
             log.info("job %s trial %d on %s", job.id, trial.number, self.device)
-            with _Heartbeat(self.storage, trial._trial_id, self.config.heartbeat_interval_s):
+            with _Heartbeat(self.storage, optuna_internals.trial_id(trial),
+                            self.config.heartbeat_interval_s):
                 outcome = run_trial(study, self._studies.plan(job.study_name),
                                     get_workload(job.workload),
                                     trial=trial, seed=job.seed or 0, device=self.device,
                                     should_stop=lambda: self._should_stop(job.id, study,
-                                                                          trial._trial_id))
+                                                                          optuna_internals.trial_id(trial)))
             log.info("job %s trial %d %s%s%s", job.id, trial.number,
                      outcome.state.name.lower(),
                      "" if outcome.value is None else f" with {outcome.value:.6g}",
@@ -277,7 +279,7 @@ class Worker(BackgroundLoop):
         """Fail the running trial and enqueue it again at once (same parameters, slot given
         back), in one transaction as the reaper would after the grace period; a handed-back
         trial does not count against the job's ``max_retries``. Not for a stopped job."""
-        lost = fail_and_retry(self.storage, study._study_id, job_id, trial_id,
+        lost = fail_and_retry(self.storage, optuna_internals.study_id(study), job_id, trial_id,
                               REASON_HANDED_BACK, max_retries=MAX_TRIALS)
         log.info("job %s: trial handed back%s", job_id,
                  " and enqueued again" if lost is not None and lost.retried

@@ -19,8 +19,9 @@ from service.jobs.state import (
     fail_and_retry,
     finish_if_done,
     reconcile_slots,
-    retried_numbers,
 )
+from tuner import optuna_internals
+from tuner.contract import retried_numbers
 
 
 def _setup(url: str) -> tuple[sessionmaker[Session], optuna.storages.RDBStorage]:
@@ -67,7 +68,8 @@ def test_retried_trials_do_not_count_and_the_result_is_written_once(migrated_url
         study = optuna.load_study(study_name=job.study_name, storage=storage)
         assert claim_trial_slot(session, job.id)
         lost = ask(study)
-        outcome = fail_and_retry(storage, study._study_id, job.id, lost._trial_id, "lost")
+        outcome = fail_and_retry(storage, optuna_internals.study_id(study), job.id,
+                                 optuna_internals.trial_id(lost), "lost")
         assert outcome is not None and outcome.retried
         for value in (3.0, 2.0):
             assert claim_trial_slot(session, job.id)
@@ -108,7 +110,7 @@ def test_a_completion_check_between_the_reapers_writes_never_finishes_a_job_shor
             if value is not None:
                 study.tell(trial, value)
         lost = trial  # still running; its worker dies after one heartbeat
-        storage.record_heartbeat(lost._trial_id)
+        storage.record_heartbeat(optuna_internals.trial_id(lost))
     # Past the reaper's 1 s grace period: SQLite's CURRENT_TIMESTAMP (Optuna's heartbeat clock)
     # keeps whole seconds, so a heartbeat can look up to 1 s younger than it is.
     time.sleep(2.2)

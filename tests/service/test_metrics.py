@@ -14,6 +14,7 @@ from service.app import create_app
 from service.core.storage import ask, storage_for_app
 from tests.service.conftest import settings_for
 from tests.service.jobrun import launch, work
+from tuner import optuna_internals
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -99,7 +100,7 @@ def test_jobs_trials_throughput_and_heartbeats_from_the_database(migrated_url: s
         storage = storage_for_app(app)
         job = c.get(f"/v1/jobs/{waiting}").json()
         trial = ask(optuna.load_study(study_name=job["study_name"], storage=storage))
-        storage.record_heartbeat(trial._trial_id)
+        storage.record_heartbeat(optuna_internals.trial_id(trial))
         busy = scrape(c)
         assert value(busy, "optpilot_worker_live_trials") == 1
         assert value(busy, "optpilot_worker_stale_trials") == 0

@@ -33,16 +33,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.core.db import create_engine_for, make_sessionmaker, upgrade
 from service.core.models import Job
 from service.core.storage import open_optuna_storage
-from service.jobs.state import (
-    ACTIVE,
-    REASON_WORKER_LOST,
-    counted_trials,
-    create_job,
-    retried_numbers,
-    trial_reason,
-)
+from service.jobs.state import ACTIVE, counted_trials, create_job
 from tests.service.pgserver import ThrowawayPostgres, unavailable_reason
 from tests.service.processes import start_worker, stop_process
+from tuner.contract import REASON_WORKER_LOST, retried_numbers, trial_reason
 
 pytestmark = pytest.mark.slow
 

@@ -21,8 +21,8 @@ import optimizers
 from service.client import ClientTrial, OptpilotClient
 from service.core.models import Recommendation
 from tests.service.jobrun import launch, live_server, work
+from tuner.contract import STUDY_PLAN
 from tuner.rules import DEFAULT_SCHEDULE
-from tuner.tuning import ATTR_PLAN
 
 LM_TASK = {"model_family": "transformer", "task_type": "language_modeling",
            "num_parameters": 124_000_000}
@@ -47,11 +47,11 @@ def strip_schedules(database_url: str, study_name: str) -> None:
     storage = optuna.storages.RDBStorage(database_url)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
-        plan = json.loads(study.user_attrs[ATTR_PLAN])
+        plan = json.loads(study.user_attrs[STUDY_PLAN])
         for candidate in plan:
             for key in ("schedule", "schedule_tuned", "decay_shapes"):
                 candidate.pop(key)
-        study.set_user_attr(ATTR_PLAN, json.dumps(plan))
+        study.set_user_attr(STUDY_PLAN, json.dumps(plan))
     finally:
         storage.engine.dispose()
 

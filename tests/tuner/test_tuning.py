@@ -9,9 +9,9 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from tuner.contract import STUDY_PLAN
 from tuner.prior import recommend
 from tuner.tuning import (
-    ATTR_PLAN,
     create_study,
     load_study,
     make_pruner,
@@ -84,7 +84,7 @@ def test_a_study_carries_what_another_process_needs(tmp_path: Path) -> None:
     assert isinstance(reopened.pruner, optuna.pruners.HyperbandPruner)
     assert isinstance(reopened.sampler, optuna.samplers.TPESampler)
     assert study_plan(reopened) == study_plan(study)
-    assert reopened.user_attrs[ATTR_PLAN] == study.user_attrs[ATTR_PLAN]
+    assert reopened.user_attrs[STUDY_PLAN] == study.user_attrs[STUDY_PLAN]
     waiting = [t for t in reopened.trials if t.state == TrialState.WAITING]
     assert 1 <= len(waiting) <= 10
     assert summarize_study(reopened).waiting == len(waiting)

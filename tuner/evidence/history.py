@@ -17,11 +17,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
+from tuner.contract import Direction, better
 from tuner.task import TaskDescription
-
-Direction = Literal["minimize", "maximize"]
 
 DEFAULT_NAMESPACE = "default"
 NAMESPACE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -89,7 +88,7 @@ class JobOutcome:
 
     def better(self, a: float, b: float) -> bool:
         """Whether value ``a`` beats ``b`` under this job's direction."""
-        return a < b if self.direction == "minimize" else a > b
+        return better(a, b, self.direction)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (one line of ``optpilot history export``)."""

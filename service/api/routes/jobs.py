@@ -41,9 +41,9 @@ from service.jobs.state import (
     create_job,
     describe,
     get_job,
-    retried_numbers,
     trial_json,
 )
+from tuner.contract import retried_numbers
 from tuner.task import TaskDescription, WholeNumber, whole_number
 from tuner.workloads import workload_names
 
