@@ -26,18 +26,11 @@ from typing import Any, ClassVar, NamedTuple, TypeAlias
 import torch
 
 from optimizers import _cpu_kernels
-from optimizers._fused import (
-    PARALLEL_MIN_NUMEL,
-    Implementation,
-    OptpilotOptimizer,
-    ParamsT,
-    check_number,
-    check_steps,
-    compiled_step,
-    state_dtype,
-    take,
-    tensor_signature,
-)
+from optimizers._base import PARALLEL_MIN_NUMEL, OptpilotOptimizer, take
+from optimizers._checks import Implementation, check_number, check_steps
+from optimizers._compiled import compiled_step, tensor_signature
+from optimizers._scratch import state_dtype
+from optimizers.registry import ParamsT
 
 # Group entries that are the optimizer's running counters, not hyperparameters (as in the authors'
 # package): steps taken, the sum of the averaging weights, the largest lr so far, the mode.

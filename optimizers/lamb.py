@@ -8,22 +8,11 @@ from typing import Any, Literal, TypeAlias
 import torch
 
 from optimizers import _cpu_kernels
-from optimizers._fused import (
-    PARALLEL_MIN_NUMEL,
-    PER_TENSOR_LOCALITY,
-    Implementation,
-    OptpilotOptimizer,
-    ParamsT,
-    ScratchBuffers,
-    check_betas,
-    check_flag,
-    check_number,
-    compiled_step,
-    group_by_device_dtype,
-    state_dtype,
-    take,
-    tensor_signature,
-)
+from optimizers._base import PARALLEL_MIN_NUMEL, OptpilotOptimizer, group_by_device_dtype, take
+from optimizers._checks import Implementation, check_betas, check_flag, check_number
+from optimizers._compiled import PER_TENSOR_LOCALITY, compiled_step, tensor_signature
+from optimizers._scratch import ScratchBuffers, state_dtype
+from optimizers.registry import ParamsT
 
 __all__ = ["Lamb"]
 

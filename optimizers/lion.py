@@ -7,19 +7,11 @@ from typing import Any, TypeAlias
 import torch
 
 from optimizers import _cpu_kernels
-from optimizers._fused import (
-    PARALLEL_MIN_NUMEL,
-    Implementation,
-    OptpilotOptimizer,
-    ParamsT,
-    check_betas,
-    check_number,
-    compiled_step,
-    group_by_device_dtype,
-    state_dtype,
-    take,
-    tensor_signature,
-)
+from optimizers._base import PARALLEL_MIN_NUMEL, OptpilotOptimizer, group_by_device_dtype, take
+from optimizers._checks import Implementation, check_betas, check_number
+from optimizers._compiled import compiled_step, tensor_signature
+from optimizers._scratch import state_dtype
+from optimizers.registry import ParamsT
 
 __all__ = ["Lion"]
 

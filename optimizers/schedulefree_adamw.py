@@ -7,14 +7,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from optimizers._fused import (
-    PARALLEL_MIN_NUMEL,
-    Implementation,
-    ParamsT,
-    check_betas,
-    check_number,
-    group_by_device_dtype,
-)
+from optimizers._base import PARALLEL_MIN_NUMEL, group_by_device_dtype
+from optimizers._checks import Implementation, check_betas, check_number
 from optimizers._schedulefree import (
     ScheduleFreeOptimizer,
     StepScalars,
@@ -23,6 +17,7 @@ from optimizers._schedulefree import (
     move,
     working_copies,
 )
+from optimizers.registry import ParamsT
 
 __all__ = ["ScheduleFreeAdamW"]
 

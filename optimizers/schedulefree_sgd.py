@@ -7,7 +7,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from optimizers._fused import Implementation, ParamsT, group_by_device_dtype
+from optimizers._base import group_by_device_dtype
+from optimizers._checks import Implementation
 from optimizers._schedulefree import (
     ScheduleFreeOptimizer,
     StepScalars,
@@ -15,6 +16,7 @@ from optimizers._schedulefree import (
     move,
     working_copies,
 )
+from optimizers.registry import ParamsT
 
 __all__ = ["ScheduleFreeSGD"]
 
