@@ -2,21 +2,33 @@
 :mod:`optimizers.lion`, :mod:`optimizers._schedulefree`) and the choice of path for each tensor.
 
 :class:`OptpilotOptimizer` handles closures, sparse-gradient rejection, per-group validation,
-``state_dict`` loading that keeps the state dtype and pickling of the implementation choice;
-:func:`cpu_kernel_split` says which tensors optpilot's C kernels (:mod:`optimizers._cpu_kernels`)
-can run.
+``state_dict`` loading that keeps the state dtype and pickling of the implementation choice, and
+runs a step: it unpacks each parameter group once into parallel tensor lists and a record of
+scalar hyperparameters (a :class:`GroupStep`), then hands each tensor to one path. The paths are
+module-level functions of the optimizer's module that take tensor lists and scalars, as
+torch.optim's ``_single_tensor_adam`` / ``_multi_tensor_adam`` do:
+
+* ``reference``: the paper's equations, tensor by tensor (``implementation="reference"``);
+* optpilot's C kernels (:mod:`optimizers._cpu_kernels`): contiguous fp32 CPU tensors of all groups
+  in one call;
+* ``torch._foreach_*`` kernels: CUDA, and small CPU tensors;
+* a per-tensor in-place loop on scratch buffers: large CPU tensors the kernels do not take;
+* ``torch.compile`` (:mod:`optimizers._compiled`): with ``implementation="fused"``, every tensor
+  the C kernels do not take, all groups in one compiled call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from itertools import chain
-from typing import Any, ClassVar, TypeVar, overload
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, overload
 
 import torch
 
 from optimizers import _cpu_kernels
 from optimizers._checks import Implementation, check_foreach, check_implementation
+from optimizers._compiled import run_compiled
 from optimizers._scratch import ScratchBuffers, state_dtype
 from optimizers.registry import ParamsT
 
@@ -29,11 +41,86 @@ T = TypeVar("T")
 PARALLEL_MIN_NUMEL = 32768
 
 
-class OptpilotOptimizer(torch.optim.Optimizer):
-    """Common behaviour of optpilot's optimizers; subclasses implement ``_validate_group``,
-    ``_init_state`` and ``_update``."""
+def use_torch_fused(tensor: torch.Tensor) -> bool:
+    """Whether a per-tensor loop runs torch's one-pass ``_fused_adamw_`` / ``_fused_sgd_``
+    kernels on ``tensor``: on CUDA, and on CPU from ATen's grain size (they open a parallel
+    region for any size)."""
+    device = tensor.device.type
+    return device == "cuda" or (device == "cpu" and tensor.numel() >= PARALLEL_MIN_NUMEL)
 
+
+def fused_adamw_direction(
+    s: torch.Tensor, x: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, *,
+    beta1: float, beta2: float, eps: float, weight_decay: float,
+    step_tensors: dict[torch.device, torch.Tensor], step: int,
+) -> None:
+    """``s = -(m_hat / (sqrt(v_hat) + eps) + weight_decay * x)`` with ``m`` and ``v`` updated,
+    in one pass of torch's fused AdamW kernel: ``s = -weight_decay * x``, then the kernel with
+    lr 1 and no decay subtracts the bias-corrected Adam direction in the pass that updates the
+    moments. ``step_tensors``: the step count as a tensor per device, made once per call."""
+    if weight_decay != 0:
+        torch.mul(x, -weight_decay, out=s)
+    else:
+        s.zero_()
+    step_t = step_tensors.get(x.device)
+    if step_t is None:
+        step_t = torch.tensor(float(step), dtype=torch.float32, device=x.device)
+        step_tensors[x.device] = step_t
+    torch._fused_adamw_(
+        [s], [g], [m], [v], [], [step_t],
+        lr=1.0, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=eps,
+        amsgrad=False, maximize=False,
+    )  # fmt: skip
+
+
+class Hyperparameters(Protocol):
+    """An optimizer's record of a group's scalars for one step (a NamedTuple)."""
+
+    def row(self) -> list[float]:
+        """The floats the C kernel and the compiled step take for each tensor of the group."""
+        ...
+
+
+H = TypeVar("H", bound=Hyperparameters)
+
+
+@dataclass(frozen=True)
+class GroupStep(Generic[H]):
+    """One parameter group's share of a step: its tensors that have gradients as parallel lists
+    (params, grads, then one list per entry of the optimizer's ``_tensor_state``) and its scalar
+    hyperparameters for this step (``hyper``, the optimizer's own record)."""
+
+    tensors: list[list[torch.Tensor]]
+    hyper: H
+
+    def take(self, indices: Sequence[int]) -> GroupStep[H]:
+        """The same step for the tensors at ``indices`` only."""
+        return GroupStep([take(ts, indices) for ts in self.tensors], self.hyper)
+
+
+@dataclass(frozen=True)
+class StepPaths:
+    """An optimizer's step, path by path: module-level functions of its module. ``reference``,
+    ``foreach`` and ``loop`` take one group's parallel tensor lists (params, grads, states) and
+    its hyperparameters (``loop`` also ``scratch=``, the optimizer's scratch buffers);
+    ``kernels`` (with the scratch buffers) and ``compiled`` take every group's work at once."""
+
+    reference: Callable[..., None]
+    foreach: Callable[..., None]
+    loop: Callable[..., None]
+    kernels: Callable[[list[GroupStep[Any]], ScratchBuffers], None]
+    compiled: Callable[[list[GroupStep[Any]]], None]
+
+
+class OptpilotOptimizer(torch.optim.Optimizer, Generic[H]):
+    """Common behaviour of optpilot's optimizers. Subclasses implement ``_validate_group``,
+    ``_init_state``, ``_hyperparameters`` (or all of ``_group_steps``) and ``_paths``."""
+
+    # Per-parameter state tensors, in the order the paths take them.
     _tensor_state: ClassVar[tuple[str, ...]] = ()
+    # Entries every group has that are not constructor arguments (or arrived later): added to the
+    # defaults, and filled in where missing when loading a pickle or an older ``state_dict``.
+    _group_fill: ClassVar[dict[str, Any]] = {}
     implementation: Implementation
     foreach: bool | None
 
@@ -48,7 +135,8 @@ class OptpilotOptimizer(torch.optim.Optimizer):
         self.foreach = check_foreach(foreach)
         self._scratch = ScratchBuffers()
         self._validate_group(defaults)
-        super().__init__(params, defaults)
+        fill = {key: value for key, value in self._group_fill.items() if key not in defaults}
+        super().__init__(params, {**defaults, **fill})
 
     # -- hooks for subclasses -------------------------------------------------------------------
 
@@ -58,7 +146,13 @@ class OptpilotOptimizer(torch.optim.Optimizer):
     def _init_state(self, param: torch.Tensor, state: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def _update(self) -> None:
+    def _hyperparameters(self, group: dict[str, Any]) -> H:
+        """The group's scalars for this step (called once per group and step, with or without
+        gradients)."""
+        raise NotImplementedError
+
+    def _paths(self) -> StepPaths:
+        """The functions that run a step."""
         raise NotImplementedError
 
     # -- torch.optim.Optimizer API --------------------------------------------------------------
@@ -123,6 +217,52 @@ class OptpilotOptimizer(torch.optim.Optimizer):
         if not hasattr(self, "_scratch"):
             self._scratch = ScratchBuffers()
         super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self._group_fill.items():
+                group.setdefault(key, value)
+
+    # -- the step -------------------------------------------------------------------------------
+
+    def _update(self) -> None:
+        """Every group's step, each tensor through one path; the C kernels and the compiled step
+        take all groups' tensors in one call."""
+        steps = self._group_steps()
+        paths = self._paths()
+        if self.implementation == "reference":
+            for step in steps:
+                paths.reference(*step.tensors, step.hyper)
+            return
+        kernel_work: list[GroupStep[H]] = []
+        compiled_work: list[GroupStep[H]] = []
+        for step in steps:
+            kernel, batched, looped, compiled = self._step_paths(*step.tensors)
+            for work, idx in ((kernel_work, kernel), (compiled_work, compiled)):
+                if idx:
+                    work.append(step.take(idx))
+            if batched:
+                paths.foreach(*step.take(batched).tensors, step.hyper)
+            if looped:
+                paths.loop(*step.take(looped).tensors, step.hyper, scratch=self._scratch)
+        if kernel_work:
+            paths.kernels(kernel_work, self._scratch)
+        if compiled_work:
+            paths.compiled(compiled_work)
+
+    def _group_steps(self) -> list[GroupStep[H]]:
+        """Each group's step: its scalars (for every group) and tensors (groups with gradients)."""
+        steps: list[GroupStep[H]] = []
+        for group in self.param_groups:
+            params, grads, states = self._gather(group)
+            hyper = self._hyperparameters(group)
+            if params:
+                steps.append(GroupStep(self._tensor_lists(params, grads, states), hyper))
+        return steps
+
+    def _tensor_lists(
+        self, params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict[str, Any]]
+    ) -> list[list[torch.Tensor]]:
+        """``params``, ``grads``, then one list per ``_tensor_state`` key."""
+        return [params, grads, *([state[key] for state in states] for key in self._tensor_state)]
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -222,3 +362,44 @@ def group_by_device_dtype(
     for i in indices:
         buckets.setdefault((params[i].device, params[i].dtype), []).append(i)
     return buckets
+
+
+@dataclass(frozen=True)
+class ForeachBucket:
+    """Tensors of one (device, parameter dtype) for foreach kernels, the math in the state dtype:
+    ``xs`` are the parameters themselves or their copies in the state dtype (``write_back``
+    stores copies into the parameters), ``grads`` the gradients in the state dtype, ``states``
+    one list per state tensor kind."""
+
+    params: list[torch.Tensor]
+    xs: list[torch.Tensor]
+    grads: list[torch.Tensor]
+    states: list[list[torch.Tensor]]
+
+    def write_back(self) -> None:
+        if self.xs[0] is not self.params[0]:
+            torch._foreach_copy_(self.params, self.xs)
+
+
+def foreach_buckets(
+    params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], *states: Sequence[torch.Tensor]
+) -> Iterator[ForeachBucket]:
+    """The tensors bucketed for foreach kernels (see :class:`ForeachBucket`); the state dtype is
+    that of the first state list."""
+    for idx in group_by_device_dtype(range(len(params)), params).values():
+        ps = take(params, idx)
+        bucket_states = [take(ts, idx) for ts in states]
+        dtype = bucket_states[0][0].dtype
+        xs = [p.to(dtype) for p in ps] if ps[0].dtype != dtype else ps
+        gs = [g if g.dtype == dtype else g.to(dtype) for g in take(grads, idx)]
+        yield ForeachBucket(ps, xs, gs, bucket_states)
+
+
+def compiled_rows(body: Callable[..., None]) -> Callable[[list[GroupStep[Any]]], None]:
+    """The compiled path of a step ``body(groups, scalars)`` whose ``scalars[j]`` is group
+    ``j``'s ``hyper.row()``: all groups in one compiled call."""
+
+    def compiled(work: list[GroupStep[Any]]) -> None:
+        run_compiled(body, [step.tensors for step in work], [step.hyper.row() for step in work])
+
+    return compiled

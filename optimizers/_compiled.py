@@ -72,6 +72,22 @@ def compiled_step(
     return cast(StepFn, fn)
 
 
+def run_compiled(
+    body: Callable[..., None],
+    groups: Sequence[Sequence[list[torch.Tensor]]],
+    rows: Sequence[Sequence[float]],
+    *args: Any,
+    static: tuple[Any, ...] = (),
+    options: dict[str, Any] | None = None,
+) -> None:
+    """``body(groups, scalars, *args)``, compiled for the structure of ``groups`` (each group's
+    parallel tensor lists) and ``static``; ``scalars`` is ``rows`` as one float64 tensor on the
+    first parameter's device, so new values of the scalars never recompile."""
+    key = (tuple(tuple(tensor_signature(ts) for ts in group) for group in groups), static)
+    scalars = torch.tensor(rows, dtype=torch.float64, device=groups[0][0][0].device)
+    compiled_step(body, key, options)(groups, scalars, *args)
+
+
 def clear_compiled_steps() -> None:
     """Forget every compiled step (the next fused step compiles again)."""
     _COMPILED.clear()
