@@ -17,6 +17,8 @@ from typing import Any, Literal, TypeAlias
 
 import torch
 
+from optimizers._checks import check_number
+
 ParamsT: TypeAlias = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
 Family = Literal["sgd", "adaptive", "sign", "layerwise", "factored", "orthogonal"]
 Builder: TypeAlias = Callable[[ParamsT, dict[str, float]], torch.optim.Optimizer]
@@ -86,16 +88,8 @@ class Bound:
     high_inclusive: bool = False
 
     def check(self, name: str, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{name}: expected a number, got {type(value).__name__}")
-        if not math.isfinite(value):
-            raise ValueError(f"{name}: must be finite, got {value}")
-        low_ok = value >= self.low if self.low_inclusive else value > self.low
-        high_ok = value <= self.high if self.high_inclusive else value < self.high
-        if not (low_ok and high_ok):
-            lo = "[" if self.low_inclusive else "("
-            hi = "]" if self.high_inclusive else ")"
-            raise ValueError(f"{name}: {value} is outside {lo}{self.low}, {self.high}{hi}")
+        check_number(name, value, low=self.low, high=self.high, low_inclusive=self.low_inclusive,
+                     high_inclusive=self.high_inclusive)
 
 
 # Validity of every flat hyperparameter name, shared by all optimizers.
@@ -131,7 +125,8 @@ class OptimizerSpec:
     search_space: Mapping[str, SearchRange]
     state_bytes_per_param: float
     references: tuple[str, ...]
-    # Names the tuner should tune first, in order of importance (REFERENCE's budget policy).
+    # Names the tuner should tune first, in order of importance (the order of Godbolt et al.
+    # 2023, Deep Learning Tuning Playbook).
     tuning_order: tuple[str, ...] = ()
     # Runs without an lr schedule (train()/eval() modes, its own warm-up): Defazio et al. 2024.
     schedule_free: bool = False
