@@ -1,6 +1,6 @@
 """optpilot's LAMB and Lion: every implementation against the papers' equations.
 
-The oracles below (``paper_lamb``, ``paper_lion``) are written from REFERENCE.md / the papers with
+The oracles below (``paper_lamb``, ``paper_lion``) are written from the papers with
 plain float64 torch math on cloned tensors, independent of ``optimizers``. The 1e-6 tolerance is
 shown to be real: deliberately wrong versions of the equations fall outside it.
 """
@@ -656,7 +656,8 @@ def test_registry_builds_fast_lamb_and_lion() -> None:
 
 
 def test_fast_step_allocates_no_tensor_sized_temporaries() -> None:
-    """Steady-state fast steps on CPU reuse scratch buffers (REFERENCE: glibc mmap faults)."""
+    """Steady-state fast steps on CPU reuse scratch buffers (glibc serves large temporaries with
+    mmap and unmaps them on free: a step that allocates them pays page faults)."""
     from torch.profiler import ProfilerActivity, profile
 
     big = 1 << 16

@@ -1,4 +1,4 @@
-"""POST/GET /v1/recommendations: the DESIGN shape, stored rows, and every way input is refused."""
+"""POST/GET /v1/recommendations: the response shape, stored rows, and every way input is refused."""
 
 from __future__ import annotations
 

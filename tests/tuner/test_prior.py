@@ -32,7 +32,7 @@ from tuner.rules import (
 from tuner.task import MAX_PARAMETERS, PEFT_TRAINABLE_MAX, TaskDescription
 
 ALL = len(optimizers.names())
-DESIGN_NAMES = {
+CONTRACT_NAMES = {
     "sgd", "sgd_momentum", "nesterov", "rmsprop", "adagrad", "adam", "adamw", "nadam", "radam",
     "adafactor", "lamb", "lion", "muon", "schedulefree_adamw", "schedulefree_sgd",
 }
@@ -271,17 +271,17 @@ def test_all_candidates_scores_sum_to_one() -> None:
 def test_rules_table_is_well_formed() -> None:
     names = [rule.name for rule in RULES]
     assert len(names) == len(set(names))
-    assert set(BASE_WEIGHTS) <= DESIGN_NAMES
+    assert set(BASE_WEIGHTS) <= CONTRACT_NAMES
     assert all(w > 0 for w in BASE_WEIGHTS.values())
     for rule in RULES:
         assert rule.rationale
         assert rule.reference
-        assert set(rule.weights) <= DESIGN_NAMES | {"*"}, rule.name
+        assert set(rule.weights) <= CONTRACT_NAMES | {"*"}, rule.name
         assert all(w > 0 and math.isfinite(w) for w in rule.weights.values()), rule.name
         for adj in rule.adjust:
-            assert adj.optimizers <= DESIGN_NAMES, rule.name
+            assert adj.optimizers <= CONTRACT_NAMES, rule.name
             if isinstance(adj, Derive):
-                assert adj.source in DESIGN_NAMES
+                assert adj.source in CONTRACT_NAMES
                 assert 0 < adj.low <= adj.default <= adj.high
 
 

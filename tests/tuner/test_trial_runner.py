@@ -190,7 +190,7 @@ def test_budget_policy_tunes_more_hyperparameters_with_more_trials() -> None:
     small = SearchPlan.build([("adamw", 1.0, priors)], n_trials=5)
     medium = SearchPlan.build([("adamw", 1.0, priors)], n_trials=20)
     large = SearchPlan.build([("adamw", 1.0, priors)], n_trials=60)
-    # the Tuning Playbook's order (REFERENCE.md's budget policy), decoupled decay or not
+    # the Tuning Playbook's order (its budget policy), decoupled decay or not
     assert list(small.candidates[0].tuned) == ["lr"]
     assert list(medium.candidates[0].tuned) == ["lr", "beta1"]
     assert list(large.candidates[0].tuned) == ["lr", "beta1", "weight_decay"]
