@@ -145,21 +145,26 @@ def create_study(
     epochs: int | None = None,
     direction: Literal["minimize", "maximize"] | None = None,
     history: Sequence[JobOutcome] = (),
+    evidence: EvidencePool | None = None,
 ) -> tuple[optuna.Study, Recommendation]:
     """Create a prior-guided study: plan stored on it and warm-start points enqueued. Its trials
     train with each candidate's recommended schedule, or the workload's ``schedule_override``.
 
     ``history``: past jobs to learn from (see the module docstring); the rules' top candidate
-    without them always stays in the plan and keeps an early trial."""
+    without them always stays in the plan and keeps an early trial. ``evidence``: instead, the
+    pool of published trainings and past jobs itself (``evidence_with(history)``, e.g. a
+    server's cached one)."""
     if task is None:
         if workload is None:
             raise ValueError("task: required when no workload is given")
         task = workload.task
-    pool = evidence_with(history)
+    if history and evidence is not None:
+        raise ValueError("history and evidence: give one of them")
+    pool = evidence if evidence is not None else evidence_with(history)
     recommendation = prior_for(task, optimizer_names, evidence=pool)
     starts: list[HistoryStart] = []
     rules_top: str | None = None
-    if history:
+    if any(record.source == "job" for record in pool):
         starts = history_starts(task, pool)
         without = prior_for(task, optimizer_names).candidates[0]
         rules_top = without.optimizer
@@ -218,6 +223,7 @@ class OptimizerSummary:
     failed: int = 0
     best_value: float | None = None
     best_hyperparameters: dict[str, float] = field(default_factory=dict)
+    best_schedule: dict[str, Any] | None = None
 
 
 @dataclass
@@ -259,6 +265,7 @@ def summarize(trials: Sequence[FrozenTrial], direction: str) -> StudySummary:
                 if better(value, s.best_value, direction):
                     s.best_value = value
                     s.best_hyperparameters = trial_hyperparameters(t)
+                    s.best_schedule = trial_schedule(t)
                 if best is None or better(value, best.value, direction):
                     best = t
         elif t.state == TrialState.PRUNED:
