@@ -11,6 +11,7 @@ Create Date: 2026-12-07
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,11 +28,12 @@ UTC_DATETIME = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
+    # Plain ADD COLUMN, never a batch (copy-and-move) on SQLite: dropping the old jobs table
+    # there would cascade to the rows that reference it (results, trial leases).
     for table in ("jobs", "recommendations"):
-        with op.batch_alter_table(table) as batch:
-            batch.add_column(sa.Column("namespace", sa.String(64), nullable=False,
+        op.add_column(table, sa.Column("namespace", sa.String(64), nullable=False,
                                        server_default="default"))
-            batch.add_column(sa.Column("use_history", sa.Boolean(), nullable=False,
+        op.add_column(table, sa.Column("use_history", sa.Boolean(), nullable=False,
                                        server_default=sa.true()))
         op.create_index(f"ix_{table}_namespace", table, ["namespace"])
     op.create_table(
@@ -58,17 +60,21 @@ def _copy_finished_jobs() -> None:
     shape ``tuner.evidence.history.JobOutcome.to_json`` writes)."""
     connection = op.get_bind()
     results = sa.table("results", *(sa.column(c) for c in (
-        "job_id", "workload", "model_family", "task_type", "num_parameters", "task", "metric",
-        "direction", "per_optimizer", "trials_used", "created_at")),
+        "job_id", "workload", "model_family", "task_type", "num_parameters", "metric",
+        "direction", "trials_used")), sa.column("created_at", UTC_DATETIME),
         sa.column("task", JSON), sa.column("per_optimizer", JSON))
-    jobs = sa.table("jobs", sa.column("id"), sa.column("status"), sa.column("finished_at"))
+    jobs = sa.table("jobs", sa.column("id"), sa.column("status"),
+                    sa.column("finished_at", UTC_DATETIME))
     history = sa.table("history", *(sa.column(c) for c in (
-        "job_id", "namespace", "model_family", "task_type", "num_parameters", "origin",
-        "finished_at", "created_at")), sa.column("outcome", JSON))
+        "job_id", "namespace", "model_family", "task_type", "num_parameters", "origin")),
+        sa.column("outcome", JSON), sa.column("finished_at", UTC_DATETIME),
+        sa.column("created_at", UTC_DATETIME))
+    sqlite = connection.dialect.name == "sqlite"
     rows = connection.execute(
         sa.select(results, jobs.c.finished_at).join(jobs, jobs.c.id == results.c.job_id)
         .where(jobs.c.status == "completed")).mappings().all()
     for row in rows:
+        finished = _utc(row["finished_at"])
         per: dict[str, Any] = row["per_optimizer"] or {}
         outcome = {
             "job_id": row["job_id"], "namespace": "default", "task": row["task"],
@@ -81,18 +87,33 @@ def _copy_finished_jobs() -> None:
                        "best_schedule": None}
                 for name, entry in per.items()},
             "best_schedule": None,
-            "finished_at": row["finished_at"].isoformat() if row["finished_at"] else None,
+            "finished_at": finished.isoformat() if finished else None,
         }
         connection.execute(sa.insert(history).values(
             job_id=row["job_id"], namespace="default", model_family=row["model_family"],
             task_type=row["task_type"], num_parameters=row["num_parameters"], origin="local",
-            outcome=outcome, finished_at=row["finished_at"], created_at=row["created_at"]))
+            outcome=outcome, finished_at=_stored(finished, sqlite),
+            created_at=_stored(_utc(row["created_at"]), sqlite)))
+
+
+def _utc(moment: Any) -> datetime | None:
+    """A stored time as an aware UTC datetime (SQLite keeps naive UTC, as text)."""
+    if moment is None:
+        return None
+    parsed: datetime = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _stored(moment: datetime | None, sqlite: bool) -> datetime | None:
+    """As the service's UTCDateTime stores it: naive UTC on SQLite, aware elsewhere."""
+    if moment is None or not sqlite:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
 
 
 def downgrade() -> None:
     op.drop_table("history")
     for table in ("jobs", "recommendations"):
         op.drop_index(f"ix_{table}_namespace", table_name=table)
-        with op.batch_alter_table(table) as batch:
-            batch.drop_column("use_history")
-            batch.drop_column("namespace")
+        op.drop_column(table, "use_history")  # SQLite >= 3.35 drops a column in place
+        op.drop_column(table, "namespace")
