@@ -115,6 +115,8 @@ def test_a_new_job_tries_the_nearest_past_winner_first(api: TestClient) -> None:
     trials = api.get(f"/v1/jobs/{job['id']}/trials").json()
     assert trials[0]["source"] == "history:past"
     assert {t["source"] for t in trials[1:]} == {"rules"}
+    report = api.get(f"/v1/jobs/{job['id']}/report").text
+    assert "job past (trial 0)" in report and "<td>history:past</td>" in report
     without = api.post("/v1/jobs", json={"workload": None, "task": TASK, "n_trials": 10,
                                          "namespace": "team-a", "use_history": False}).json()
     sources = {t["source"] for t in api.get(f"/v1/jobs/{without['id']}/trials").json()}

@@ -211,7 +211,8 @@ def job_out(view: JobView) -> JobOut:
                           cancelled=s.waiting if stopped else 0, retried=view.retried),
         best=best,
         per_optimizer={name: OptimizerProgress(**vars(o)) for name, o in s.per_optimizer.items()},
-        prior=job.prior or [], namespace=job.namespace, use_history=job.use_history,
+        prior=job.prior or [], namespace=job.namespace or DEFAULT_NAMESPACE,
+        use_history=job.use_history is not False,
     )
 
 
