@@ -33,7 +33,7 @@ import torch
 
 import optimizers
 from optimizers import Lamb, Lion, ScheduleFreeAdamW, ScheduleFreeSGD
-from optimizers._fused import Implementation
+from optimizers._checks import Implementation
 
 BASELINE = "torch AdamW fused"
 # Row name -> target ratio to fused AdamW (issue #2), checked in the summary lines.

@@ -32,6 +32,7 @@ import warnings
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.autograd.graph import increment_version
@@ -153,20 +154,14 @@ class CpuKernels:
     ) -> None:
         """One LAMB step. ``hyper``: ``LAMB_HYPERPARAMETERS`` floats per tensor; ``scratch``: a
         contiguous fp32 buffer of at least ``scratch_numel(params, split_numel)`` elements."""
-        n = len(params)
-        _check_rows(hyper, LAMB_HYPERPARAMETERS, n)
         half = scratch.numel() // 2
         if any(p.numel() >= split_numel and p.numel() > half for p in params):
             raise ValueError("scratch is smaller than twice the largest shared tensor")
         threads = torch.get_num_threads()
         partials = (ctypes.c_double * (4 * threads))()
-        self._lamb(
-            n, _pointers(params), _pointers(grads), _pointers(exp_avgs), _pointers(exp_avg_sqs),
-            (ctypes.c_int64 * n)(*(p.numel() for p in params)),
-            (ctypes.c_float * len(hyper))(*hyper), (ctypes.c_int32 * n)(*flags),
-            split_numel, scratch.data_ptr(), half, partials, threads,
-        )  # fmt: skip
-        _wrote(params)
+        _step(self._lamb, LAMB_HYPERPARAMETERS, params, (grads, exp_avgs, exp_avg_sqs), hyper,
+              (ctypes.c_int32 * len(params))(*flags), split_numel, scratch.data_ptr(), half,
+              partials, threads)
 
     def lion(
         self,
@@ -176,15 +171,8 @@ class CpuKernels:
         hyper: Sequence[float],
         split_numel: int,
     ) -> None:
-        n = len(params)
-        _check_rows(hyper, LION_HYPERPARAMETERS, n)
-        self._lion(
-            n, _pointers(params), _pointers(grads), _pointers(exp_avgs),
-            (ctypes.c_int64 * n)(*(p.numel() for p in params)),
-            (ctypes.c_float * len(hyper))(*hyper), split_numel, torch.get_num_threads(),
-        )  # fmt: skip
-        _wrote(params)
-
+        _step(self._lion, LION_HYPERPARAMETERS, params, (grads, exp_avgs), hyper, split_numel,
+              torch.get_num_threads())
 
     def schedulefree(
         self,
@@ -196,23 +184,32 @@ class CpuKernels:
         split_numel: int,
     ) -> None:
         """One schedule-free step: AdamW with ``exp_avg_sqs``, SGD without."""
-        n = len(params)
         per_tensor = (SCHEDULE_FREE_SGD_HYPERPARAMETERS if exp_avg_sqs is None
                       else SCHEDULE_FREE_ADAMW_HYPERPARAMETERS)
-        _check_rows(hyper, per_tensor, n)
-        self._schedulefree(
-            n, _pointers(params), _pointers(grads), _pointers(zs),
-            None if exp_avg_sqs is None else _pointers(exp_avg_sqs),
-            (ctypes.c_int64 * n)(*(p.numel() for p in params)),
-            (ctypes.c_float * len(hyper))(*hyper), split_numel, torch.get_num_threads(),
-        )  # fmt: skip
-        _wrote(params)
+        _step(self._schedulefree, per_tensor, params, (grads, zs, exp_avg_sqs), hyper,
+              split_numel, torch.get_num_threads())
 
 
 def scratch_numel(params: Sequence[torch.Tensor], split_numel: int) -> int:
     """Elements of the LAMB scratch buffer: two halves, each as large as the largest tensor that
     the threads share."""
     return 2 * max((p.numel() for p in params if p.numel() >= split_numel), default=0)
+
+
+def _step(
+    function: Any, per_tensor: int, params: Sequence[torch.Tensor],
+    tensors: Sequence[Sequence[torch.Tensor] | None], hyper: Sequence[float], *tail: Any,
+) -> None:
+    """Call a kernel: ``function(n, params, *tensors, numels, hyper, *tail)`` (a missing tensor
+    list as NULL), after checking ``hyper``'s length; then bump the parameters' versions."""
+    n = len(params)
+    _check_rows(hyper, per_tensor, n)
+    function(
+        n, _pointers(params), *(None if ts is None else _pointers(ts) for ts in tensors),
+        (ctypes.c_int64 * n)(*(p.numel() for p in params)),
+        (ctypes.c_float * len(hyper))(*hyper), *tail,
+    )  # fmt: skip
+    _wrote(params)
 
 
 def _check_rows(hyper: Sequence[float], per_tensor: int, n: int) -> None:

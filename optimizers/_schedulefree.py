@@ -1,6 +1,6 @@
 """What optpilot's two schedule-free optimizers share (:mod:`optimizers.schedulefree_adamw`,
-:mod:`optimizers.schedulefree_sgd`): the averaging weights, the warm-up, the train/eval switch and
-the dispatch of a step over the reference, C kernel, foreach, loop and compiled paths.
+:mod:`optimizers.schedulefree_sgd`): the averaging weights, the warm-up, the train/eval switch, the
+C kernel and compiled paths of a step, and the ``y``/``z`` moves the other paths end with.
 
 Schedule-free training (Defazio et al. 2024) keeps three points per parameter: ``z``, the base
 optimizer's iterate; ``x``, a weighted average of the ``z``'s, the point to evaluate; and
@@ -20,37 +20,30 @@ which is ``x' = (1 - c) * x + c * z'`` and ``y' = (1 - beta) * z' + beta * x'`` 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, NamedTuple, TypeAlias
+from typing import Any, ClassVar, NamedTuple, Protocol, TypeVar
 
 import torch
 
 from optimizers import _cpu_kernels
-from optimizers._fused import (
+from optimizers._base import (
     PARALLEL_MIN_NUMEL,
-    Implementation,
+    ForeachBucket,
+    GroupStep,
+    Hyperparameters,
     OptpilotOptimizer,
-    ParamsT,
-    check_number,
-    check_steps,
-    compiled_step,
-    state_dtype,
-    take,
-    tensor_signature,
 )
+from optimizers._checks import check_number, check_steps
+from optimizers._scratch import ScratchBuffers, state_dtype
 
 # Group entries that are the optimizer's running counters, not hyperparameters (as in the authors'
 # package): steps taken, the sum of the averaging weights, the largest lr so far, the mode.
 COUNTERS: dict[str, Any] = {"k": 0, "weight_sum": 0.0, "lr_max": -1.0, "train_mode": True}
 
-# (kernel row, params, grads, state lists) of one parameter group; the state lists are [z] or
-# [z, exp_avg_sq].
-Work: TypeAlias = tuple[list[float], list[torch.Tensor], list[torch.Tensor],
-                        list[list[torch.Tensor]]]
+H = TypeVar("H", bound=Hyperparameters)
 
 
 class StepScalars(NamedTuple):
-    """One group's scalars for one step."""
+    """One group's scalars for one step, shared by both optimizers."""
 
     step: int  # t, 1-based
     lr: float  # lr_t: the group's lr times the warm-up factor
@@ -58,21 +51,13 @@ class StepScalars(NamedTuple):
     y_lr: float  # -lr_t * (1 - beta * (1 - c)): the coefficient of u in y'
 
 
-class ScheduleFreeOptimizer(OptpilotOptimizer):
-    """Common behaviour; subclasses give the interpolation ``beta`` of a group, the per-tensor
-    math of each path and the kernel row (``lr, wd, c, y_lr`` followed by their own scalars)."""
+class ScheduleFreeOptimizer(OptpilotOptimizer[H]):
+    """Common behaviour; subclasses give the interpolation ``beta`` of a group, their record of
+    a step's scalars (``H``: ``lr, weight_decay, c, y_lr`` and their own) and their paths."""
 
+    _group_fill = COUNTERS
     # Name of the interpolation hyperparameter in messages ("betas[0]", "momentum").
     _beta_name: ClassVar[str]
-
-    def __init__(
-        self,
-        params: ParamsT,
-        defaults: dict[str, Any],
-        implementation: Implementation,
-        foreach: bool | None,
-    ) -> None:
-        super().__init__(params, {**defaults, **COUNTERS}, implementation, foreach)
 
     # -- hooks ----------------------------------------------------------------------------------
 
@@ -80,23 +65,8 @@ class ScheduleFreeOptimizer(OptpilotOptimizer):
         """``beta`` of ``y = (1 - beta) * z + beta * x`` for this group."""
         raise NotImplementedError
 
-    def _row(self, group: dict[str, Any], scalars: StepScalars) -> list[float]:
-        """The group's floats for the C kernel and the compiled step."""
-        raise NotImplementedError
-
-    def _reference(self, group: dict[str, Any], scalars: StepScalars, params: list[torch.Tensor],
-                   grads: list[torch.Tensor], states: list[list[torch.Tensor]]) -> None:
-        raise NotImplementedError
-
-    def _loop(self, group: dict[str, Any], scalars: StepScalars, params: list[torch.Tensor],
-              grads: list[torch.Tensor], states: list[list[torch.Tensor]]) -> None:
-        raise NotImplementedError
-
-    def _foreach(self, group: dict[str, Any], scalars: StepScalars, params: list[torch.Tensor],
-                 grads: list[torch.Tensor], states: list[list[torch.Tensor]]) -> None:
-        raise NotImplementedError
-
-    def _compiled_body(self) -> Callable[..., None]:
+    def _step_hyper(self, group: dict[str, Any], scalars: StepScalars) -> H:
+        """The group's record of this step's scalars."""
         raise NotImplementedError
 
     # -- validation and state -------------------------------------------------------------------
@@ -126,12 +96,6 @@ class ScheduleFreeOptimizer(OptpilotOptimizer):
         mode = self.param_groups[0]["train_mode"] if self.param_groups else True
         super().add_param_group(param_group)
         self.param_groups[-1]["train_mode"] = mode
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            for key, value in COUNTERS.items():
-                group.setdefault(key, value)
 
     # -- train / eval ---------------------------------------------------------------------------
 
@@ -170,7 +134,15 @@ class ScheduleFreeOptimizer(OptpilotOptimizer):
 
     # -- the step -------------------------------------------------------------------------------
 
-    def _advance(self, group: dict[str, Any]) -> StepScalars:
+    def _update(self) -> None:
+        if not self.train_mode:
+            raise RuntimeError(
+                f"{type(self).__name__}.step() in eval mode: call optimizer.train() before "
+                "training steps (and optimizer.eval() before evaluating or saving the model)"
+            )
+        super()._update()
+
+    def _hyperparameters(self, group: dict[str, Any]) -> H:
         """The group's scalars for this step; moves its counters on (as the authors' package:
         every group counts every step, with or without gradients)."""
         k = group["k"]
@@ -182,93 +154,53 @@ class ScheduleFreeOptimizer(OptpilotOptimizer):
         c = weight / weight_sum if weight_sum != 0 else 0.0
         group["k"] = k + 1
         beta = self._beta(group)
-        return StepScalars(step=k + 1, lr=lr, c=c, y_lr=lr * (beta * (1.0 - c) - 1.0))
-
-    def _update(self) -> None:
-        if not self.train_mode:
-            raise RuntimeError(
-                f"{type(self).__name__}.step() in eval mode: call optimizer.train() before "
-                "training steps (and optimizer.eval() before evaluating or saving the model)"
-            )
-        kernel_work: list[Work] = []
-        compiled_work: list[Work] = []
-        for group in self.param_groups:
-            params, grads, states = self._gather(group)
-            scalars = self._advance(group)
-            if not params:
-                continue
-            lists = [[state[key] for state in states] for key in self._tensor_state]
-            if self.implementation == "reference":
-                self._reference(group, scalars, params, grads, lists)
-                continue
-            kernel, batched, looped, compiled = self._step_paths(params, grads, *lists)
-            for work, idx in ((kernel_work, kernel), (compiled_work, compiled)):
-                if idx:
-                    work.append((self._row(group, scalars), take(params, idx), take(grads, idx),
-                                 [take(ts, idx) for ts in lists]))
-            for path, idx in ((self._foreach, batched), (self._loop, looped)):
-                if idx:
-                    path(group, scalars, take(params, idx), take(grads, idx),
-                         [take(ts, idx) for ts in lists])
-        if kernel_work:
-            self._kernels(kernel_work)
-        if compiled_work:
-            self._compiled(compiled_work)
-
-    def _kernels(self, work: list[Work]) -> None:
-        """All groups' tensors in one call of optpilot's C kernel (``_cpu_kernels``)."""
-        kernels = _cpu_kernels.load()
-        assert kernels is not None  # _step_paths picks tensors for the kernels once loaded
-        lists = [[t for _, _, _, ls in work for t in ls[i]] for i in range(len(work[0][3]))]
-        kernels.schedulefree(
-            [p for _, params, _, _ in work for p in params],
-            [g for _, _, grads, _ in work for g in grads],
-            lists[0],
-            lists[1] if len(lists) > 1 else None,
-            [h for row, params, _, _ in work for h in row * len(params)],
-            PARALLEL_MIN_NUMEL,
-        )
-
-    def _compiled(self, work: list[Work]) -> None:
-        """All groups in one ``torch.compile``'d call; the scalars travel as a tensor, so the
-        warm-up and the averaging weights never recompile."""
-        tensors = [(params, grads, *lists) for _, params, grads, lists in work]
-        key = (type(self).__name__,
-               tuple(tuple(tensor_signature(ts) for ts in group) for group in tensors))
-        scalars = torch.tensor([row for row, *_ in work], dtype=torch.float64,
-                               device=work[0][1][0].device)
-        compiled_step(self._compiled_body(), key)(tensors, scalars)
+        scalars = StepScalars(step=k + 1, lr=lr, c=c, y_lr=lr * (beta * (1.0 - c) - 1.0))
+        return self._step_hyper(group, scalars)
 
 
-def working_copies(
-    params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], dtype: torch.dtype
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """For foreach ops: the parameters and gradients in the state dtype (copies where they
-    differ; ``foreach_move`` writes copied parameters back)."""
-    ys = [p.to(dtype) for p in params] if params[0].dtype != dtype else list(params)
-    gs = [g if g.dtype == dtype else g.to(dtype) for g in grads]
-    return ys, gs
+def schedulefree_kernels(work: list[GroupStep[Any]], scratch: ScratchBuffers) -> None:
+    """All groups' tensors in one call of optpilot's C kernel (``_cpu_kernels``; AdamW's with
+    ``exp_avg_sq``, SGD's without), which needs no scratch buffers."""
+    kernels = _cpu_kernels.load()
+    assert kernels is not None  # _step_paths picks tensors for the kernels once loaded
+    lists = [[t for step in work for t in step.tensors[i]] for i in range(len(work[0].tensors))]
+    kernels.schedulefree(
+        lists[0], lists[1], lists[2], lists[3] if len(lists) > 3 else None,
+        [h for step in work for h in step.hyper.row() * len(step.tensors[0])],
+        PARALLEL_MIN_NUMEL,
+    )
 
 
-def move(p: torch.Tensor, y: torch.Tensor, z: torch.Tensor, u: torch.Tensor,
-         scalars: StepScalars, sign: float = 1.0) -> None:
+class MoveScalars(Protocol):
+    """What a move needs of a step's scalars (both optimizers' records have these fields)."""
+
+    @property
+    def lr(self) -> float: ...
+    @property
+    def c(self) -> float: ...
+    @property
+    def y_lr(self) -> float: ...
+
+
+def move(p: torch.Tensor, y: torch.Tensor, z: torch.Tensor, u: torch.Tensor, hp: MoveScalars,
+         sign: float = 1.0) -> None:
     """``y' = y + c * (z - y) + y_lr * u`` and ``z' = z - lr * u`` in place for one tensor, with
     ``u`` given as ``sign * u``; ``y`` is ``p`` or its working copy (written back)."""
-    y.lerp_(z, scalars.c)
-    y.add_(u, alpha=sign * scalars.y_lr)
-    z.add_(u, alpha=-sign * scalars.lr)
+    y.lerp_(z, hp.c)
+    y.add_(u, alpha=sign * hp.y_lr)
+    z.add_(u, alpha=-sign * hp.lr)
     if y is not p:
         p.copy_(y)
 
 
-def foreach_move(params: list[torch.Tensor], ys: list[torch.Tensor], zs: list[torch.Tensor],
-                 us: list[torch.Tensor], scalars: StepScalars) -> None:
-    """``move`` for lists of tensors of one device and dtype, with foreach ops."""
-    torch._foreach_lerp_(ys, zs, scalars.c)
-    torch._foreach_add_(ys, us, alpha=scalars.y_lr)
-    torch._foreach_add_(zs, us, alpha=-scalars.lr)
-    if ys[0] is not params[0]:
-        torch._foreach_copy_(params, ys)
+def foreach_move(bucket: ForeachBucket, us: list[torch.Tensor], hp: MoveScalars) -> None:
+    """``move`` for one bucket of foreach tensors (``bucket.xs`` hold ``y``, its first state list
+    ``z``)."""
+    ys, zs = bucket.xs, bucket.states[0]
+    torch._foreach_lerp_(ys, zs, hp.c)
+    torch._foreach_add_(ys, us, alpha=hp.y_lr)
+    torch._foreach_add_(zs, us, alpha=-hp.lr)
+    bucket.write_back()
 
 
 def inverse_sqrt_bias_correction(beta2: float, step: int) -> float:

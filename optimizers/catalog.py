@@ -1,6 +1,7 @@
 """The built-in catalog: torch's optimizers wrapped (not rewritten), plus optpilot's own LAMB,
-Lion and schedule-free AdamW/SGD. Ranges and state sizes come from REFERENCE.md; each record
-cites its sources.
+Lion and schedule-free AdamW/SGD. Ranges come from the AlgoPerf baselines (Dahl et al. 2023) and
+the papers behind each optimizer, state sizes from their algorithms; each record cites its
+sources.
 
 Implementation choice (measured on 2-core CPUs, 25M fp32 parameters, see bench/optimizer_step.py):
 on CPU torch's ``fused=True`` kernels win for Adam/AdamW/SGD/Adagrad (2.5-3.5x the per-tensor
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 
-from optimizers._fused import check_steps
+from optimizers._checks import check_steps
 from optimizers.lamb import Lamb
 from optimizers.lion import Lion
 from optimizers.registry import (
@@ -137,12 +138,12 @@ _BETA2 = SearchRange(0.99, 0.9999, complement=True)
 _SGD_MOMENTUM = SearchRange(0.7, 0.995, complement=True)
 _SGD_LR = SearchRange(2e-2, 5.0)
 _SGD_WD = SearchRange(1e-7, 5e-5)
-# The Tuning Playbook's order (REFERENCE.md's budget policy): lr, then beta1. Measured against
+# The Tuning Playbook's order (Godbolt et al. 2023): lr, then beta1. Measured against
 # weight decay second for the decoupled optimizers (Loshchilov & Hutter 2019: its best value
 # depends on data size and training length), bench/tuning_efficiency.py, one machine: that order
 # found better 50-trial bests on the digits workloads (0.0753 vs 0.0827, 0.0148 vs 0.0191) but
 # worse on diabetes-mlp and tiny-transformer, and sequence-lstm then needed 21 trials instead of
-# 11 to reach plain TPE's 50-trial best; so every Adam-family optimizer follows the policy.
+# 11 to reach plain TPE's 50-trial best; so every Adam-family optimizer follows that order.
 _ADAM_ORDER = ("lr", "beta1", "weight_decay", "eps", "beta2")
 # AdamW's and NAdamW's decoupled weight decay: 0.1, not torch's 0.01 (the bottom of AlgoPerf's
 # 5e-3..1 range): GPT-3 and the AlgoPerf NAdamW baseline (0.08) train with about 0.1; on the

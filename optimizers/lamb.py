@@ -3,45 +3,60 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, TypeAlias
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
 from optimizers import _cpu_kernels
-from optimizers._fused import (
+from optimizers._base import (
     PARALLEL_MIN_NUMEL,
-    PER_TENSOR_LOCALITY,
-    Implementation,
+    GroupStep,
     OptpilotOptimizer,
-    ParamsT,
-    ScratchBuffers,
-    check_betas,
-    check_flag,
-    check_number,
-    compiled_step,
+    StepPaths,
+    foreach_buckets,
+    fused_adamw_direction,
     group_by_device_dtype,
-    state_dtype,
     take,
-    tensor_signature,
+    use_torch_fused,
 )
+from optimizers._checks import Implementation, check_betas, check_flag, check_number
+from optimizers._compiled import PER_TENSOR_LOCALITY, run_compiled
+from optimizers._scratch import ScratchBuffers, state_dtype
+from optimizers.registry import ParamsT
 
 __all__ = ["Lamb"]
 
-# Devices whose ``torch._fused_adamw_`` the fast per-tensor loop may use to compute the Adam
-# direction in one pass (see ``Lamb._loop``).
-_FUSED_ADAM_DEVICES = frozenset({"cpu", "cuda"})
-Mode = Literal["trust", "adam"]
-# (group, params, grads, states, gradient divisor or None) of one parameter group.
-_GroupWork: TypeAlias = tuple[
-    dict[str, Any],
-    list[torch.Tensor],
-    list[torch.Tensor],
-    list[dict[str, Any]],
-    torch.Tensor | None,
-]
+
+class LambHyper(NamedTuple):
+    """The scalars of a group's tensors at one step count (a group whose tensors have taken
+    different numbers of steps has one record per count)."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    step: int  # t, 1-based
+    bias_correction: bool
+    trust_ratio: bool  # False: a plain Adam step (trust_ratio_on_decayed_only, no decay)
+    trust_clip: bool
+    clip: torch.Tensor | None  # max(1, G / max_grad_norm), or None: no gradient clipping
+
+    def bias_corrections(self) -> tuple[float, float]:
+        """``(1 - b1**t, 1 - b2**t)``, or ``(1, 1)`` without bias correction."""
+        if not self.bias_correction:
+            return 1.0, 1.0
+        return 1.0 - self.beta1**self.step, 1.0 - self.beta2**self.step
+
+    def row(self) -> list[float]:
+        """``lr, b1, b2, eps, wd, 1/(1-b1**t), 1/sqrt(1-b2**t)`` for the C kernel and the compiled
+        step (reciprocals: one division and one square root per element and pass)."""
+        bc1, bc2 = self.bias_corrections()
+        return [self.lr, self.beta1, self.beta2, self.eps, self.weight_decay, 1.0 / bc1,
+                1.0 / math.sqrt(bc2)]  # fmt: skip
 
 
-class Lamb(OptpilotOptimizer):
+class Lamb(OptpilotOptimizer[LambHyper]):
     r"""LAMB: Adam's direction, rescaled per tensor by a trust ratio ``||p|| / ||u||``.
 
     For each parameter tensor ``p`` with gradient ``g`` at step ``t`` (You et al. 2020, Algorithm 2,
@@ -99,6 +114,10 @@ class Lamb(OptpilotOptimizer):
     """
 
     _tensor_state = ("exp_avg", "exp_avg_sq")
+    _group_fill: ClassVar[dict[str, Any]] = {
+        "bias_correction": True, "max_grad_norm": None, "trust_ratio_on_decayed_only": False,
+        "trust_clip": False,
+    }  # fmt: skip
 
     def __init__(
         self,
@@ -143,326 +162,234 @@ class Lamb(OptpilotOptimizer):
         for key in self._tensor_state:
             state[key] = torch.zeros_like(param, dtype=dtype, memory_format=torch.contiguous_format)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("bias_correction", True)
-            group.setdefault("max_grad_norm", None)
-            group.setdefault("trust_ratio_on_decayed_only", False)
-            group.setdefault("trust_clip", False)
-
     # -- the step -------------------------------------------------------------------------------
 
-    def _update(self) -> None:
+    def _paths(self) -> StepPaths:
+        return _PATHS
+
+    def _group_steps(self) -> list[GroupStep[LambHyper]]:
+        """Gradient clipping needs every group's gradients first; each tensor counts its own
+        steps (``state["step"]``), so a group's tensors are split by step count."""
         gathered = [self._gather(group) for group in self.param_groups]
-        clips = self._clip_divisors(gathered)
-        kernel_work: list[_GroupWork] = []
-        compiled_work: list[_GroupWork] = []
+        clips = self._clip_divisors([grads for _, grads, _ in gathered])
+        steps: list[GroupStep[LambHyper]] = []
         for group, (params, grads, states), clip in zip(
             self.param_groups, gathered, clips, strict=True
         ):
-            if not params:
-                continue
-            for state in states:
+            by_count: dict[int, list[int]] = {}
+            for i, state in enumerate(states):
                 state["step"] += 1
-            if self.implementation == "reference":
-                self._reference(group, params, grads, states, clip)
-                continue
-            ms = [state["exp_avg"] for state in states]
-            vs = [state["exp_avg_sq"] for state in states]
-            kernel, batched, looped, compiled = self._step_paths(params, grads, ms, vs)
-            for work, idx in ((kernel_work, kernel), (compiled_work, compiled)):
-                if idx:
-                    work.append(
-                        (group, take(params, idx), take(grads, idx), take(states, idx), clip)
-                    )
-            for path, idx in ((self._foreach, batched), (self._loop, looped)):
-                if idx:
-                    path(group, take(params, idx), take(grads, idx), take(states, idx), clip)
-        if kernel_work:
-            self._kernels(kernel_work)
-        if compiled_work:
-            self._compiled(compiled_work)
+                by_count.setdefault(state["step"], []).append(i)
+            tensors = self._tensor_lists(params, grads, states)
+            for count, idx in by_count.items():
+                part = tensors if len(by_count) == 1 else [take(ts, idx) for ts in tensors]
+                steps.append(GroupStep(part, self._group_hyper(group, count, clip)))
+        return steps
 
-    def _clip_divisors(
-        self, gathered: list[tuple[list[torch.Tensor], list[torch.Tensor], list[dict[str, Any]]]]
-    ) -> list[torch.Tensor | None]:
+    @staticmethod
+    def _group_hyper(group: dict[str, Any], step: int, clip: torch.Tensor | None) -> LambHyper:
+        b1, b2 = group["betas"]
+        trust_ratio = not (group["trust_ratio_on_decayed_only"] and group["weight_decay"] == 0)
+        return LambHyper(group["lr"], b1, b2, group["eps"], group["weight_decay"], step,
+                         group["bias_correction"], trust_ratio, group["trust_clip"], clip)
+
+    def _clip_divisors(self, grads: list[list[torch.Tensor]]) -> list[torch.Tensor | None]:
         """Per group, ``max(1, G / max_grad_norm)`` (G: global gradient norm), or None."""
         limits = [group["max_grad_norm"] for group in self.param_groups]
-        if all(limit is None for limit in limits):
-            return [None] * len(limits)
-        grads = [g for _, group_grads, _ in gathered for g in group_grads]
-        if not grads:
+        every = [g for group_grads in grads for g in group_grads]
+        if all(limit is None for limit in limits) or not every:
             return [None] * len(limits)
         total = global_grad_norm(
-            grads, None if self.implementation == "reference" else self._scratch
+            every, None if self.implementation == "reference" else self._scratch
         )
         return [
             None if limit is None else torch.clamp(total / limit, min=1.0) for limit in limits
         ]
 
-    @staticmethod
-    def _mode(group: dict[str, Any]) -> Mode:
-        if group["trust_ratio_on_decayed_only"] and group["weight_decay"] == 0:
-            return "adam"
-        return "trust"
 
-    @staticmethod
-    def _bias_corrections(group: dict[str, Any], step: int) -> tuple[float, float]:
-        """``(1 - b1**t, 1 - b2**t)``, or ``(1, 1)`` without bias correction."""
-        if not group["bias_correction"]:
-            return 1.0, 1.0
-        b1, b2 = group["betas"]
-        return 1.0 - b1**step, 1.0 - b2**step
+# -- "reference": the paper's equations ---------------------------------------------------------
 
-    # -- "reference": the paper's equations -----------------------------------------------------
 
-    def _reference(
-        self,
-        group: dict[str, Any],
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        states: list[dict[str, Any]],
-        clip: torch.Tensor | None,
-    ) -> None:
-        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-        b1, b2 = group["betas"]
-        mode = self._mode(group)
-        for p, grad, state in zip(params, grads, states, strict=True):
-            m, v = state["exp_avg"], state["exp_avg_sq"]
-            g = grad.to(m.dtype)
-            if clip is not None:
-                g = g / clip
-            x = p.to(m.dtype)
-            m.mul_(b1).add_(g, alpha=1 - b1)
-            v.mul_(b2).add_(g * g, alpha=1 - b2)
-            bc1, bc2 = self._bias_corrections(group, state["step"])
-            m_hat = m / bc1
-            v_hat = v / bc2
-            u = m_hat / (v_hat.sqrt() + eps) + wd * x
-            if mode == "adam":
-                ratio = torch.ones((), dtype=x.dtype, device=x.device)
-            else:
-                p_norm = torch.linalg.vector_norm(x)
-                u_norm = torch.linalg.vector_norm(u)
-                ratio = torch.where(
-                    (p_norm > 0) & (u_norm > 0), p_norm / u_norm, torch.ones_like(p_norm)
-                )
-                if group["trust_clip"]:
-                    ratio = torch.clamp(ratio, max=1.0)
-            p.copy_(x - lr * ratio * u)
+def lamb_reference(
+    params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor], hp: LambHyper,
+) -> None:
+    bc1, bc2 = hp.bias_corrections()
+    for p, grad, m, v in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True):
+        g = grad.to(m.dtype)
+        if hp.clip is not None:
+            g = g / hp.clip
+        x = p.to(m.dtype)
+        m.mul_(hp.beta1).add_(g, alpha=1 - hp.beta1)
+        v.mul_(hp.beta2).add_(g * g, alpha=1 - hp.beta2)
+        m_hat = m / bc1
+        v_hat = v / bc2
+        u = m_hat / (v_hat.sqrt() + hp.eps) + hp.weight_decay * x
+        if not hp.trust_ratio:
+            ratio = torch.ones((), dtype=x.dtype, device=x.device)
+        else:
+            p_norm = torch.linalg.vector_norm(x)
+            u_norm = torch.linalg.vector_norm(u)
+            ratio = torch.where(
+                (p_norm > 0) & (u_norm > 0), p_norm / u_norm, torch.ones_like(p_norm)
+            )
+            if hp.trust_clip:
+                ratio = torch.clamp(ratio, max=1.0)
+        p.copy_(x - hp.lr * ratio * u)
 
-    # -- "fast" on CPU: per-tensor in-place loop on scratch buffers -----------------------------
 
-    def _loop(
-        self,
-        group: dict[str, Any],
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        states: list[dict[str, Any]],
-        clip: torch.Tensor | None,
-    ) -> None:
-        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-        b1, b2 = group["betas"]
-        mode = self._mode(group)
-        trust_clip = group["trust_clip"]
-        scratch = self._scratch
-        step_tensors: dict[tuple[int, torch.device], torch.Tensor] = {}
-        for p, grad, state in zip(params, grads, states, strict=True):
-            m, v = state["exp_avg"], state["exp_avg_sq"]
-            dtype, device, shape = m.dtype, p.device, p.shape
-            x = scratch.working("param", p, dtype)
-            if clip is None:
-                g = scratch.working("grad", grad, dtype)
-            elif grad.dtype == dtype:
-                g = scratch.get("grad", shape, dtype, device)
-                torch.div(grad, clip, out=g)
-            else:
-                g = scratch.working("grad", grad, dtype)
-                g.div_(clip)
-            s = scratch.get("update", shape, dtype, device)
-            step = state["step"]
-            if (
-                group["bias_correction"]
-                and device.type in _FUSED_ADAM_DEVICES
-                and (device.type != "cpu" or m.numel() >= PARALLEL_MIN_NUMEL)
-            ):
-                # s = -wd*p, then AdamW's fused kernel with lr=1 and no decay subtracts the
-                # bias-corrected Adam direction in the same pass that updates m and v: s = -u.
-                if wd != 0:
-                    torch.mul(x, -wd, out=s)
-                else:
-                    s.zero_()
-                key = (step, device)
-                step_t = step_tensors.get(key)
-                if step_t is None:
-                    step_t = torch.tensor(float(step), dtype=torch.float32, device=device)
-                    step_tensors[key] = step_t
-                torch._fused_adamw_(
-                    [s], [g], [m], [v], [], [step_t],
-                    lr=1.0, beta1=b1, beta2=b2, weight_decay=0.0, eps=eps,
-                    amsgrad=False, maximize=False,
-                )  # fmt: skip
-                scale = lr
-            else:
-                bc1, bc2 = self._bias_corrections(group, step)
-                m.lerp_(g, 1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                torch.sqrt(v, out=s)
-                if bc2 != 1.0:
-                    s.div_(math.sqrt(bc2))
-                s.add_(eps)
-                torch.div(m, s, out=s)
-                if bc1 != 1.0:
-                    s.div_(bc1)
-                if wd != 0:
-                    s.add_(x, alpha=wd)
-                scale = -lr
-            if mode == "adam":
-                x.add_(s, alpha=scale)
-            else:
-                ratio = _trust_ratio(_squared_norm(x), _squared_norm(s))
-                if trust_clip:
-                    ratio.clamp_(max=1.0)
-                x.addcmul_(s, ratio, value=scale)
-            if x is not p:
-                p.copy_(x)
+# -- "fast" on CPU: per-tensor in-place loop on scratch buffers ---------------------------------
 
-    # -- "fast" on CUDA: foreach kernels --------------------------------------------------------
 
-    def _foreach(
-        self,
-        group: dict[str, Any],
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        states: list[dict[str, Any]],
-        clip: torch.Tensor | None,
-    ) -> None:
-        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-        b1, b2 = group["betas"]
-        mode = self._mode(group)
-        for idx in group_by_device_dtype(range(len(params)), params).values():
-            ps = [params[i] for i in idx]
-            ms = [states[i]["exp_avg"] for i in idx]
-            vs = [states[i]["exp_avg_sq"] for i in idx]
-            dtype = ms[0].dtype
-            low = ps[0].dtype != dtype
-            xs = [p.to(dtype) for p in ps] if low else ps
-            gs = [grads[i] if grads[i].dtype == dtype else grads[i].to(dtype) for i in idx]
-            if clip is not None:
-                gs = list(torch._foreach_div(gs, clip))
-            torch._foreach_lerp_(ms, gs, 1 - b1)
-            torch._foreach_mul_(vs, b2)
-            torch._foreach_addcmul_(vs, gs, gs, 1 - b2)
-            corrections = [self._bias_corrections(group, states[i]["step"]) for i in idx]
-            denom = list(torch._foreach_sqrt(vs))
-            if group["bias_correction"]:
-                torch._foreach_div_(denom, [math.sqrt(bc2) for _, bc2 in corrections])
-            torch._foreach_add_(denom, eps)
-            u = list(torch._foreach_div(ms, denom))
-            if group["bias_correction"]:
-                torch._foreach_div_(u, [bc1 for bc1, _ in corrections])
+def lamb_loop(
+    params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor], hp: LambHyper, *, scratch: ScratchBuffers,
+) -> None:
+    lr, beta1, beta2, eps, wd, step, bias_correction, trust_ratio, trust_clip, clip = hp
+    bc1, bc2 = hp.bias_corrections()
+    step_tensors: dict[torch.device, torch.Tensor] = {}
+    for p, grad, m, v in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True):
+        dtype, device, shape = m.dtype, p.device, p.shape
+        x = scratch.working("param", p, dtype)
+        if clip is None:
+            g = scratch.working("grad", grad, dtype)
+        elif grad.dtype == dtype:
+            g = scratch.get("grad", shape, dtype, device)
+            torch.div(grad, clip, out=g)
+        else:
+            g = scratch.working("grad", grad, dtype)
+            g.div_(clip)
+        s = scratch.get("update", shape, dtype, device)
+        if bias_correction and use_torch_fused(m):
+            # s = -u in the pass that updates m and v
+            fused_adamw_direction(s, x, g, m, v, beta1=beta1, beta2=beta2, eps=eps,
+                                  weight_decay=wd, step_tensors=step_tensors, step=step)
+            scale = lr
+        else:
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            torch.sqrt(v, out=s)
+            if bc2 != 1.0:
+                s.div_(math.sqrt(bc2))
+            s.add_(eps)
+            torch.div(m, s, out=s)
+            if bc1 != 1.0:
+                s.div_(bc1)
             if wd != 0:
-                torch._foreach_add_(u, xs, alpha=wd)
-            if mode == "trust":
-                p_norms = torch.stack(torch._foreach_norm(xs))
-                u_norms = torch.stack(torch._foreach_norm(u))
-                ratios = torch.where(
-                    (p_norms > 0) & (u_norms > 0), p_norms / u_norms, torch.ones_like(p_norms)
-                )
-                if group["trust_clip"]:
-                    ratios.clamp_(max=1.0)
-                torch._foreach_mul_(u, list(ratios.unbind(0)))
-            torch._foreach_add_(xs, u, alpha=-lr)
-            if low:
-                torch._foreach_copy_(ps, xs)
+                s.add_(x, alpha=wd)
+            scale = -lr
+        if not trust_ratio:
+            x.add_(s, alpha=scale)
+        else:
+            ratio = _trust_ratio(_squared_norm(x), _squared_norm(s))
+            if trust_clip:
+                ratio.clamp_(max=1.0)
+            x.addcmul_(s, ratio, value=scale)
+        if x is not p:
+            p.copy_(x)
 
-    # -- "fused" (and "fast" on CPU): optpilot's C kernel; torch.compile for other tensors ----
 
-    def _kernels(self, work: list[_GroupWork]) -> None:
-        """All groups' tensors in one call of optpilot's C kernel (``_cpu_kernels``)."""
-        native: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor],
-                      list[torch.Tensor]] = ([], [], [], [])
-        hyper: list[float] = []
-        flags: list[int] = []
-        for group, params, grads, states, clip in work:
-            native[0].extend(params)
-            native[1].extend(grads)
-            native[2].extend(state["exp_avg"] for state in states)
-            native[3].extend(state["exp_avg_sq"] for state in states)
-            clip_divisor = 1.0 if clip is None else float(clip)
-            flag = 0
-            if self._mode(group) == "trust":
-                flag = _cpu_kernels.TRUST_RATIO | (
-                    _cpu_kernels.TRUST_CLIP if group["trust_clip"] else 0
-                )
-            for state in states:
-                hyper += [*self._fused_row(group, state["step"]), clip_divisor]
-                flags.append(flag)
-        kernels = _cpu_kernels.load()
-        assert kernels is not None  # _step_paths picks tensors for the kernels once loaded
-        scratch = self._scratch.get(
-            "fused_update",
-            torch.Size([_cpu_kernels.scratch_numel(native[0], PARALLEL_MIN_NUMEL)]),
-            torch.float32,
-            torch.device("cpu"),
-        )
-        kernels.lamb(*native, hyper, flags, PARALLEL_MIN_NUMEL, scratch)
+# -- "fast" on CUDA (and small CPU tensors): foreach kernels ------------------------------------
 
-    def _fused_row(self, group: dict[str, Any], step: int) -> list[float]:
-        """``lr, b1, b2, eps, wd, 1/(1-b1**t), 1/sqrt(1-b2**t)`` of a tensor at step ``t``
-        (reciprocals: one division and one square root per element and pass)."""
-        bc1, bc2 = self._bias_corrections(group, step)
-        b1, b2 = group["betas"]
-        return [group["lr"], b1, b2, group["eps"], group["weight_decay"], 1.0 / bc1,
-                1.0 / math.sqrt(bc2)]  # fmt: skip
 
-    def _compiled(self, work: list[_GroupWork]) -> None:
-        """All groups in one compiled call.
+def lamb_foreach(
+    params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor], hp: LambHyper,
+) -> None:
+    lr, beta1, beta2, eps, weight_decay, _, bias_correction, trust_ratio, trust_clip, clip = hp
+    bc1, bc2 = hp.bias_corrections()
+    for bucket in foreach_buckets(params, grads, exp_avgs, exp_avg_sqs):
+        ms, vs = bucket.states
+        xs, gs = bucket.xs, bucket.grads
+        if clip is not None:
+            gs = list(torch._foreach_div(gs, clip))
+        torch._foreach_lerp_(ms, gs, 1 - beta1)
+        torch._foreach_mul_(vs, beta2)
+        torch._foreach_addcmul_(vs, gs, gs, 1 - beta2)
+        denom = list(torch._foreach_sqrt(vs))
+        if bias_correction:
+            torch._foreach_div_(denom, math.sqrt(bc2))
+        torch._foreach_add_(denom, eps)
+        u = list(torch._foreach_div(ms, denom))
+        if bias_correction:
+            torch._foreach_div_(u, bc1)
+        if weight_decay != 0:
+            torch._foreach_add_(u, xs, alpha=weight_decay)
+        if trust_ratio:
+            p_norms = torch.stack(torch._foreach_norm(xs))
+            u_norms = torch.stack(torch._foreach_norm(u))
+            ratios = torch.where(
+                (p_norms > 0) & (u_norms > 0), p_norms / u_norms, torch.ones_like(p_norms)
+            )
+            if trust_clip:
+                ratios.clamp_(max=1.0)
+            torch._foreach_mul_(u, list(ratios.unbind(0)))
+        torch._foreach_add_(xs, u, alpha=-lr)
+        bucket.write_back()
 
-        (Measured alternative, slower on CPU: large tensors one by one, a compiled pass storing
-        ``u`` in a shared scratch buffer plus an eager ``addcmul_``; the call overhead and the
-        extra pass cost more than recomputing ``u``.)"""
-        tensors: list[tuple[list[torch.Tensor], ...]] = []
-        rows: list[list[float]] = []
-        clips: list[torch.Tensor | None] = []
-        static: list[tuple[Mode, bool]] = []
-        for group, params, grads, states, clip in work:
-            ms = [state["exp_avg"] for state in states]
-            vs = [state["exp_avg_sq"] for state in states]
-            tensors.append((params, grads, ms, vs))
-            clips.append(clip)
-            static.append((self._mode(group), bool(group["trust_clip"])))
-            rows += [self._fused_row(group, state["step"]) for state in states]
-        key = (
-            "lamb",
-            tuple(tuple(tensor_signature(ts) for ts in group_ts) for group_ts in tensors),
-            tuple(static),
-            tuple(clip is not None for clip in clips),
-        )
-        scalars = torch.tensor(rows, dtype=torch.float64, device=work[0][1][0].device)
-        step = compiled_step(_lamb_fused_body, key, PER_TENSOR_LOCALITY)
-        step(tensors, scalars, clips, tuple(static))
+
+# -- "fused" (and "fast" on CPU): optpilot's C kernel; torch.compile for other tensors ----------
+
+
+def lamb_kernels(work: list[GroupStep[LambHyper]], scratch: ScratchBuffers) -> None:
+    """All groups' tensors in one call of optpilot's C kernel (``_cpu_kernels``)."""
+    params, grads, exp_avgs, exp_avg_sqs = (
+        [t for step in work for t in step.tensors[i]] for i in range(4)
+    )
+    hyper: list[float] = []
+    flags: list[int] = []
+    for step in work:
+        h, n = step.hyper, len(step.tensors[0])
+        clip_divisor = 1.0 if h.clip is None else float(h.clip)
+        flag = 0
+        if h.trust_ratio:
+            flag = _cpu_kernels.TRUST_RATIO | (_cpu_kernels.TRUST_CLIP if h.trust_clip else 0)
+        hyper += [*h.row(), clip_divisor] * n
+        flags += [flag] * n
+    kernels = _cpu_kernels.load()
+    assert kernels is not None  # _step_paths picks tensors for the kernels once loaded
+    buffer = scratch.get(
+        "fused_update",
+        torch.Size([_cpu_kernels.scratch_numel(params, PARALLEL_MIN_NUMEL)]),
+        torch.float32,
+        torch.device("cpu"),
+    )
+    kernels.lamb(params, grads, exp_avgs, exp_avg_sqs, hyper, flags, PARALLEL_MIN_NUMEL, buffer)
+
+
+def lamb_compiled(work: list[GroupStep[LambHyper]]) -> None:
+    """All groups in one compiled call.
+
+    (Measured alternative, slower on CPU: large tensors one by one, a compiled pass storing
+    ``u`` in a shared scratch buffer plus an eager ``addcmul_``; the call overhead and the
+    extra pass cost more than recomputing ``u``.)"""
+    static = tuple((step.hyper.trust_ratio, step.hyper.trust_clip) for step in work)
+    clips = [step.hyper.clip for step in work]
+    rows = [step.hyper.row() for step in work for _ in step.tensors[0]]
+    run_compiled(_lamb_fused_body, [step.tensors for step in work], rows, clips, static,
+                 static=(static, tuple(clip is not None for clip in clips)),
+                 options=PER_TENSOR_LOCALITY)
 
 
 def _lamb_fused_body(
     groups: list[tuple[list[torch.Tensor], ...]],
     scalars: torch.Tensor,
     clips: list[torch.Tensor | None],
-    static: tuple[tuple[Mode, bool], ...],
+    static: tuple[tuple[bool, bool], ...],
 ) -> None:
     """One LAMB step for all groups; traced by ``torch.compile`` (never run eagerly).
 
     ``groups[j]`` is ``(params, grads, exp_avgs, exp_avg_sqs)`` of group ``j``, ``static[j]`` its
-    ``(mode, trust_clip)``, ``clips[j]`` its gradient divisor (or None); row ``i`` of ``scalars``
-    holds ``lr, b1, b2, eps, wd, 1/(1-b1**t), 1/sqrt(1-b2**t)`` for the ``i``-th tensor overall
-    (reciprocals: one division and one square root per element and pass, which is what bounds
-    this step on CPU). The update recomputes the Adam direction from the new moments instead of
-    reusing ``u``, so inductor emits per tensor one reduction loop (both norms, moments not
-    stored) and one update loop (moments and parameter stored), without a tensor-sized temporary.
+    ``(trust_ratio, trust_clip)``, ``clips[j]`` its gradient divisor (or None); row ``i`` of
+    ``scalars`` holds ``lr, b1, b2, eps, wd, 1/(1-b1**t), 1/sqrt(1-b2**t)`` for the ``i``-th
+    tensor overall (reciprocals: one division and one square root per element and pass, which is
+    what bounds this step on CPU). The update recomputes the Adam direction from the new moments
+    instead of reusing ``u``, so inductor emits per tensor one reduction loop (both norms,
+    moments not stored) and one update loop (moments and parameter stored), without a
+    tensor-sized temporary.
     """
     i = 0
-    for (params, grads, exp_avgs, exp_avg_sqs), clip, (mode, trust_clip) in zip(
+    for (params, grads, exp_avgs, exp_avg_sqs), clip, (trust_ratio, trust_clip) in zip(
         groups, clips, static, strict=True
     ):
         for p, grad, m, v in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True):
@@ -476,7 +403,7 @@ def _lamb_fused_body(
             x = p.to(m.dtype)
             m.lerp_(g, 1 - b1)
             v.mul_(b2).add_((1 - b2) * g * g)
-            if mode == "adam":
+            if not trust_ratio:
                 k = lr
             else:
                 u = (m * inv_bc1) / (torch.sqrt(v) * inv_sqrt_bc2 + eps) + wd * x
@@ -534,3 +461,7 @@ def global_grad_norm(
         dtype = torch.promote_types(dtype, part.dtype)
     total: torch.Tensor = torch.stack([sq.to(dtype) for sq in squares]).sum().sqrt()
     return total
+
+
+_PATHS = StepPaths(reference=lamb_reference, foreach=lamb_foreach, loop=lamb_loop,
+                   kernels=lamb_kernels, compiled=lamb_compiled)

@@ -2,36 +2,41 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple
 
 import torch
 
 from optimizers import _cpu_kernels
-from optimizers._fused import (
+from optimizers._base import (
     PARALLEL_MIN_NUMEL,
-    Implementation,
+    GroupStep,
     OptpilotOptimizer,
-    ParamsT,
-    check_betas,
-    check_number,
-    compiled_step,
-    group_by_device_dtype,
-    state_dtype,
-    take,
-    tensor_signature,
+    StepPaths,
+    compiled_rows,
+    foreach_buckets,
+    use_torch_fused,
 )
+from optimizers._checks import Implementation, check_betas, check_number
+from optimizers._scratch import ScratchBuffers, state_dtype
+from optimizers.registry import ParamsT
 
 __all__ = ["Lion"]
 
-# (group, params, grads, exp_avgs) of one parameter group.
-_GroupWork: TypeAlias = tuple[
-    dict[str, Any], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]
-]
-# Devices with a one-pass ``torch._fused_sgd_`` kernel (used by the fast loop, see ``Lion._loop``).
-_FUSED_SGD_DEVICES = frozenset({"cpu", "cuda"})
+
+class LionHyper(NamedTuple):
+    """A group's scalars."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    weight_decay: float
+
+    def row(self) -> list[float]:
+        """``lr, b1, b2, wd``: the C kernel's and the compiled step's floats."""
+        return list(self)
 
 
-class Lion(OptpilotOptimizer):
+class Lion(OptpilotOptimizer[LionHyper]):
     r"""Lion: the sign of an interpolated momentum, with decoupled weight decay.
 
     For each parameter ``p`` with gradient ``g`` (Chen et al. 2023, Algorithm 2)::
@@ -96,145 +101,93 @@ class Lion(OptpilotOptimizer):
             param, dtype=state_dtype(param), memory_format=torch.contiguous_format
         )
 
-    def _update(self) -> None:
-        kernel_work: list[_GroupWork] = []
-        compiled_work: list[_GroupWork] = []
-        for group in self.param_groups:
-            params, grads, states = self._gather(group)
-            if not params:
-                continue
-            exp_avgs = [state["exp_avg"] for state in states]
-            if self.implementation == "reference":
-                self._reference(group, params, grads, exp_avgs)
-                continue
-            kernel, batched, looped, compiled = self._step_paths(params, grads, exp_avgs)
-            for work, idx in ((kernel_work, kernel), (compiled_work, compiled)):
-                if idx:
-                    work.append((group, take(params, idx), take(grads, idx), take(exp_avgs, idx)))
-            for path, idx in ((self._foreach, batched), (self._loop, looped)):
-                if idx:
-                    path(group, take(params, idx), take(grads, idx), take(exp_avgs, idx))
-        if kernel_work:
-            _kernels(kernel_work)
-        if compiled_work:
-            _compiled(compiled_work)
-
-    # -- "reference": the paper's equations -----------------------------------------------------
-
-    @staticmethod
-    def _reference(
-        group: dict[str, Any],
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        exp_avgs: list[torch.Tensor],
-    ) -> None:
-        lr, wd = group["lr"], group["weight_decay"]
+    def _hyperparameters(self, group: dict[str, Any]) -> LionHyper:
         b1, b2 = group["betas"]
-        for p, grad, m in zip(params, grads, exp_avgs, strict=True):
-            g = grad.to(m.dtype)
-            x = p.to(m.dtype)
-            x = x * (1 - lr * wd)
-            c = b1 * m + (1 - b1) * g
-            x = x - lr * torch.sign(c)
-            m.mul_(b2).add_(g, alpha=1 - b2)
+        return LionHyper(group["lr"], b1, b2, group["weight_decay"])
+
+    def _paths(self) -> StepPaths:
+        return _PATHS
+
+
+# -- "reference": the paper's equations ---------------------------------------------------------
+
+
+def lion_reference(
+    params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+    hp: LionHyper,
+) -> None:
+    for p, grad, m in zip(params, grads, exp_avgs, strict=True):
+        g = grad.to(m.dtype)
+        x = p.to(m.dtype)
+        x = x * (1 - hp.lr * hp.weight_decay)
+        c = hp.beta1 * m + (1 - hp.beta1) * g
+        x = x - hp.lr * torch.sign(c)
+        m.mul_(hp.beta2).add_(g, alpha=1 - hp.beta2)
+        p.copy_(x)
+
+
+# -- "fast" on CPU: per-tensor in-place loop ----------------------------------------------------
+
+
+def lion_loop(
+    params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+    hp: LionHyper, *, scratch: ScratchBuffers,
+) -> None:
+    lr, beta1, beta2, weight_decay = hp
+    for p, grad, m in zip(params, grads, exp_avgs, strict=True):
+        dtype, device, shape = m.dtype, p.device, p.shape
+        x = scratch.working("param", p, dtype)
+        g = scratch.working("grad", grad, dtype)
+        s = scratch.get("update", shape, dtype, device)
+        torch.lerp(m, g, 1 - beta1, out=s)  # c = b1*m + (1-b1)*g
+        # m <- b2*m + (1-b2)*g = lerp(m, c, (1-b2)/(1-b1)): reads m and c while they are still in
+        # cache, instead of m and g again after the update pass.
+        m.lerp_(s, (1 - beta2) / (1 - beta1))
+        s.sign_()
+        if use_torch_fused(x):
+            # x <- x - lr*(s + wd*x) = (1 - lr*wd)*x - lr*sign(c), one pass over x and s.
+            torch._fused_sgd_(
+                [x], [s], [],
+                weight_decay=weight_decay, momentum=0.0, lr=lr, dampening=0.0,
+                nesterov=False, maximize=False, is_first_step=False,
+            )  # fmt: skip
+        else:
+            if weight_decay != 0:
+                x.mul_(1 - lr * weight_decay)
+            x.add_(s, alpha=-lr)
+        if x is not p:
             p.copy_(x)
 
-    # -- "fast" on CPU: per-tensor in-place loop ------------------------------------------------
 
-    def _loop(
-        self,
-        group: dict[str, Any],
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        exp_avgs: list[torch.Tensor],
-    ) -> None:
-        lr, wd = group["lr"], group["weight_decay"]
-        b1, b2 = group["betas"]
-        scratch = self._scratch
-        for p, grad, m in zip(params, grads, exp_avgs, strict=True):
-            dtype, device, shape = m.dtype, p.device, p.shape
-            x = scratch.working("param", p, dtype)
-            g = scratch.working("grad", grad, dtype)
-            s = scratch.get("update", shape, dtype, device)
-            torch.lerp(m, g, 1 - b1, out=s)  # c = b1*m + (1-b1)*g
-            # m <- b2*m + (1-b2)*g = lerp(m, c, (1-b2)/(1-b1)): reads m and c while they are
-            # still in cache, instead of m and g again after the update pass.
-            m.lerp_(s, (1 - b2) / (1 - b1))
-            s.sign_()
-            if device.type in _FUSED_SGD_DEVICES and (
-                device.type != "cpu" or x.numel() >= PARALLEL_MIN_NUMEL
-            ):
-                # x <- x - lr*(s + wd*x) = (1 - lr*wd)*x - lr*sign(c), one pass over x and s.
-                torch._fused_sgd_(
-                    [x], [s], [],
-                    weight_decay=wd, momentum=0.0, lr=lr, dampening=0.0,
-                    nesterov=False, maximize=False, is_first_step=False,
-                )  # fmt: skip
-            else:
-                if wd != 0:
-                    x.mul_(1 - lr * wd)
-                x.add_(s, alpha=-lr)
-            if x is not p:
-                p.copy_(x)
+# -- "fast" on CUDA (and small CPU tensors): foreach kernels ------------------------------------
 
-    # -- "fast" on CUDA: foreach kernels --------------------------------------------------------
 
-    @staticmethod
-    def _foreach(
-        group: dict[str, Any],
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        exp_avgs: list[torch.Tensor],
-    ) -> None:
-        lr, wd = group["lr"], group["weight_decay"]
-        b1, b2 = group["betas"]
-        for idx in group_by_device_dtype(range(len(params)), params).values():
-            ps = [params[i] for i in idx]
-            ms = [exp_avgs[i] for i in idx]
-            dtype = ms[0].dtype
-            low = ps[0].dtype != dtype
-            xs = [p.to(dtype) for p in ps] if low else ps
-            gs = [grads[i] if grads[i].dtype == dtype else grads[i].to(dtype) for i in idx]
-            c = list(torch._foreach_lerp(ms, gs, 1 - b1))
-            torch._foreach_sign_(c)
-            if wd != 0:
-                torch._foreach_mul_(xs, 1 - lr * wd)
-            torch._foreach_add_(xs, c, alpha=-lr)
-            torch._foreach_lerp_(ms, gs, 1 - b2)
-            if low:
-                torch._foreach_copy_(ps, xs)
+def lion_foreach(
+    params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+    hp: LionHyper,
+) -> None:
+    for bucket in foreach_buckets(params, grads, exp_avgs):
+        (ms,) = bucket.states
+        c = list(torch._foreach_lerp(ms, bucket.grads, 1 - hp.beta1))
+        torch._foreach_sign_(c)
+        if hp.weight_decay != 0:
+            torch._foreach_mul_(bucket.xs, 1 - hp.lr * hp.weight_decay)
+        torch._foreach_add_(bucket.xs, c, alpha=-hp.lr)
+        torch._foreach_lerp_(ms, bucket.grads, 1 - hp.beta2)
+        bucket.write_back()
 
 
 # -- "fused" (and "fast" on CPU): optpilot's C kernel; torch.compile for other tensors ----------
 
 
-def _kernels(work: list[_GroupWork]) -> None:
-    """All groups' tensors in one call of optpilot's C kernel (``_cpu_kernels``)."""
+def lion_kernels(work: list[GroupStep[LionHyper]], scratch: ScratchBuffers) -> None:
+    """All groups' tensors in one call of optpilot's C kernel (``_cpu_kernels``), which needs
+    no scratch buffers."""
     kernels = _cpu_kernels.load()
     assert kernels is not None  # _step_paths picks tensors for the kernels once loaded
-    kernels.lion(
-        [p for _, params, _, _ in work for p in params],
-        [g for _, _, grads, _ in work for g in grads],
-        [m for _, _, _, exp_avgs in work for m in exp_avgs],
-        [h for group, params, _, _ in work for h in _lion_row(group) * len(params)],
-        PARALLEL_MIN_NUMEL,
-    )
-
-
-def _lion_row(group: dict[str, Any]) -> list[float]:
-    return [group["lr"], group["betas"][0], group["betas"][1], group["weight_decay"]]
-
-
-def _compiled(work: list[_GroupWork]) -> None:
-    """All groups in one compiled call."""
-    tensors = [(params, grads, exp_avgs) for _, params, grads, exp_avgs in work]
-    key = (
-        "lion",
-        tuple(tuple(tensor_signature(ts) for ts in group_ts) for group_ts in tensors),
-    )
-    rows = [_lion_row(group) for group, *_ in work]
-    scalars = torch.tensor(rows, dtype=torch.float64, device=work[0][1][0].device)
-    compiled_step(_lion_fused_body, key)(tensors, scalars)
+    params, grads, exp_avgs = ([t for step in work for t in step.tensors[i]] for i in range(3))
+    rows = [h for step in work for h in step.hyper.row() * len(step.tensors[0])]
+    kernels.lion(params, grads, exp_avgs, rows, PARALLEL_MIN_NUMEL)
 
 
 def _lion_fused_body(
@@ -252,3 +205,7 @@ def _lion_fused_body(
             c = b1 * m + (1 - b1) * g  # multiply-adds: fewer instructions than lerp's blend
             p.copy_(x * (1 - lr * wd) - lr * torch.sign(c))
             m.copy_(b2 * m + (1 - b2) * g)
+
+
+_PATHS = StepPaths(reference=lion_reference, foreach=lion_foreach, loop=lion_loop,
+                   kernels=lion_kernels, compiled=compiled_rows(_lion_fused_body))

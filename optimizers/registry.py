@@ -10,12 +10,15 @@ hyperparameters, so every caller (the tuner, the service, users' own code) gets 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Any, Literal, TypeAlias
+from typing import Any, Generic, Literal, TypeAlias, TypeVar
 
 import torch
+
+from optimizers._checks import check_number
 
 ParamsT: TypeAlias = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
 Family = Literal["sgd", "adaptive", "sign", "layerwise", "factored", "orthogonal"]
@@ -86,16 +89,8 @@ class Bound:
     high_inclusive: bool = False
 
     def check(self, name: str, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{name}: expected a number, got {type(value).__name__}")
-        if not math.isfinite(value):
-            raise ValueError(f"{name}: must be finite, got {value}")
-        low_ok = value >= self.low if self.low_inclusive else value > self.low
-        high_ok = value <= self.high if self.high_inclusive else value < self.high
-        if not (low_ok and high_ok):
-            lo = "[" if self.low_inclusive else "("
-            hi = "]" if self.high_inclusive else ")"
-            raise ValueError(f"{name}: {value} is outside {lo}{self.low}, {self.high}{hi}")
+        check_number(name, value, low=self.low, high=self.high, low_inclusive=self.low_inclusive,
+                     high_inclusive=self.high_inclusive)
 
 
 # Validity of every flat hyperparameter name, shared by all optimizers.
@@ -131,7 +126,8 @@ class OptimizerSpec:
     search_space: Mapping[str, SearchRange]
     state_bytes_per_param: float
     references: tuple[str, ...]
-    # Names the tuner should tune first, in order of importance (REFERENCE's budget policy).
+    # Names the tuner should tune first, in order of importance (the order of Godbolt et al.
+    # 2023, Deep Learning Tuning Playbook).
     tuning_order: tuple[str, ...] = ()
     # Runs without an lr schedule (train()/eval() modes, its own warm-up): Defazio et al. 2024.
     schedule_free: bool = False
@@ -174,30 +170,66 @@ class OptimizerSpec:
         return int(self.state_bytes_per_param * num_parameters * bytes_per_state_element / 4)
 
 
-_REGISTRY: dict[str, OptimizerSpec] = {}
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Records by name, in registration order: the one registry shape of optpilot (optimizers
+    here, workloads in ``tuner.workloads``). Thread-safe. ``kind`` names what it holds in its
+    errors: ``ValueError("optimizer: unknown name 'x' (known: ...)")``."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+        self._lock = threading.RLock()
+
+    def add(self, name: str, item: T) -> T:
+        """Register ``item`` as ``name``; ValueError when the name is taken."""
+        with self._lock:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._items[name] = item
+        return item
+
+    def lookup(self, name: str) -> T | None:
+        with self._lock:
+            return self._items.get(name) if isinstance(name, str) else None
+
+    def get(self, name: str) -> T:
+        """The item registered as ``name``; ValueError naming it and listing the known ones."""
+        item = self.lookup(name)
+        if item is None:
+            raise ValueError(f"{self.kind}: unknown name {name!r} (known: "
+                             f"{', '.join(self.names())})")
+        return item
+
+    def names(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(self._items)
+
+    def items(self) -> tuple[T, ...]:
+        with self._lock:
+            return tuple(self._items.values())
+
+
+OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer")
+"""The process-wide optimizer registry behind the functions below."""
 
 
 def register(spec: OptimizerSpec) -> OptimizerSpec:
-    if spec.name in _REGISTRY:
-        raise ValueError(f"optimizer {spec.name!r} is already registered")
-    _REGISTRY[spec.name] = spec
-    return spec
+    return OPTIMIZERS.add(spec.name, spec)
 
 
 def get(name: str) -> OptimizerSpec:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(names())
-        raise ValueError(f"optimizer: unknown name {name!r} (known: {known})") from None
+    return OPTIMIZERS.get(name)
 
 
 def names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+    return OPTIMIZERS.names()
 
 
 def specs() -> tuple[OptimizerSpec, ...]:
-    return tuple(_REGISTRY.values())
+    return OPTIMIZERS.items()
 
 
 def create(name: str, params: ParamsT, **hyperparameters: float) -> torch.optim.Optimizer:

@@ -2,35 +2,50 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
-from optimizers._fused import (
-    PARALLEL_MIN_NUMEL,
-    Implementation,
-    ParamsT,
-    check_betas,
-    check_number,
-    group_by_device_dtype,
+from optimizers._base import (
+    StepPaths,
+    compiled_rows,
+    foreach_buckets,
+    fused_adamw_direction,
+    use_torch_fused,
 )
+from optimizers._checks import Implementation, check_betas, check_number
 from optimizers._schedulefree import (
     ScheduleFreeOptimizer,
     StepScalars,
     foreach_move,
     inverse_sqrt_bias_correction,
     move,
-    working_copies,
+    schedulefree_kernels,
 )
+from optimizers._scratch import ScratchBuffers
+from optimizers.registry import ParamsT
 
 __all__ = ["ScheduleFreeAdamW"]
 
-# Devices whose ``torch._fused_adamw_`` the per-tensor loop uses for the Adam direction.
-_FUSED_ADAM_DEVICES = frozenset({"cpu", "cuda"})
+
+class AdamWHyper(NamedTuple):
+    """A group's scalars for one step."""
+
+    lr: float  # lr_t
+    weight_decay: float
+    c: float
+    y_lr: float
+    beta2: float
+    eps: float
+    step: int  # t, 1-based
+
+    def row(self) -> list[float]:
+        """``lr_t, wd, c, y_lr, b2, eps, 1/sqrt(1 - b2**t)``: the C kernel's and the compiled
+        step's floats."""
+        return [*self[:6], inverse_sqrt_bias_correction(self.beta2, self.step)]
 
 
-class ScheduleFreeAdamW(ScheduleFreeOptimizer):
+class ScheduleFreeAdamW(ScheduleFreeOptimizer[AdamWHyper]):
     r"""Schedule-free AdamW: Adam's normalised gradient steps on ``z``, evaluated at a running
     average ``x`` of the ``z``'s, with gradients taken at an interpolation ``y`` of the two. No
     learning-rate schedule and no training horizon: train at a constant lr (after the built-in
@@ -123,94 +138,85 @@ class ScheduleFreeAdamW(ScheduleFreeOptimizer):
         beta: float = group["betas"][0]
         return beta
 
-    def _row(self, group: dict[str, Any], scalars: StepScalars) -> list[float]:
-        """``lr_t, wd, c, y_lr, b2, eps, 1/sqrt(1 - b2**t)``."""
-        b2 = group["betas"][1]
-        return [scalars.lr, group["weight_decay"], scalars.c, scalars.y_lr, b2, group["eps"],
-                inverse_sqrt_bias_correction(b2, scalars.step)]
+    def _step_hyper(self, group: dict[str, Any], scalars: StepScalars) -> AdamWHyper:
+        return AdamWHyper(scalars.lr, group["weight_decay"], scalars.c, scalars.y_lr,
+                          group["betas"][1], group["eps"], scalars.step)
 
-    # -- "reference" ----------------------------------------------------------------------------
+    def _paths(self) -> StepPaths:
+        return _PATHS
 
-    def _reference(self, group: dict[str, Any], scalars: StepScalars, params: list[torch.Tensor],
-                   grads: list[torch.Tensor], states: list[list[torch.Tensor]]) -> None:
-        b2, eps, wd = group["betas"][1], group["eps"], group["weight_decay"]
-        bias_correction2 = 1.0 - b2**scalars.step
-        for p, grad, z, v in zip(params, grads, *states, strict=True):
-            y = p.to(z.dtype)
-            g = grad.to(z.dtype)
-            v.mul_(b2).add_((1 - b2) * g * g)
-            u = g / ((v / bias_correction2).sqrt() + eps) + wd * y
-            p.copy_((1 - scalars.c) * y + scalars.c * z + scalars.y_lr * u)
-            z.sub_(scalars.lr * u)
 
-    # -- "fast": per-tensor loop on scratch buffers (CPU tensors the kernel cannot take) --------
+# -- "reference" --------------------------------------------------------------------------------
 
-    def _loop(self, group: dict[str, Any], scalars: StepScalars, params: list[torch.Tensor],
-              grads: list[torch.Tensor], states: list[list[torch.Tensor]]) -> None:
-        b2, eps, wd = group["betas"][1], group["eps"], group["weight_decay"]
-        scratch = self._scratch
-        step_tensors: dict[torch.device, torch.Tensor] = {}
-        for p, grad, z, v in zip(params, grads, *states, strict=True):
-            dtype, device, shape = z.dtype, p.device, p.shape
-            y = scratch.working("param", p, dtype)
-            g = scratch.working("grad", grad, dtype)
-            s = scratch.get("update", shape, dtype, device)
-            if device.type in _FUSED_ADAM_DEVICES and (
-                device.type != "cpu" or p.numel() >= PARALLEL_MIN_NUMEL
-            ):
-                # s = -wd*y, then AdamW's fused kernel with lr=1, b1=0 (its m is then g) and no
-                # decay subtracts g / (sqrt(v / (1 - b2**t)) + eps) in the pass that updates v:
-                # s = -u in three passes instead of six.
-                if wd != 0:
-                    torch.mul(y, -wd, out=s)
-                else:
-                    s.zero_()
-                step_t = step_tensors.get(device)
-                if step_t is None:
-                    step_t = torch.tensor(float(scalars.step), dtype=torch.float32, device=device)
-                    step_tensors[device] = step_t
-                # The kernel reads its m (b1 * m) before overwriting it with g: zeros, not what
-                # the scratch buffer held (uninitialised memory, or a NaN of an earlier step).
-                m = scratch.get("momentum", shape, dtype, device).zero_()
-                torch._fused_adamw_(
-                    [s], [g], [m], [v], [], [step_t],
-                    lr=1.0, beta1=0.0, beta2=b2, weight_decay=0.0, eps=eps,
-                    amsgrad=False, maximize=False,
-                )  # fmt: skip
-                sign = -1.0
-            else:
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                torch.sqrt(v, out=s)
-                s.mul_(inverse_sqrt_bias_correction(b2, scalars.step)).add_(eps)
-                torch.div(g, s, out=s)
-                if wd != 0:
-                    s.add_(y, alpha=wd)
-                sign = 1.0
-            move(p, y, z, s, scalars, sign)
 
-    # -- "fast": foreach ops (CUDA; small CPU tensors) ------------------------------------------
+def adamw_reference(
+    params: list[torch.Tensor], grads: list[torch.Tensor], zs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor], hp: AdamWHyper,
+) -> None:
+    lr, weight_decay, c, y_lr, beta2, eps, step = hp
+    bias_correction2 = 1.0 - beta2**step
+    for p, grad, z, v in zip(params, grads, zs, exp_avg_sqs, strict=True):
+        y = p.to(z.dtype)
+        g = grad.to(z.dtype)
+        v.mul_(beta2).add_((1 - beta2) * g * g)
+        u = g / ((v / bias_correction2).sqrt() + eps) + weight_decay * y
+        p.copy_((1 - c) * y + c * z + y_lr * u)
+        z.sub_(lr * u)
 
-    def _foreach(self, group: dict[str, Any], scalars: StepScalars, params: list[torch.Tensor],
-                 grads: list[torch.Tensor], states: list[list[torch.Tensor]]) -> None:
-        b2, eps, wd = group["betas"][1], group["eps"], group["weight_decay"]
-        zs_all, vs_all = states
-        for idx in group_by_device_dtype(range(len(params)), params).values():
-            zs = [zs_all[i] for i in idx]
-            vs = [vs_all[i] for i in idx]
-            ps = [params[i] for i in idx]
-            ys, gs = working_copies(ps, [grads[i] for i in idx], zs[0].dtype)
-            torch._foreach_mul_(vs, b2)
-            torch._foreach_addcmul_(vs, gs, gs, 1 - b2)
-            denom = list(torch._foreach_sqrt(vs))
-            torch._foreach_mul_(denom, inverse_sqrt_bias_correction(b2, scalars.step))
-            torch._foreach_add_(denom, eps)
-            u = list(torch._foreach_div(gs, denom))
+
+# -- "fast": per-tensor loop on scratch buffers (CPU tensors the kernel cannot take) ------------
+
+
+def adamw_loop(
+    params: list[torch.Tensor], grads: list[torch.Tensor], zs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor], hp: AdamWHyper, *, scratch: ScratchBuffers,
+) -> None:
+    _, wd, _, _, beta2, eps, step = hp
+    step_tensors: dict[torch.device, torch.Tensor] = {}
+    for p, grad, z, v in zip(params, grads, zs, exp_avg_sqs, strict=True):
+        dtype, device, shape = z.dtype, p.device, p.shape
+        y = scratch.working("param", p, dtype)
+        g = scratch.working("grad", grad, dtype)
+        s = scratch.get("update", shape, dtype, device)
+        if use_torch_fused(p):
+            # AdamW's fused kernel with b1=0 (its m is then g): s = -u, that is
+            # -(g / (sqrt(v / (1 - b2**t)) + eps) + wd*y), in three passes instead of six. The
+            # kernel reads its m (b1 * m) before overwriting it with g: zeros, not what the
+            # scratch buffer held (uninitialised memory, or a NaN of an earlier step).
+            m = scratch.get("momentum", shape, dtype, device).zero_()
+            fused_adamw_direction(s, y, g, m, v, beta1=0.0, beta2=beta2, eps=eps,
+                                  weight_decay=wd, step_tensors=step_tensors, step=step)
+            sign = -1.0
+        else:
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            torch.sqrt(v, out=s)
+            s.mul_(inverse_sqrt_bias_correction(beta2, step)).add_(eps)
+            torch.div(g, s, out=s)
             if wd != 0:
-                torch._foreach_add_(u, ys, alpha=wd)
-            foreach_move(ps, ys, zs, u, scalars)
+                s.add_(y, alpha=wd)
+            sign = 1.0
+        move(p, y, z, s, hp, sign)
 
-    def _compiled_body(self) -> Callable[..., None]:
-        return _fused_body
+
+# -- "fast": foreach ops (CUDA; small CPU tensors) ----------------------------------------------
+
+
+def adamw_foreach(
+    params: list[torch.Tensor], grads: list[torch.Tensor], zs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor], hp: AdamWHyper,
+) -> None:
+    _, weight_decay, _, _, beta2, eps, step = hp
+    for bucket in foreach_buckets(params, grads, zs, exp_avg_sqs):
+        vs, gs = bucket.states[1], bucket.grads
+        torch._foreach_mul_(vs, beta2)
+        torch._foreach_addcmul_(vs, gs, gs, 1 - beta2)
+        denom = list(torch._foreach_sqrt(vs))
+        torch._foreach_mul_(denom, inverse_sqrt_bias_correction(beta2, step))
+        torch._foreach_add_(denom, eps)
+        u = list(torch._foreach_div(gs, denom))
+        if weight_decay != 0:
+            torch._foreach_add_(u, bucket.xs, alpha=weight_decay)
+        foreach_move(bucket, u, hp)
 
 
 def _fused_body(
@@ -219,7 +225,7 @@ def _fused_body(
     scalars: torch.Tensor,
 ) -> None:
     """One step for all groups; traced by ``torch.compile`` (never run eagerly). ``groups[j]`` is
-    ``(params, grads, zs, exp_avg_sqs)``, ``scalars[j]`` ``ScheduleFreeAdamW._row`` of group
+    ``(params, grads, zs, exp_avg_sqs)``, ``scalars[j]`` the ``AdamWHyper.row()`` of group
     ``j``."""
     for j, (params, grads, zs, vs) in enumerate(groups):
         for p, grad, z, v in zip(params, grads, zs, vs, strict=True):
@@ -233,3 +239,7 @@ def _fused_body(
             p.copy_(y + c * (z - y) + y_lr * u)
             z.copy_(z - lr * u)
             v.copy_(v_new)
+
+
+_PATHS = StepPaths(reference=adamw_reference, foreach=adamw_foreach, loop=adamw_loop,
+                   kernels=schedulefree_kernels, compiled=compiled_rows(_fused_body))

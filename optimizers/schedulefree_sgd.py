@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
-from optimizers._fused import Implementation, ParamsT, group_by_device_dtype
+from optimizers._base import StepPaths, compiled_rows, foreach_buckets
+from optimizers._checks import Implementation
 from optimizers._schedulefree import (
     ScheduleFreeOptimizer,
     StepScalars,
     foreach_move,
     move,
-    working_copies,
+    schedulefree_kernels,
 )
+from optimizers._scratch import ScratchBuffers
+from optimizers.registry import ParamsT
 
 __all__ = ["ScheduleFreeSGD"]
 
 
-class ScheduleFreeSGD(ScheduleFreeOptimizer):
+class SGDHyper(NamedTuple):
+    """A group's scalars for one step."""
+
+    lr: float  # lr_t
+    weight_decay: float
+    c: float
+    y_lr: float
+
+    def row(self) -> list[float]:
+        """``lr_t, wd, c, y_lr``: the C kernel's and the compiled step's floats."""
+        return list(self)
+
+
+class ScheduleFreeSGD(ScheduleFreeOptimizer[SGDHyper]):
     r"""Schedule-free SGD: plain gradient steps on ``z``, evaluated at a running average ``x`` of
     the ``z``'s, with gradients taken at an interpolation ``y`` of the two; the interpolation
     plays the part of momentum. No learning-rate schedule and no training horizon.
@@ -86,45 +101,45 @@ class ScheduleFreeSGD(ScheduleFreeOptimizer):
         beta: float = group["momentum"]
         return beta
 
-    def _row(self, group: dict[str, Any], scalars: StepScalars) -> list[float]:
-        """``lr_t, wd, c, y_lr``."""
-        return [scalars.lr, group["weight_decay"], scalars.c, scalars.y_lr]
+    def _step_hyper(self, group: dict[str, Any], scalars: StepScalars) -> SGDHyper:
+        return SGDHyper(scalars.lr, group["weight_decay"], scalars.c, scalars.y_lr)
 
-    def _reference(self, group: dict[str, Any], scalars: StepScalars, params: list[torch.Tensor],
-                   grads: list[torch.Tensor], states: list[list[torch.Tensor]]) -> None:
-        wd = group["weight_decay"]
-        for p, grad, z in zip(params, grads, states[0], strict=True):
-            y = p.to(z.dtype)
-            u = grad.to(z.dtype) + wd * y
-            p.copy_((1 - scalars.c) * y + scalars.c * z + scalars.y_lr * u)
-            z.sub_(scalars.lr * u)
+    def _paths(self) -> StepPaths:
+        return _PATHS
 
-    def _loop(self, group: dict[str, Any], scalars: StepScalars, params: list[torch.Tensor],
-              grads: list[torch.Tensor], states: list[list[torch.Tensor]]) -> None:
-        wd = group["weight_decay"]
-        scratch = self._scratch
-        for p, grad, z in zip(params, grads, states[0], strict=True):
-            y = scratch.working("param", p, z.dtype)
-            u = scratch.working("grad", grad, z.dtype)
-            if wd != 0:
-                s = scratch.get("update", p.shape, z.dtype, p.device)
-                torch.add(u, y, alpha=wd, out=s)
-                u = s
-            move(p, y, z, u, scalars)
 
-    def _foreach(self, group: dict[str, Any], scalars: StepScalars, params: list[torch.Tensor],
-                 grads: list[torch.Tensor], states: list[list[torch.Tensor]]) -> None:
-        wd = group["weight_decay"]
-        for idx in group_by_device_dtype(range(len(params)), params).values():
-            zs = [states[0][i] for i in idx]
-            ps = [params[i] for i in idx]
-            ys, us = working_copies(ps, [grads[i] for i in idx], zs[0].dtype)
-            if wd != 0:
-                us = list(torch._foreach_add(us, ys, alpha=wd))
-            foreach_move(ps, ys, zs, us, scalars)
+def sgd_reference(
+    params: list[torch.Tensor], grads: list[torch.Tensor], zs: list[torch.Tensor], hp: SGDHyper
+) -> None:
+    for p, grad, z in zip(params, grads, zs, strict=True):
+        y = p.to(z.dtype)
+        u = grad.to(z.dtype) + hp.weight_decay * y
+        p.copy_((1 - hp.c) * y + hp.c * z + hp.y_lr * u)
+        z.sub_(hp.lr * u)
 
-    def _compiled_body(self) -> Callable[..., None]:
-        return _fused_body
+
+def sgd_loop(
+    params: list[torch.Tensor], grads: list[torch.Tensor], zs: list[torch.Tensor], hp: SGDHyper,
+    *, scratch: ScratchBuffers,
+) -> None:
+    for p, grad, z in zip(params, grads, zs, strict=True):
+        y = scratch.working("param", p, z.dtype)
+        u = scratch.working("grad", grad, z.dtype)
+        if hp.weight_decay != 0:
+            s = scratch.get("update", p.shape, z.dtype, p.device)
+            torch.add(u, y, alpha=hp.weight_decay, out=s)
+            u = s
+        move(p, y, z, u, hp)
+
+
+def sgd_foreach(
+    params: list[torch.Tensor], grads: list[torch.Tensor], zs: list[torch.Tensor], hp: SGDHyper
+) -> None:
+    for bucket in foreach_buckets(params, grads, zs):
+        us = bucket.grads
+        if hp.weight_decay != 0:
+            us = list(torch._foreach_add(us, bucket.xs, alpha=hp.weight_decay))
+        foreach_move(bucket, us, hp)
 
 
 def _fused_body(
@@ -132,7 +147,7 @@ def _fused_body(
     scalars: torch.Tensor,
 ) -> None:
     """One step for all groups; traced by ``torch.compile`` (never run eagerly). ``groups[j]`` is
-    ``(params, grads, zs)``, ``scalars[j]`` ``ScheduleFreeSGD._row`` of group ``j``."""
+    ``(params, grads, zs)``, ``scalars[j]`` the ``SGDHyper.row()`` of group ``j``."""
     for j, (params, grads, zs) in enumerate(groups):
         for p, grad, z in zip(params, grads, zs, strict=True):
             sc = scalars[j].to(z.dtype)
@@ -141,3 +156,7 @@ def _fused_body(
             u = grad.to(z.dtype) + wd * y
             p.copy_(y + c * (z - y) + y_lr * u)
             z.copy_(z - lr * u)
+
+
+_PATHS = StepPaths(reference=sgd_reference, foreach=sgd_foreach, loop=sgd_loop,
+                   kernels=schedulefree_kernels, compiled=compiled_rows(_fused_body))

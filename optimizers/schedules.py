@@ -47,7 +47,7 @@ from typing import Any, Literal, Protocol, TypeAlias, cast, get_args
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from optimizers._fused import check_steps
+from optimizers._checks import check_steps
 
 __all__ = [
     "DECAY_SHAPES",

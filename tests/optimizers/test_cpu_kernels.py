@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from optimizers import Lamb, Lion, ScheduleFreeAdamW, ScheduleFreeSGD, _cpu_kernels
-from optimizers._fused import PARALLEL_MIN_NUMEL, Implementation, cpu_kernel_split
+from optimizers._base import PARALLEL_MIN_NUMEL, cpu_kernel_split
+from optimizers._checks import Implementation
 from tests.optimizers.test_lamb_lion import assert_rel_close
 
 

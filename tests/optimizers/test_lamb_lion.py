@@ -17,8 +17,9 @@ import pytest
 import torch
 
 import optimizers
-from optimizers import Lamb, Lion, _cpu_kernels, _fused
-from optimizers._fused import PARALLEL_MIN_NUMEL, Implementation
+from optimizers import Lamb, Lion, _compiled, _cpu_kernels
+from optimizers._base import PARALLEL_MIN_NUMEL
+from optimizers._checks import Implementation
 
 # Mixed shapes; the last weight is large enough for the multi-threaded fast-path kernels
 # (>= PARALLEL_MIN_NUMEL elements), the last bias starts at zero (||p|| = 0: trust ratio 1).
@@ -409,7 +410,7 @@ def test_fused_step_does_not_recompile_when_lr_or_step_change(
         (lion_builder("fused"), {"lr": 1e-3, "weight_decay": 0.5}, LION_BIAS_HP, None),
     ):
         _, opt = run(build, hp, bias_hp, grads[:1], dtype=torch.float32, grouping=grouping)
-        compiled = dict(_fused._COMPILED)
+        compiled = dict(_compiled._COMPILED)
         with torch._dynamo.config.patch(error_on_recompile=True):
             for step_grads in grads[1:]:
                 for group in opt.param_groups:
@@ -419,7 +420,7 @@ def test_fused_step_does_not_recompile_when_lr_or_step_change(
                 for p, g in zip(flat, step_grads, strict=True):
                     p.grad = g.float()
                 opt.step()
-        assert dict(_fused._COMPILED) == compiled  # no new compiled step either
+        assert dict(_compiled._COMPILED) == compiled  # no new compiled step either
 
 
 # ------------------------------------------------------------------------------------------------

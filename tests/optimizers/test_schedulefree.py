@@ -24,7 +24,8 @@ import torch
 
 import optimizers
 from optimizers import ScheduleFreeAdamW, ScheduleFreeSGD, _cpu_kernels
-from optimizers._fused import PARALLEL_MIN_NUMEL, Implementation
+from optimizers._base import PARALLEL_MIN_NUMEL
+from optimizers._checks import Implementation
 from tests.optimizers.test_lamb_lion import assert_rel_close, rel_close
 
 # Odd sizes; one tensor large enough for the kernels' and the loop's multi-threaded paths.

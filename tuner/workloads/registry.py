@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from collections.abc import Iterable
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, TypeVar
 
+from optimizers.registry import Registry
 from tuner.task import TaskDescription
 from tuner.workloads.base import Workload
 
@@ -75,20 +75,20 @@ def workload_from_entry_point(entry_point: EntryPoint) -> Workload:
     return workload
 
 
-class WorkloadRegistry:
-    """Workloads by name. ``group`` (None: none) is the entry-point group loaded on first query."""
+class WorkloadRegistry(Registry[Workload]):
+    """Workloads by name (``optimizers.registry.Registry``, plus validation and entry points).
+    ``group`` (None: none) is the entry-point group loaded on first query."""
 
     def __init__(
         self, builtins: Iterable[type[Workload] | Workload] = (),
         *, group: str | None = ENTRY_POINT_GROUP,
     ) -> None:
-        self._lock = threading.RLock()
-        self._workloads: dict[str, Workload] = {}
+        super().__init__("workload")
         self._group = group
         self._entry_points_loaded = group is None
         for item in builtins:
             self.register(item)
-        self._builtin = frozenset(self._workloads)
+        self._builtin = frozenset(self._items)
 
     # registration -------------------------------------------------------------------------
 
@@ -101,12 +101,12 @@ class WorkloadRegistry:
         workload = _instantiate(item, "register_workload")
         validate(workload)
         with self._lock:
-            existing = self._workloads.get(workload.name)
+            existing = self._items.get(workload.name)
             if existing is not None and not _same(existing, workload):
                 raise ValueError(f"workload {workload.name!r} is already registered "
                                  f"({type(existing).__module__}.{type(existing).__qualname__})")
             if existing is None:
-                self._workloads[workload.name] = workload
+                self.add(workload.name, workload)
         return item
 
     def load_entry_points(self, eps: Iterable[EntryPoint] | None = None) -> tuple[str, ...]:
@@ -134,14 +134,14 @@ class WorkloadRegistry:
                 logger.warning("workload entry point %r registers workload %r (its name)",
                                ep.name, workload.name)
             with self._lock:
-                existing = self._workloads.get(workload.name)
+                existing = self._items.get(workload.name)
                 if existing is not None and not _same(existing, workload):
                     kind = "built-in" if workload.name in self._builtin else "registered"
                     logger.warning("skipping workload entry point %r (%s): name %r clashes with "
                                    "a %s workload", ep.name, ep.value, workload.name, kind)
                     continue
                 if existing is None:
-                    self._workloads[workload.name] = workload
+                    self.add(workload.name, workload)
                     added.append(workload.name)
         return tuple(added)
 
@@ -156,26 +156,20 @@ class WorkloadRegistry:
 
     # queries ------------------------------------------------------------------------------
 
-    def get(self, name: str) -> Workload:
-        """The workload registered as ``name``; ValueError naming it and listing the known ones."""
+    def lookup(self, name: str) -> Workload | None:
         self._ensure_loaded()
-        with self._lock:
-            workload = self._workloads.get(name) if isinstance(name, str) else None
-            if workload is None:
-                raise ValueError(
-                    f"workload: unknown name {name!r} (known: {', '.join(self._workloads)})"
-                )
-            return workload
+        return super().lookup(name)
 
     def names(self) -> tuple[str, ...]:
         self._ensure_loaded()
-        with self._lock:
-            return tuple(self._workloads)
+        return super().names()
+
+    def items(self) -> tuple[Workload, ...]:
+        self._ensure_loaded()
+        return super().items()
 
     def workloads(self) -> tuple[Workload, ...]:
-        self._ensure_loaded()
-        with self._lock:
-            return tuple(self._workloads.values())
+        return self.items()
 
     def is_builtin(self, name: str) -> bool:
         return name in self._builtin
