@@ -4,6 +4,7 @@ cancelled jobs, and requests with ``use_history: false`` do not."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -223,3 +224,47 @@ def test_the_migration_copies_completed_jobs_into_the_history(database_url: str)
                 sa.table("jobs"))) == 1
     finally:
         engine.dispose()
+
+
+def test_the_cli_recommends_with_a_databases_history(
+        migrated_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
+
+    engine = create_engine_for(migrated_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            import_outcomes(session, [outcome("past", "team-a")])
+    finally:
+        engine.dispose()
+    flags = ["recommend", "--family", "mlp", "--params", "2e4", "--dataset-size", "1500",
+             "--batch-size", "64", "--json"]
+    assert main([*flags, "--db", migrated_url, "--namespace", "team-a"]) == 0
+    learned = json.loads(capsys.readouterr().out)
+    assert _job_evidence(learned) == {"past"}
+    assert main([*flags, "--db", migrated_url]) == 0  # the default namespace: nothing to learn
+    assert _job_evidence(json.loads(capsys.readouterr().out)) == set()
+    assert main([*flags, "--namespace", "team-a"]) == 2
+    assert "--namespace goes with --db" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main([*flags, "--db", migrated_url, "--namespace", "Team A"])
+    assert exit_.value.code == 2 and "namespace 'Team A'" in capsys.readouterr().err
+
+
+def test_the_client_sends_the_history_fields_only_when_asked() -> None:
+    import httpx
+
+    from service.client import OptpilotClient
+
+    sent: list[dict[str, Any]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json={"id": "x"})
+
+    with OptpilotClient("http://optpilot.test", transport=httpx.MockTransport(answer)) as client:
+        client.recommend(TASK)
+        client.recommend(TASK, namespace="team-a", use_history=False)
+        client.create_job(n_trials=2, task=TASK, namespace="team-a")
+    assert "namespace" not in sent[0] and "use_history" not in sent[0]
+    assert sent[1]["namespace"] == "team-a" and sent[1]["use_history"] is False
+    assert sent[2]["namespace"] == "team-a" and "use_history" not in sent[2]
