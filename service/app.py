@@ -24,6 +24,7 @@ from service.core import db, errors, metrics
 from service.core.limits import BodySizeLimitMiddleware
 from service.core.route_templates import RouteTemplates
 from service.core.settings import Settings, get_settings
+from service.jobs.history import HistoryPools
 from service.runners.sweeper import LeaseSweeper
 
 logger = logging.getLogger("optpilot.service")
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.sessionmaker = db.make_sessionmaker(bound)
     app.state.schema_head = db.head_revision()
     app.state.metrics = metrics.Metrics(bound)
+    app.state.history = HistoryPools()  # the namespaces' evidence pools (service.jobs.history)
     app.state.route_templates = RouteTemplates(app)  # a 405's Allow header (service.core.errors)
 
     errors.install(app)

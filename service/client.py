@@ -186,6 +186,14 @@ def _reason(text: str) -> str:
     return clean[: MAX_REASON_CHARS - 1] + "…" if len(clean) > MAX_REASON_CHARS else clean
 
 
+def _history_fields(namespace: str | None, use_history: bool) -> dict[str, Any]:
+    """The request's history fields, only where they differ from the server's defaults."""
+    fields: dict[str, Any] = {} if use_history else {"use_history": False}
+    if namespace is not None:
+        fields["namespace"] = namespace
+    return fields
+
+
 def _task_json(task: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
     if isinstance(task, BaseModel):
         return task.model_dump(mode="json")
@@ -333,13 +341,15 @@ class OptpilotClient:
         out: list[Json] = self._json("GET", "/v1/workloads", idempotent=True)["items"]
         return out
 
-    def recommend(self, task: Mapping[str, Any] | BaseModel, top_k: int = 3) -> Json:
+    def recommend(self, task: Mapping[str, Any] | BaseModel, top_k: int = 3, *,
+                  namespace: str | None = None, use_history: bool = True) -> Json:
         """Ranked optimizers with hyperparameter priors and rationale for a task description
-        (a dict or ``tuner.task.TaskDescription``). Retried safely: the answer is a function of
-        the task; a repeat only stores the same recommendation again."""
-        out: Json = self._json("POST", "/v1/recommendations",
-                               json={"task": _task_json(task), "top_k": top_k},
-                               idempotent=True)
+        (a dict or ``tuner.task.TaskDescription``), learning from the finished jobs of
+        ``namespace`` (the server's default one when None) unless ``use_history`` is false.
+        Retried safely: a repeat only stores the same recommendation again."""
+        body: dict[str, Any] = {"task": _task_json(task), "top_k": top_k,
+                                **_history_fields(namespace, use_history)}
+        out: Json = self._json("POST", "/v1/recommendations", json=body, idempotent=True)
         return out
 
     # -- jobs --
@@ -348,10 +358,14 @@ class OptpilotClient:
                    task: Mapping[str, Any] | BaseModel | None = None,
                    optimizers: Sequence[str] | None = None, seed: int | None = None,
                    pruner: Literal["median", "hyperband", "none"] = "median",
-                   timeout_s: float | None = None, max_retries: int | None = None) -> Json:
+                   timeout_s: float | None = None, max_retries: int | None = None,
+                   namespace: str | None = None, use_history: bool = True) -> Json:
         """Launch a tuning job: server-side trials of ``workload``, or (``workload=None``, with a
-        ``task``) trials you evaluate yourself through :meth:`trials`. Returns the queued job."""
-        body: dict[str, Any] = {"workload": workload, "n_trials": n_trials, "pruner": pruner}
+        ``task``) trials you evaluate yourself through :meth:`trials`. It learns from the
+        finished jobs of ``namespace`` unless ``use_history`` is false, and adds itself to them
+        when it completes. Returns the queued job."""
+        body: dict[str, Any] = {"workload": workload, "n_trials": n_trials, "pruner": pruner,
+                                **_history_fields(namespace, use_history)}
         if task is not None:
             body["task"] = _task_json(task)
         if optimizers is not None:

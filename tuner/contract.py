@@ -5,10 +5,11 @@ Study user attributes (``STUDY_*``) carry what any process needs to run the stud
 search plan, the workload, the task, the budget, the seed, the pruner, the epochs; the service
 adds the job id. Trial user attributes (``TRIAL_*``) record the sampled configuration (optimizer,
 flat hyperparameters, lr schedule), how the trial ended (reason, traceback, seconds) and where it
-ran (device, worker, ask/tell client). The retry chain lives in system attributes, as Optuna's
-``RetryFailedTrialCallback`` writes it: ``failed_trial`` (the chain's first trial) and
-``retry_history`` (every number before this one); Optuna's ``enqueue_trial`` keeps a waiting
-trial's parameters in ``fixed_params``.
+ran (device, worker, ask/tell client), and where its configuration came from (``source``: the
+rules' warm start, a past job's best, or the sampler). The retry chain lives in system
+attributes, as Optuna's ``RetryFailedTrialCallback`` writes it: ``failed_trial`` (the chain's
+first trial) and ``retry_history`` (every number before this one); Optuna's ``enqueue_trial``
+keeps a waiting trial's parameters in ``fixed_params``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ TRIAL_DEVICE: Final = "device"
 TRIAL_SECONDS: Final = "seconds"
 TRIAL_WORKER: Final = "worker"
 TRIAL_CLIENT: Final = "client_id"
+TRIAL_SOURCE: Final = "source"  # where the configuration came from: SOURCE_RULES, ...
+
+SOURCE_RULES: Final = "rules"  # the prior's warm start (defaults and lr ladder)
+SOURCE_HISTORY: Final = "history"  # a past job's best, as "history:<job id>"
+SOURCE_SAMPLER: Final = "sampler"  # sampled by Optuna's sampler
 
 OPTIMIZER_PARAM: Final = "optimizer"  # the categorical parameter a plan samples first
 RETRY_OF: Final = "failed_trial"
@@ -67,6 +73,16 @@ def trial_schedule(trial: FrozenTrial) -> dict[str, Any] | None:
     """A recorded trial's schedule as JSON fields; None for trials recorded without one."""
     recorded = trial.user_attrs.get(TRIAL_SCHEDULE)
     return dict(recorded) if isinstance(recorded, dict) else None
+
+
+def history_source(job_id: str) -> str:
+    return f"{SOURCE_HISTORY}:{job_id}"
+
+
+def trial_source(trial: FrozenTrial) -> str:
+    """Where the trial's configuration came from: ``rules``, ``history:<job id>`` or
+    ``sampler`` (also for trials recorded before sources were)."""
+    return str(trial.user_attrs.get(TRIAL_SOURCE) or SOURCE_SAMPLER)
 
 
 def trial_reason(trial: FrozenTrial) -> str | None:

@@ -61,6 +61,9 @@ from tuner.rules import (
     BASE_REFERENCE,
     BASE_WEIGHTS,
     DEFAULT_BASE_WEIGHT,
+    EVIDENCE_LR_AGREEMENT,
+    EVIDENCE_LR_HALF_WIDTH,
+    EVIDENCE_LR_MARGIN,
     EVIDENCE_LR_PSEUDOCOUNT,
     EVIDENCE_PER_CANDIDATE,
     EVIDENCE_SCHEDULE_PSEUDOCOUNT,
@@ -338,6 +341,11 @@ def rules_lr(task: TaskDescription, optimizer: str) -> float | None:
 # --------------------------------------------------------------------------------------------
 
 
+def carried_lr(task: TaskDescription, record: EvidenceRecord) -> float | None:
+    """The record's lr carried to ``task`` by the rules' laws (None without an lr)."""
+    return _carried_lr(rules_lr(task, record.optimizer), record)
+
+
 def _carried_lr(here: float | None, record: EvidenceRecord) -> float | None:
     """The record's lr carried to a task whose rules' lr is ``here``: times the ratio of the
     rules' lrs between the two tasks."""
@@ -355,24 +363,29 @@ def _cite(scored: Scored, lr_for_task: float | None) -> Evidence:
         similarity=round(scored.similarity, 4), weight=round(scored.weight, 4),
         optimizer=r.optimizer, lr=r.lr, batch_size=r.task.batch_size, outcome=r.outcome,
         lr_for_task=lr_for_task, schedule=r.schedule,
+        standing=round(r.standing, 4) if r.source == "job" else None,
     )
 
 
 def _used(record: EvidenceRecord) -> str:
     batch = f", batch {record.task.batch_size}" if record.task.batch_size else ""
     lr = f" at lr {record.lr:.3g}" if record.lr is not None else ""
-    where = record.citation if record.citation is not None else f"job {record.job_id}"
-    return f"{record.label} ({where}) used {record.optimizer}{lr}{batch}"
+    if record.source == "job":
+        return (f"{record.label} (job {record.job_id}) used {record.optimizer}{lr}{batch}: "
+                f"{record.outcome}")
+    return f"{record.label} ({record.citation}) used {record.optimizer}{lr}{batch}"
 
 
 @dataclass(frozen=True)
 class _EvidenceScores:
     """The evidence step on scores: each optimizer's evidence weight ``E`` (the summed weights
-    of the similar records that used it) multiplies its score by ``exp(EVIDENCE_SCORE_RATE * E)``.
+    of the similar records that used it, each times its standing: 1 for a published choice or a
+    job's winner, less for an optimizer that lost in its job) multiplies its score by
+    ``exp(EVIDENCE_SCORE_RATE * E)``.
 
     Read as a Bayesian update: every similar record is an observation of which optimizer was
-    chosen for a task like this one, tempered by its weight; the rules' scores are the prior.
-    Optimizers nobody similar used keep their rules' order among themselves."""
+    chosen (or won) for a task like this one, tempered by its weight; the rules' scores are the
+    prior. Optimizers nobody similar used keep their rules' order among themselves."""
 
     scored: list[Scored]
     total_weight: float
@@ -386,7 +399,8 @@ class _EvidenceScores:
         weight_of: dict[str, float] = {}
         count: dict[str, int] = {}
         for s in scored:
-            weight_of[s.record.optimizer] = weight_of.get(s.record.optimizer, 0.0) + s.weight
+            vote = s.weight * s.record.standing
+            weight_of[s.record.optimizer] = weight_of.get(s.record.optimizer, 0.0) + vote
             count[s.record.optimizer] = count.get(s.record.optimizer, 0) + 1
         return cls(scored, math.fsum(s.weight for s in scored), weight_of, count)
 
@@ -426,10 +440,11 @@ def _lr_evidence(
     entries: list[Evidence] = []
     closest: Scored | None = None
     logs: list[tuple[float, float]] = []  # (weight, log carried lr)
-    for s in scored:
+    related = [s for s in scored if s.record.optimizer == name
+               or lr_group(s.record.optimizer) == group]
+    # most similar first; among equally similar ones, this optimizer's own first
+    for s in sorted(related, key=lambda s: (-s.similarity, s.record.optimizer != name)):
         r = s.record
-        if r.optimizer != name and lr_group(r.optimizer) != group:
-            continue
         closest = closest or s
         carried = _carried_lr(here, r)
         if len(entries) < EVIDENCE_PER_CANDIDATE:
@@ -441,6 +456,8 @@ def _lr_evidence(
     if closest is not None:
         lines.append(f"closest {closest.record.source}: {_used(closest.record)} (similarity "
                      f"{closest.similarity:.2f})")
+    measured = [(s.weight, carried) for s in scored if s.record.optimizer == name
+                and (carried := _carried_lr(here, s.record)) is not None]
     lr = priors.get("lr")
     if logs and lr is not None:
         total = math.fsum(w for w, _ in logs)
@@ -454,7 +471,44 @@ def _lr_evidence(
                 f"the rules' laws, weighted geometric mean {target:.3g} (weight {total:.2f}, "
                 f"move m = w/(w+{EVIDENCE_LR_PSEUDOCOUNT:g}) = {m:.2f} of the way in log) "
                 f"[{change}]")
+    if measured and lr is not None:
+        line = _lr_range_from_evidence(priors, measured)
+        if line:
+            lines.append(line)
     return entries, lines
+
+
+def _lr_range_from_evidence(priors: _Priors, measured: list[tuple[float, float]]) -> str | None:
+    """Reshape the lr range with the similar records' lrs of this optimizer carried to the task
+    (``(weight, lr)``): widened to ``EVIDENCE_LR_MARGIN`` beyond any that lies outside it,
+    narrowed towards ``EVIDENCE_LR_HALF_WIDTH`` decades around the default when they agree
+    (``tuner.rules``)."""
+    p = priors["lr"]
+    total = math.fsum(w for w, _ in measured)
+    logs = [(w, math.log10(x)) for w, x in measured]
+    mean = math.fsum(w * x for w, x in logs) / total
+    spread = math.sqrt(math.fsum(w * (x - mean) ** 2 for w, x in logs) / total)
+    low_seen = min(x for _, x in measured) / EVIDENCE_LR_MARGIN
+    high_seen = max(x for _, x in measured) * EVIDENCE_LR_MARGIN
+    low, high = min(p.low, low_seen), max(p.high, high_seen)
+    how = []
+    if low < p.low or high > p.high:
+        how.append("one lies outside the range: widened to cover it")
+    if total >= 1.0 and spread <= EVIDENCE_LR_AGREEMENT:
+        m = total / (total + EVIDENCE_LR_PSEUDOCOUNT)
+        band = 10.0 ** EVIDENCE_LR_HALF_WIDTH
+        narrow_low, narrow_high = p.default / band, p.default * band
+        if narrow_low > low:
+            low = min(low_seen, low ** (1.0 - m) * narrow_low ** m)
+        if narrow_high < high:
+            high = max(high_seen, high ** (1.0 - m) * narrow_high ** m)
+        how.append(f"they agree (spread {spread:.2f} decades, weight {total:.2f}): narrowed "
+                   f"m = {m:.2f} of the way to +-{EVIDENCE_LR_HALF_WIDTH:g} decades")
+    change = _set(priors, "lr", (p.default, low, high))
+    if not change:
+        return None
+    return (f"lr range from {len(measured)} similar training(s)' lrs carried to this task: "
+            f"{'; '.join(how)} [{change}]")
 
 
 # --------------------------------------------------------------------------------------------

@@ -219,6 +219,15 @@ EVIDENCE_PER_CANDIDATE: Final = 3  # evidence entries shown per candidate
 # the time at 0 and 0.1, 39% at 0.25, 38% at 0.5, 35% at 1 (36% with the rules alone): the
 # similar trainings know better than the rules; 0.1 keeps the faintest ones from overruling them.
 EVIDENCE_SCHEDULE_PSEUDOCOUNT: Final = 0.1
+# The lrs of similar records of the same optimizer (tuner.prior), carried to the task, also
+# reshape its lr range: one outside the range widens it to EVIDENCE_LR_MARGIN beyond (the range
+# was wrong there); lrs that agree (weighted spread at most EVIDENCE_LR_AGREEMENT decades,
+# summed weight at least 1) pull each side towards EVIDENCE_LR_HALF_WIDTH decades around the
+# default, by w / (w + EVIDENCE_LR_PSEUDOCOUNT). On the published table this changes no figure
+# of bench/recommend_accuracy.py; on past jobs, bench/transfer.py measures it.
+EVIDENCE_LR_MARGIN: Final = 2.0
+EVIDENCE_LR_AGREEMENT: Final = 0.25
+EVIDENCE_LR_HALF_WIDTH: Final = 0.5
 
 
 def lr_group(optimizer: str) -> str:

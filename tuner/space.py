@@ -54,9 +54,12 @@ import optuna
 import optimizers
 from optimizers.registry import HYPERPARAMETER_BOUNDS, HyperparameterPrior
 from optimizers.schedules import Schedule
-from tuner.contract import OPTIMIZER_PARAM
+from tuner.contract import OPTIMIZER_PARAM, SOURCE_RULES, history_source
 from tuner.rules import FINAL_LR_FRACTION_RANGE, WARMUP_FRACTION_RANGE, WSD_DECAY_SHAPES
 
+# Past jobs' best configurations a new job tries first (SearchPlan.start_points). Measured on
+# bench/transfer.py's zoo of generated tasks.
+HISTORY_STARTS = 2
 COMPLEMENT_PREFIX = "one_minus_"
 LR_HEADROOM = 3.0  # the searched lr range ends this many times above the prior's high end
 # Warm-start lr multiples of the default: the first rung before the other candidates' defaults,
@@ -82,6 +85,22 @@ class PlannedOptimizer:
     schedule: Schedule | None = None
     schedule_tuned: Mapping[str, HyperparameterPrior] = field(default_factory=dict)
     decay_shapes: tuple[str, ...] = ()
+
+
+class HistoryStart(NamedTuple):
+    """A past job's best configuration to try first: its optimizer and flat hyperparameters
+    (the lr already carried to this task)."""
+
+    job_id: str
+    optimizer: str
+    hyperparameters: Mapping[str, float]
+
+
+class StartPoint(NamedTuple):
+    """An enqueued point: Optuna parameters and where they came from (``tuner.contract``)."""
+
+    params: dict[str, Any]
+    source: str
 
 
 class Suggestion(NamedTuple):
@@ -235,21 +254,39 @@ class SearchPlan:
         return params
 
     def warm_start(self, n_trials: int) -> list[dict[str, Any]]:
-        """Points to enqueue first: the top candidate's default, the first ``LR_LADDER`` rung of
-        the top ``LADDER_CANDIDATES``, the other defaults (best-ranked first), then the other
-        rungs (rungs outside the range are clamped to it, repeats dropped).
+        """The rules' points to enqueue first (:meth:`start_points` without history)."""
+        return [point.params for point in self.start_points(n_trials)]
 
-        At most half the budget (and at least the top candidate's default) is spent here.
+    def start_points(self, n_trials: int, history: Sequence[HistoryStart] = (),
+                     rules_top: str | None = None) -> list[StartPoint]:
+        """Points to enqueue first, each with where it came from.
+
+        First the best configurations of the most similar past jobs (``history``, nearest
+        first, at most ``HISTORY_STARTS``; clamped into this plan's ranges); then the rules'
+        top candidate's default (``rules_top``: the top candidate without history, when
+        history moved another to the top), so a misleading history cannot lock the search out;
+        then the rules' ladder: the top candidate's default, the first ``LR_LADDER`` rung of the
+        top ``LADDER_CANDIDATES``, the other defaults (best-ranked first), then the other rungs
+        (rungs outside the range are clamped to it, repeats dropped).
+
+        At most half the budget (and at least one point) is spent here.
         """
+        points = [StartPoint(self.params_for(h.optimizer, h.hyperparameters),
+                             history_source(h.job_id))
+                  for h in history[:HISTORY_STARTS] if h.optimizer in self.names]
+        if rules_top is not None and rules_top in self.names:
+            top = self.candidate(rules_top)
+            points.append(StartPoint(self.params_for(top.name, top.defaults), SOURCE_RULES))
         defaults = [self.params_for(c.name, c.defaults) for c in self.candidates]
         rungs = [self._lr_rung(factor) for factor in LR_LADDER]
-        points = defaults[:1] + rungs[0] + defaults[1:] + [p for rung in rungs[1:] for p in rung]
-        limit = max(1, n_trials // 2)
-        unique: list[dict[str, Any]] = []
-        for p in points:
-            if p not in unique:
-                unique.append(p)
-        return unique[:limit]
+        ladder = (defaults[:1] + rungs[0] + defaults[1:]
+                  + [p for rung in rungs[1:] for p in rung])
+        points += [StartPoint(p, SOURCE_RULES) for p in ladder]
+        unique: list[StartPoint] = []
+        for point in points:
+            if all(point.params != u.params for u in unique):
+                unique.append(point)
+        return unique[:max(1, n_trials // 2)]
 
     def _lr_rung(self, factor: float) -> list[dict[str, Any]]:
         """The top candidates' defaults with the lr times ``factor`` (clamped to its range)."""

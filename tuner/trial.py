@@ -52,12 +52,14 @@ from tuner import optuna_internals
 from tuner.contract import (
     REASON_CANCELLED,
     REASON_DIVERGED,
+    SOURCE_SAMPLER,
     TRIAL_DEVICE,
     TRIAL_HYPERPARAMETERS,
     TRIAL_OPTIMIZER,
     TRIAL_REASON,
     TRIAL_SCHEDULE,
     TRIAL_SECONDS,
+    TRIAL_SOURCE,
     TRIAL_TRACEBACK,
 )
 from tuner.space import SearchPlan, Suggestion
@@ -104,17 +106,20 @@ def suggest_and_record(plan: SearchPlan, trial: optuna.Trial) -> Suggestion:
     """Sample the trial's configuration from ``plan`` and record it as user attributes
     (optimizer, hyperparameters and, when the plan has one, the schedule)."""
     choice = plan.suggest(trial)
-    for key, value in suggestion_attrs(choice).items():
+    for key, value in suggestion_attrs(choice, trial).items():
         trial.set_user_attr(key, value)
     return choice
 
 
-def suggestion_attrs(choice: Suggestion) -> dict[str, Any]:
-    """The user attributes that record a sampled configuration on its trial."""
+def suggestion_attrs(choice: Suggestion, trial: optuna.Trial) -> dict[str, Any]:
+    """The user attributes that record a sampled configuration on its trial; a trial that was
+    not enqueued with a source (a warm-start point) came from the sampler."""
     attrs: dict[str, Any] = {TRIAL_OPTIMIZER: choice.optimizer,
                              TRIAL_HYPERPARAMETERS: choice.hyperparameters}
     if choice.schedule is not None:
         attrs[TRIAL_SCHEDULE] = choice.schedule.to_dict()
+    if TRIAL_SOURCE not in trial.user_attrs:
+        attrs[TRIAL_SOURCE] = SOURCE_SAMPLER
     return attrs
 
 

@@ -2,6 +2,12 @@
 
 A study carries everything a worker needs to run its trials as Optuna user attributes (the search
 plan, the workload name, the task), so any process that opens the same storage can take part.
+
+History: given the outcomes of past jobs (``tuner.evidence.history.JobOutcome``), a study's
+prior is recommended with them as evidence beside the published trainings, and its first trials
+are the best configurations of the most similar past jobs, lr carried to this task by the rules'
+laws (``SearchPlan.start_points``), before the rules' own warm start. Every enqueued point
+records where it came from (``tuner.contract.TRIAL_SOURCE``).
 """
 
 from __future__ import annotations
@@ -26,13 +32,16 @@ from tuner.contract import (
     STUDY_SEED,
     STUDY_TASK,
     STUDY_WORKLOAD,
+    TRIAL_SOURCE,
     better,
     trial_hyperparameters,
     trial_optimizer,
     trial_schedule,
 )
-from tuner.prior import Recommendation, recommend
-from tuner.space import LR_HEADROOM, SearchPlan
+from tuner.evidence.history import JobOutcome, job_records
+from tuner.evidence.records import EvidencePool, published_pool
+from tuner.prior import Recommendation, carried_lr, recommend
+from tuner.space import LR_HEADROOM, HistoryStart, SearchPlan
 from tuner.task import TaskDescription
 from tuner.trial import TrialOutcome, run_trial
 from tuner.workloads import Workload, get_workload
@@ -68,16 +77,44 @@ def make_sampler(n_trials: int, seed: int | None) -> optuna.samplers.BaseSampler
         )
 
 
+def evidence_with(history: Sequence[JobOutcome]) -> EvidencePool:
+    """The published trainings plus the past jobs of ``history`` that count, as one pool."""
+    if not history:
+        return published_pool()
+    return EvidencePool([*published_pool(), *job_records(history)])
+
+
+def history_starts(task: TaskDescription, pool: EvidencePool) -> list[HistoryStart]:
+    """The winners of the past jobs in ``pool`` similar to ``task``, nearest first, one per job,
+    each with its best configuration and its lr carried to ``task``."""
+    starts: list[HistoryStart] = []
+    seen: set[str] = set()
+    for scored in pool.scored(task):
+        record = scored.record
+        if (record.source != "job" or record.standing < 1.0 or not record.hyperparameters
+                or record.job_id is None or record.job_id in seen):
+            continue
+        seen.add(record.job_id)
+        values = dict(record.hyperparameters)
+        lr = carried_lr(task, record)
+        if lr is not None:
+            values["lr"] = lr
+        starts.append(HistoryStart(record.job_id, record.optimizer, values))
+    return starts
+
+
 def prior_for(task: TaskDescription, restrict_to: Sequence[str] | None = None,
-              top_k: int = DEFAULT_TOP_K) -> Recommendation:
+              top_k: int = DEFAULT_TOP_K,
+              evidence: EvidencePool | None = None) -> Recommendation:
     """The recommendation used as a job's prior: the top ``top_k``, or exactly the optimizers
-    named by the user in the prior's order (unknown names raise ValueError naming them)."""
+    named by the user in the prior's order (unknown names raise ValueError naming them).
+    ``evidence``: the pool to recommend with (default: the published trainings)."""
     if not restrict_to:
-        return recommend(task, top_k=min(top_k, len(optimizers.names())))
+        return recommend(task, top_k=min(top_k, len(optimizers.names())), evidence=evidence)
     wanted = list(dict.fromkeys(restrict_to))
     for name in wanted:
         optimizers.get(name)  # raises "optimizer: unknown name ..."
-    full = recommend(task, top_k=len(optimizers.names()))
+    full = recommend(task, top_k=len(optimizers.names()), evidence=evidence)
     return Recommendation(task=task,
                           candidates=[c for c in full.candidates if c.optimizer in wanted])
 
@@ -107,14 +144,33 @@ def create_study(
     pruner: PrunerName = "median",
     epochs: int | None = None,
     direction: Literal["minimize", "maximize"] | None = None,
+    history: Sequence[JobOutcome] = (),
+    evidence: EvidencePool | None = None,
 ) -> tuple[optuna.Study, Recommendation]:
     """Create a prior-guided study: plan stored on it and warm-start points enqueued. Its trials
-    train with each candidate's recommended schedule, or the workload's ``schedule_override``."""
+    train with each candidate's recommended schedule, or the workload's ``schedule_override``.
+
+    ``history``: past jobs to learn from (see the module docstring); the rules' top candidate
+    without them always stays in the plan and keeps an early trial. ``evidence``: instead, the
+    pool of published trainings and past jobs itself (``evidence_with(history)``, e.g. a
+    server's cached one)."""
     if task is None:
         if workload is None:
             raise ValueError("task: required when no workload is given")
         task = workload.task
-    recommendation = prior_for(task, optimizer_names)
+    if history and evidence is not None:
+        raise ValueError("history and evidence: give one of them")
+    pool = evidence if evidence is not None else evidence_with(history)
+    recommendation = prior_for(task, optimizer_names, evidence=pool)
+    starts: list[HistoryStart] = []
+    rules_top: str | None = None
+    if any(record.source == "job" for record in pool):
+        starts = history_starts(task, pool)
+        without = prior_for(task, optimizer_names).candidates[0]
+        rules_top = without.optimizer
+        if all(c.optimizer != rules_top for c in recommendation.candidates):
+            recommendation = Recommendation(task=task,
+                                            candidates=[*recommendation.candidates, without])
     plan = plan_from_recommendation(recommendation, n_trials,
                                     workload.schedule_override if workload else None)
     study = optuna.create_study(
@@ -130,8 +186,9 @@ def create_study(
     study.set_user_attr(STUDY_SEED, seed)
     study.set_user_attr(STUDY_PRUNER, pruner)
     study.set_user_attr(STUDY_EPOCHS, epochs)
-    for params in plan.warm_start(n_trials):
-        study.enqueue_trial(params, skip_if_exists=True)
+    for point in plan.start_points(n_trials, starts, rules_top):
+        study.enqueue_trial(point.params, user_attrs={TRIAL_SOURCE: point.source},
+                            skip_if_exists=True)
     return study, recommendation
 
 
@@ -166,6 +223,7 @@ class OptimizerSummary:
     failed: int = 0
     best_value: float | None = None
     best_hyperparameters: dict[str, float] = field(default_factory=dict)
+    best_schedule: dict[str, Any] | None = None
 
 
 @dataclass
@@ -207,6 +265,7 @@ def summarize(trials: Sequence[FrozenTrial], direction: str) -> StudySummary:
                 if better(value, s.best_value, direction):
                     s.best_value = value
                     s.best_hyperparameters = trial_hyperparameters(t)
+                    s.best_schedule = trial_schedule(t)
                 if best is None or better(value, best.value, direction):
                     best = t
         elif t.state == TrialState.PRUNED:
@@ -258,6 +317,7 @@ def tune(
     trial_timeout_s: float | None = None,
     callback: Callable[[TrialOutcome, StudySummary], Any] | None = None,
     on_start: Callable[[], Any] | None = None,
+    history: Sequence[JobOutcome] = (),
 ) -> TuneResult:
     """Tune ``workload`` in this process (no service) on any Optuna storage (in memory default).
 
@@ -272,7 +332,7 @@ def tune(
         storage if storage is not None else optuna.storages.InMemoryStorage(),
         study_name=study_name or f"optpilot-{wl.name}-{int(time.time() * 1000)}",
         workload=wl, task=task, n_trials=n_trials, optimizer_names=optimizer_names,
-        seed=seed, pruner=pruner, epochs=epochs,
+        seed=seed, pruner=pruner, epochs=epochs, history=history,
     )
     plan = study_plan(study)
     deadline = time.monotonic() + timeout_s if timeout_s is not None else None

@@ -1,5 +1,6 @@
 """The FastAPI dependencies every route draws on, in one place: the request's database session,
-the app's settings, the caller behind the API key, and the process's Optuna storage.
+the app's settings, the caller behind the API key, the process's Optuna storage and its history
+pools.
 
     def route(session: SessionDep, settings: SettingsDep, caller: ApiKeyDep,
               storage: OptunaStorageDep) -> ...
@@ -23,6 +24,7 @@ from service.core.auth import Caller, authenticate
 from service.core.errors import database_unavailable
 from service.core.settings import Settings, get_settings
 from service.core.storage import storage_for_app
+from service.jobs.history import HistoryPools
 
 logger = logging.getLogger("optpilot.service")
 
@@ -82,3 +84,12 @@ def app_optuna_storage(request: Request) -> optuna.storages.RDBStorage:
 
 
 OptunaStorageDep = Annotated[optuna.storages.RDBStorage, Depends(app_optuna_storage)]
+
+
+async def app_history(request: Request) -> HistoryPools:  # async: no I/O
+    """The app's history pools (one per process)."""
+    pools: HistoryPools = request.app.state.history
+    return pools
+
+
+HistoryDep = Annotated[HistoryPools, Depends(app_history)]

@@ -26,6 +26,7 @@ from pydantic import (
 import optimizers
 from optimizers import HyperparameterPrior, Schedule, SearchRange
 from service.core import jsonsafe
+from tuner.evidence.history import DEFAULT_NAMESPACE, NAMESPACE_PATTERN
 from tuner.evidence.records import Evidence
 from tuner.task import MAX_PARAMETERS, ModelFamily, TaskDescription, TaskType, WholeNumber
 
@@ -76,6 +77,14 @@ ResourceId = Annotated[str, StringConstraints(min_length=1, max_length=64, patte
 """A path identifier as received (unknown ones are 404s, over-long ones 422s)."""
 
 ParameterCount = Annotated[int, Field(ge=1, le=MAX_PARAMETERS)]
+
+Namespace = Annotated[str, StringConstraints(pattern=NAMESPACE_PATTERN, max_length=64),
+                      Field(description="A team's or project's label: recommendations and jobs "
+                            "learn only from the history of their own namespace. 1-64 "
+                            "lower-case letters, digits, '.', '_' or '-', starting with a "
+                            "letter or digit.")]
+UseHistory = Annotated[bool, Field(description="Learn from the finished jobs of the namespace "
+                                               "(their winners move scores and lrs).")]
 
 OutFloat = Annotated[
     float | None,
@@ -159,6 +168,8 @@ class RecommendationRequest(BodyModel):
     task: TaskDescription
     top_k: WholeNumber = Field(default=3, ge=1, le=MAX_TOP_K,
                                description="How many candidates (at most every optimizer).")
+    use_history: UseHistory = True
+    namespace: Namespace = DEFAULT_NAMESPACE
 
 
 class MemoryOut(ResponseModel):
@@ -228,6 +239,8 @@ class RecommendationOut(ResponseModel):
     id: str
     task: TaskDescription
     top_k: int
+    namespace: str = DEFAULT_NAMESPACE
+    use_history: bool = True
     created_at: datetime
     candidates: list[CandidateOut]
 

@@ -59,6 +59,24 @@ def names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
+def namespace(text: str) -> str:
+    """A history namespace (``tuner.evidence.history.check_namespace``)."""
+    from tuner.evidence.history import HistoryError, check_namespace
+
+    try:
+        return check_namespace(text)
+    except HistoryError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_history_flags(p: argparse.ArgumentParser, *, off_switch: bool = True) -> None:
+    p.add_argument("--namespace", type=namespace,
+                   help="whose finished jobs to learn from (default: the default namespace)")
+    if off_switch:
+        p.add_argument("--no-history", action="store_true",
+                       help="learn from no past job (the rules and published trainings only)")
+
+
 def fmt(value: float | None) -> str:
     if value is None:
         return "-"

@@ -12,7 +12,9 @@ from rich.table import Table
 
 from service.cli.common import (
     CliError,
+    add_history_flags,
     add_task_flags,
+    database_url,
     fmt,
     make_console,
     names,
@@ -96,9 +98,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from tuner.prior import recommend
 
     task = task_from_args(args)
+    evidence = () if args.no_evidence else _history_evidence(args)
     try:
-        recommendation = recommend(task, top_k=args.top_k,
-                                   evidence=() if args.no_evidence else None)
+        recommendation = recommend(task, top_k=args.top_k, evidence=evidence)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     if args.json:
@@ -106,6 +108,34 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     else:
         render_recommendation(recommendation, make_console())
     return 0
+
+
+def _history_evidence(args: argparse.Namespace) -> Any:
+    """The published trainings plus the history of ``--db``'s ``--namespace`` (None: the
+    published trainings alone)."""
+    if args.db is None:
+        if args.namespace is not None:
+            raise CliError("--namespace goes with --db (the database whose history to use)")
+        return None
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.core.db import make_sessionmaker, read_only_engine
+    from service.jobs.history import read_outcomes
+    from tuner.evidence.history import DEFAULT_NAMESPACE, HistoryError
+    from tuner.tuning import evidence_with
+
+    try:
+        engine = read_only_engine(database_url(args.db))
+    except FileNotFoundError as exc:
+        raise CliError(f"no database at {exc}") from None
+    try:
+        with make_sessionmaker(engine)() as session:
+            outcomes = read_outcomes(session, args.namespace or DEFAULT_NAMESPACE)
+    except (SQLAlchemyError, HistoryError) as exc:
+        raise CliError(f"cannot read the history: {str(exc).splitlines()[0]}") from None
+    finally:
+        engine.dispose()
+    return evidence_with(outcomes)
 
 
 def render_summary(summary: Any, console: Console, title: str = "Per-optimizer summary") -> None:
@@ -208,7 +238,11 @@ def add_local_parsers(sub: Any) -> None:
     p.add_argument("--top-k", type=int, default=3, help="how many optimizers to rank")
     p.add_argument("--json", action="store_true", help="print the recommendation as JSON")
     p.add_argument("--no-evidence", action="store_true",
-                   help="the rules alone: no published trainings move the ranking or the lrs")
+                   help="the rules alone: no published trainings or past jobs move the "
+                   "ranking or the lrs")
+    p.add_argument("--db", help="also learn from the finished jobs in this service database "
+                   "(SQLite file or URL), of --namespace")
+    add_history_flags(p, off_switch=False)
     p.set_defaults(handler=cmd_recommend)
 
     p = sub.add_parser("tune", help="tune a workload in this process (no server)")

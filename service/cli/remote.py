@@ -15,6 +15,7 @@ from rich.table import Table
 
 from service.cli.common import (
     CliError,
+    add_history_flags,
     add_task_flags,
     count,
     fmt,
@@ -207,7 +208,8 @@ def cmd_jobs_launch(args: argparse.Namespace) -> int:
     with _server(args) as client:
         job = client.create_job(args.workload, n_trials=args.trials, task=task,
                                 optimizers=args.optimizers, seed=args.seed, pruner=args.pruner,
-                                timeout_s=args.timeout, max_retries=args.max_retries)
+                                timeout_s=args.timeout, max_retries=args.max_retries,
+                                namespace=args.namespace, use_history=not args.no_history)
         if args.watch:
             job = watch_job(client, job["id"], args.interval, console, quiet=args.json)
     if args.json:
@@ -316,6 +318,7 @@ def add_remote_parsers(sub: Any) -> None:
                    help="stops trials that do worse than others at the same epoch")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     p.add_argument("--max-retries", type=int, help="retries of a trial whose worker died")
+    add_history_flags(p)
     p.add_argument("--watch", action="store_true", help="then watch it until it finishes")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between polls (--watch)")
     _add_remote_flags(p)

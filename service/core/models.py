@@ -18,6 +18,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.core.db import Base
+from tuner.evidence.history import DEFAULT_NAMESPACE
 
 JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
 
@@ -88,6 +89,10 @@ class Recommendation(Base):
     task: Mapped[dict[str, Any]] = mapped_column(JSONType)
     top_k: Mapped[int] = mapped_column(sa.Integer)
     candidates: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
+    namespace: Mapped[str] = mapped_column(sa.String(NAME_LENGTH), default=DEFAULT_NAMESPACE,
+                                           server_default=DEFAULT_NAMESPACE, index=True)
+    use_history: Mapped[bool] = mapped_column(sa.Boolean, default=True,
+                                              server_default=sa.true())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
@@ -113,6 +118,10 @@ class Job(Base):
     max_retries: Mapped[int] = mapped_column(sa.Integer, default=2)
     error: Mapped[str | None] = mapped_column(sa.Text)
     prior: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
+    namespace: Mapped[str] = mapped_column(sa.String(NAME_LENGTH), default=DEFAULT_NAMESPACE,
+                                           server_default=DEFAULT_NAMESPACE, index=True)
+    use_history: Mapped[bool] = mapped_column(sa.Boolean, default=True,
+                                              server_default=sa.true())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -143,6 +152,31 @@ class Result(Base):
     trials_used: Mapped[int] = mapped_column(sa.Integer, default=0)
     prior_top: Mapped[str | None] = mapped_column(sa.String(NAME_LENGTH))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+HISTORY_ORIGINS: tuple[str, ...] = ("local", "imported")
+
+
+class HistoryEntry(Base):
+    """A finished job as recommendations and new jobs learn from it: one of this server's
+    completed jobs (written when it completes) or one imported from another; ``outcome`` is
+    ``tuner.evidence.history.JobOutcome.to_json()``. Failed and cancelled jobs have none."""
+
+    __tablename__ = "history"
+    __table_args__ = (
+        sa.CheckConstraint(_in("origin", HISTORY_ORIGINS), name="origin"),
+        sa.Index("ix_history_namespace_created_at", "namespace", "created_at"),
+    )
+
+    job_id: Mapped[str] = mapped_column(sa.String(NAME_LENGTH), primary_key=True)
+    namespace: Mapped[str] = mapped_column(sa.String(NAME_LENGTH))
+    model_family: Mapped[str] = mapped_column(sa.String(32), index=True)
+    task_type: Mapped[str] = mapped_column(sa.String(32))
+    num_parameters: Mapped[int] = mapped_column(sa.BigInteger)
+    origin: Mapped[str] = mapped_column(sa.String(16), default="local")
+    outcome: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 LEASE_STATES: tuple[str, ...] = ("open", "completed", "pruned", "failed", "expired")

@@ -137,7 +137,7 @@ def ask(session: Session, storage: optuna.storages.RDBStorage, job_id: str, clie
             release_trial_slot(session, job_id)
             raise
         optuna_internals.set_user_attrs(storage, optuna_internals.trial_id(trial),
-                             {**suggestion_attrs(choice), TRIAL_CLIENT: client_id})
+                             {**suggestion_attrs(choice, trial), TRIAL_CLIENT: client_id})
         now = utcnow()
         lease = TrialLease(id=new_id(), job_id=job_id, trial_number=trial.number,
                            trial_id=optuna_internals.trial_id(trial), client_id=client_id,

@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.orm import Session
 
 from service.core.models import Job, JobStatus, Result, TrialLease, new_id, utcnow
+from service.jobs.history import outcome_of, record_job
 from service.jobs.studies import cached_study
 from tuner import optuna_internals
 from tuner.contract import (
@@ -41,7 +42,10 @@ from tuner.contract import (
     trial_optimizer,
     trial_reason,
     trial_schedule,
+    trial_source,
 )
+from tuner.evidence.history import DEFAULT_NAMESPACE
+from tuner.evidence.records import EvidencePool
 from tuner.prior import Recommendation
 from tuner.task import TaskDescription
 from tuner.tuning import PrunerName, StudySummary, create_study, summarize
@@ -80,8 +84,15 @@ def create_job(
     seed: int | None = None,
     pruner: PrunerName = "median",
     max_retries: int = 2,
+    namespace: str = DEFAULT_NAMESPACE,
+    use_history: bool = True,
+    evidence: EvidencePool | None = None,
 ) -> Job:
     """Create the study (prior, plan, warm start) and the job row; nothing is left half-made.
+
+    ``evidence``: the namespace's history as a pool (``service.jobs.history.HistoryPools``),
+    which the prior and the warm start learn from; None (or ``use_history`` false): the
+    published trainings alone.
 
     ValueError (naming the field) for an unknown workload or optimizer or a missing task.
     """
@@ -93,6 +104,7 @@ def create_job(
     study, recommendation = create_study(
         storage, study_name=name, workload=wl, task=task, n_trials=n_trials,
         optimizer_names=optimizer_names, seed=seed, pruner=pruner,
+        evidence=evidence if use_history else None,
     )
     try:
         study.set_user_attr(STUDY_JOB_ID, job_id)
@@ -101,7 +113,8 @@ def create_job(
             task=recommendation.task.model_dump(mode="json"), n_trials=n_trials,
             timeout_s=timeout_s, optimizers=list(optimizer_names) if optimizer_names else None,
             seed=seed, pruner=pruner, study_name=name, trials_claimed=0,
-            max_retries=max_retries, prior=prior_json(recommendation),
+            max_retries=max_retries, prior=prior_json(recommendation), namespace=namespace,
+            use_history=use_history,
         )
         session.add(job)
         session.commit()
@@ -324,7 +337,9 @@ def finish_if_done(session: Session, study: optuna.Study, job_id: str) -> bool:
         session.rollback()
         return False
     if status == JobStatus.COMPLETED:
-        session.add(result_row(job, summary, study, done))
+        result = result_row(job, summary, study, done)
+        session.add(result)
+        record_job(session, outcome_of(job, summary, result.metric, done, now))
     session.commit()
     log.info("job %s %s: %d trials, best %s", job_id, status.value, done, summary.best_value)
     return True
@@ -395,6 +410,7 @@ def trial_json(trial: FrozenTrial, retried: set[int]) -> dict[str, Any]:
         "reason": trial_reason(trial),
         "retried": trial.number in retried,
         "worker": trial.user_attrs.get(TRIAL_WORKER),
+        "source": trial_source(trial),
         "retry_of": retry_of(trial),
         "intermediate_values": {str(k): finite(v) for k, v in
                                 sorted(trial.intermediate_values.items())},

@@ -44,6 +44,7 @@ from service.report.plots import (
 )
 from tuner.contract import (
     OPTIMIZER_PARAM,
+    SOURCE_HISTORY,
     best_first,
     better,
     retried_numbers,
@@ -51,7 +52,9 @@ from tuner.contract import (
     trial_optimizer,
     trial_reason,
     trial_schedule,
+    trial_source,
 )
+from tuner.evidence.history import DEFAULT_NAMESPACE
 
 MIN_IMPORTANCE_TRIALS = 5
 TOP_CONFIGURATIONS = 5
@@ -348,6 +351,18 @@ class _Report:
     def better_word(self) -> str:
         return "lower" if self.direction == "minimize" else "higher"
 
+    def _from_history(self) -> str:
+        """Which past jobs the first trials came from, with the trials' numbers."""
+        by_job: dict[str, list[int]] = {}
+        for t in self.view.trials:
+            source = trial_source(t)
+            if source.startswith(f"{SOURCE_HISTORY}:"):
+                by_job.setdefault(source.split(":", 1)[1], []).append(t.number)
+        if not by_job:
+            return "none"
+        return "; ".join(f"job {job_id} (trial {', '.join(map(str, numbers))})"
+                         for job_id, numbers in by_job.items())
+
     def header(self) -> str:
         job, s = self.job, self.summary
         task = job.task or {}
@@ -367,6 +382,9 @@ class _Report:
             else f"{s.running} / 0 ({s.waiting} never run: the job stopped)",
             "retried (lost workers)": str(self.view.retried),
             "pruner / seed": f"{job.pruner} / {job.seed if job.seed is not None else '—'}",
+            "namespace": (job.namespace or DEFAULT_NAMESPACE)
+            + ("" if job.use_history is not False else " (history off)"),
+            "trials from history": self._from_history(),
             "created": _fmt_time(job.created_at),
             "started": _fmt_time(job.started_at),
             "duration": _duration(job.started_at, job.finished_at),
@@ -602,13 +620,15 @@ class _Report:
                         f'<td class="num">{esc(number(value))}</td>'
                         f"<td>{esc(trial_optimizer(t) or '—')}</td><td>{esc(_hps_text(hps))}</td>"
                         f"<td>{esc(schedule_text(trial_schedule(t)))}</td>"
+                        f"<td>{esc(trial_source(t))}</td>"
                         f"<td>{esc(trial_reason(t) or '')}</td></tr>")
         more = len(trials) - MAX_TRIAL_ROWS
         tail = f'<p class="note">… and {more} more trials.</p>' if more > 0 else ""
         return (f'<details><summary id="trials">All trials ({len(trials)})</summary>'
                 "<table><thead><tr><th class=num>#</th><th>state</th>"
                 f"<th class=num>{esc(self.metric)}</th><th>optimizer</th>"
-                "<th>hyperparameters</th><th>schedule</th><th>reason</th></tr></thead>"
+                "<th>hyperparameters</th><th>schedule</th><th>source</th><th>reason</th></tr>"
+                "</thead>"
                 f"<tbody>{''.join(rows)}</tbody></table>{tail}</details>")
 
     def render(self) -> str:

@@ -15,9 +15,9 @@ record, its similarity to the task and the weight it carried.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,7 +41,12 @@ class EvidenceRecord:
     ``citation`` (paper and the table or section the values stand in); a job record a
     ``job_id``. ``outcome`` says what is known about how it went. ``schedule`` names the lr
     schedule its lr is the peak of, as its source calls it (``cosine``, ``step``, ...; None when
-    unknown), with the final lr fraction when stated."""
+    unknown), with the final lr fraction when stated.
+
+    A job record also says how its optimizer stood in its job (``standing``: 1 for the job's
+    winner, down to 0 for its worst optimizer; published records are 1, the authors' choice)
+    and the best configuration it reached (``hyperparameters``, which a new job may try
+    first)."""
 
     source: EvidenceSource
     record_id: str
@@ -54,6 +59,9 @@ class EvidenceRecord:
     job_id: str | None = None
     schedule: str | None = None
     final_lr_fraction: float | None = None
+    standing: float = 1.0
+    hyperparameters: Mapping[str, float] | None = None
+    schedule_fields: Mapping[str, Any] | None = None  # a job's best schedule, as recorded
 
     def __post_init__(self) -> None:
         if (self.source == "published") != (self.citation is not None) or (
@@ -63,6 +71,9 @@ class EvidenceRecord:
                              "record a job id (and neither the other)")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"{self.record_id}: lr must be positive, got {self.lr}")
+        if not 0.0 <= self.standing <= 1.0:
+            raise ValueError(f"{self.record_id}: standing must be in [0, 1], got "
+                             f"{self.standing}")
 
 
 class Evidence(BaseModel):
@@ -86,6 +97,9 @@ class Evidence(BaseModel):
     )
     schedule: str | None = Field(
         default=None, description="The lr schedule it used (cosine, linear, step, ...), if known.")
+    standing: float | None = Field(
+        default=None, ge=0.0, le=1.0,
+        description="Job: how this optimizer stood in its job (1: the winner, 0: the worst).")
 
 
 @dataclass(frozen=True)

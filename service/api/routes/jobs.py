@@ -11,7 +11,7 @@ from pydantic import BeforeValidator, ConfigDict, Field, field_validator
 
 import optimizers
 from optimizers import Schedule
-from service.api.deps import OptunaStorageDep, SessionDep, SettingsDep
+from service.api.deps import HistoryDep, OptunaStorageDep, SessionDep, SettingsDep
 from service.api.schemas import (
     DEFAULT_PAGE_SIZE,
     MAX_OFFSET,
@@ -20,11 +20,13 @@ from service.api.schemas import (
     ClientId,
     JsonObject,
     Name,
+    Namespace,
     OutFloat,
     Page,
     ResourceId,
     ResponseModel,
     ShortText,
+    UseHistory,
     one_of_names,
 )
 from service.core.errors import ProblemError, problem_responses
@@ -43,7 +45,8 @@ from service.jobs.state import (
     get_job,
     trial_json,
 )
-from tuner.contract import retried_numbers
+from tuner.contract import SOURCE_SAMPLER, retried_numbers
+from tuner.evidence.history import DEFAULT_NAMESPACE
 from tuner.task import TaskDescription, WholeNumber, whole_number
 from tuner.workloads import workload_names
 
@@ -98,6 +101,8 @@ class JobCreate(BodyModel):
     max_retries: WholeNumber = Field(default=2, ge=0, le=10,
                              description="Retries of a trial whose worker died or whose lease "
                              "expired.")
+    use_history: UseHistory = True
+    namespace: Namespace = DEFAULT_NAMESPACE
 
     @field_validator("optimizers")
     @classmethod
@@ -136,6 +141,8 @@ class OptimizerProgress(ResponseModel):
     failed: int
     best_value: OutFloat
     best_hyperparameters: JsonObject
+    best_schedule: Schedule | None = Field(
+        default=None, description="The lr schedule of its best trial (null: none recorded).")
 
 
 class JobOut(ResponseModel):
@@ -157,6 +164,9 @@ class JobOut(ResponseModel):
     best: Best | None
     per_optimizer: dict[str, OptimizerProgress]
     prior: list[JsonObject] = Field(description="The recommendation used as the prior.")
+    namespace: str = Field(default=DEFAULT_NAMESPACE, description="Whose history it learns "
+                           "from, and adds to when it completes.")
+    use_history: bool = True
 
 
 class TrialOut(ResponseModel):
@@ -173,6 +183,9 @@ class TrialOut(ResponseModel):
     retried: bool
     retry_of: int | None
     worker: str | None = Field(description="host:pid of the worker that ran it.")
+    source: str = Field(default=SOURCE_SAMPLER, description="Where its configuration came "
+                        "from: 'rules' (the prior's warm start), 'history:<job id>' (a past "
+                        "job's best, tried first) or 'sampler'.")
     intermediate_values: dict[str, OutFloat]
     started_at: datetime | None
     completed_at: datetime | None
@@ -198,7 +211,8 @@ def job_out(view: JobView) -> JobOut:
                           cancelled=s.waiting if stopped else 0, retried=view.retried),
         best=best,
         per_optimizer={name: OptimizerProgress(**vars(o)) for name, o in s.per_optimizer.items()},
-        prior=job.prior or [],
+        prior=job.prior or [], namespace=job.namespace or DEFAULT_NAMESPACE,
+        use_history=job.use_history is not False,
     )
 
 
@@ -220,7 +234,7 @@ def _lookup(session: SessionDep, job_id: str) -> Job:
              response_description="The queued job; its URL is in Location.",
              responses=problem_responses(401, 413, 422, 503))
 def launch_job(body: JobCreate, session: SessionDep, storage: OptunaStorageDep,
-               request: Request, response: Response) -> JobOut:
+               history: HistoryDep, request: Request, response: Response) -> JobOut:
     if body.workload is not None and body.workload not in workload_names():
         raise _field_error(["body", "workload"], f"unknown workload {body.workload!r} "
                            f"(known: {', '.join(workload_names())})")
@@ -229,11 +243,13 @@ def launch_job(body: JobCreate, session: SessionDep, storage: OptunaStorageDep,
     for i, name in enumerate(body.optimizers or ()):
         if name not in optimizers.names():
             raise _field_error(["body", "optimizers", i], f"unknown optimizer {name!r}")
+    evidence = history.pool(session, body.namespace) if body.use_history else None
     try:
         job = create_job(session, storage, workload=body.workload, task=body.task,
                          n_trials=body.n_trials, timeout_s=body.timeout_s,
                          optimizer_names=body.optimizers, seed=body.seed, pruner=body.pruner,
-                         max_retries=body.max_retries)
+                         max_retries=body.max_retries, namespace=body.namespace,
+                         use_history=body.use_history, evidence=evidence)
     except ValueError as exc:
         raise ProblemError(422, detail=str(exc)) from None
     response.headers["Location"] = str(request.app.url_path_for("get_job", job_id=job.id))

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 
-from service.api.deps import SessionDep
+from service.api.deps import HistoryDep, SessionDep
 from service.api.schemas import RecommendationOut, RecommendationRequest, ResourceId
 from service.core.errors import ProblemError, problem_responses
 from service.core.models import Recommendation, new_id, utcnow
@@ -23,16 +23,20 @@ router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
     responses=problem_responses(401, 413, 422, 503),
 )
 def create_recommendation(
-    body: RecommendationRequest, session: SessionDep, request: Request, response: Response
+    body: RecommendationRequest, session: SessionDep, history: HistoryDep, request: Request,
+    response: Response,
 ) -> RecommendationOut:
+    evidence = history.pool(session, body.namespace) if body.use_history else None
     try:
-        recommendation = recommend(body.task, top_k=body.top_k)
+        recommendation = recommend(body.task, top_k=body.top_k, evidence=evidence)
     except ValueError as exc:
         raise ProblemError(422, detail=str(exc)) from None
     row = Recommendation(
         id=new_id(),
         task=body.task.model_dump(mode="json"),
         top_k=body.top_k,
+        namespace=body.namespace,
+        use_history=body.use_history,
         candidates=[candidate.model_dump(mode="json") for candidate in recommendation.candidates],
         created_at=utcnow(),
     )

@@ -326,6 +326,8 @@
         h("span", { text: `${p.completed} completed, ${p.pruned} pruned, ${p.failed} failed, ` +
           `${p.running} running${p.retried ? `, ${p.retried} retried` : ""}` }),
         h("span", { text: `workload ${job.workload || "(client-evaluated)"}` }),
+        h("span", { text: `namespace ${job.namespace}` +
+          (job.use_history ? ", learns from its history" : ", history off") }),
         h("span", { text: job.best ? `best ${fmt(job.best.value)} with ${job.best.optimizer} ` +
           `(${hps(job.best.hyperparameters)})` : "no completed trial yet" })),
     ];

@@ -1,0 +1,129 @@
+"""The service's history: finished jobs, kept as evidence for recommendations and new jobs.
+
+Every job that completes writes its outcome (``tuner.evidence.history.JobOutcome``) into the
+``history`` table, in the transaction that completes it (:func:`record_job`); failed and
+cancelled jobs write none. Outcomes exported by another server go into the same table
+(:func:`import_outcomes`), idempotently: a job id already there is left as it is.
+
+A namespace's history is read as one evidence pool, the published trainings plus its jobs
+(``tuner.tuning.evidence_with``). :class:`HistoryPools` keeps each namespace's pool in the
+process and, on each use, asks the database only for the newest row's time (one index lookup);
+when rows were added since, it reads those and rebuilds the pool.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from service.core.models import HistoryEntry, Job, utcnow
+from tuner.evidence.history import JobOutcome, OptimizerResult
+from tuner.evidence.records import EvidencePool
+from tuner.task import TaskDescription
+from tuner.tuning import StudySummary, evidence_with
+
+
+def outcome_of(job: Job, summary: StudySummary, metric: str, trials_used: int,
+               finished_at: datetime | None = None) -> JobOutcome:
+    """The outcome of a job that just completed, from its study's summary."""
+    return JobOutcome(
+        job_id=job.id, task=TaskDescription.model_validate(job.task), metric=metric,
+        direction="minimize" if summary.direction == "minimize" else "maximize",
+        trials_used=trials_used,
+        per_optimizer=tuple(
+            OptimizerResult(name, s.completed, s.best_value, dict(s.best_hyperparameters),
+                            s.best_schedule)
+            for name, s in sorted(summary.per_optimizer.items())),
+        namespace=job.namespace, workload=job.workload,
+        best_schedule=summary.best_schedule, finished_at=finished_at,
+    )
+
+
+def _entry(outcome: JobOutcome, origin: str) -> HistoryEntry:
+    return HistoryEntry(
+        job_id=outcome.job_id, namespace=outcome.namespace,
+        model_family=outcome.task.model_family, task_type=outcome.task.task_type,
+        num_parameters=outcome.task.num_parameters, origin=origin,
+        outcome=outcome.to_json(), finished_at=outcome.finished_at, created_at=utcnow())
+
+
+def record_job(session: Session, outcome: JobOutcome) -> None:
+    """Add a completed job's outcome to the session (committed with the job's completion)."""
+    session.add(_entry(outcome, "local"))
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    added: int
+    skipped: int  # already in the history (same job id)
+
+
+def import_outcomes(session: Session, outcomes: Iterable[JobOutcome]) -> ImportReport:
+    """Add outcomes from elsewhere, all or nothing; ids already in the history are skipped (an
+    import repeated is harmless)."""
+    batch = list(outcomes)
+    ids = [o.job_id for o in batch]
+    if len(set(ids)) != len(ids):
+        duplicated = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"job {duplicated!r} appears twice in the import")
+    known = set(session.scalars(sa.select(HistoryEntry.job_id)
+                                .where(HistoryEntry.job_id.in_(ids)))) if ids else set()
+    fresh = [o for o in batch if o.job_id not in known]
+    session.add_all(_entry(o, "imported") for o in fresh)
+    session.commit()
+    return ImportReport(len(fresh), len(batch) - len(fresh))
+
+
+def read_outcomes(session: Session, namespace: str | None = None,
+                  since: datetime | None = None) -> list[JobOutcome]:
+    """The history (of ``namespace``; rows created at or after ``since``), oldest first."""
+    query = sa.select(HistoryEntry.outcome).order_by(HistoryEntry.created_at,
+                                                     HistoryEntry.job_id)
+    if namespace is not None:
+        query = query.where(HistoryEntry.namespace == namespace)
+    if since is not None:
+        query = query.where(HistoryEntry.created_at >= since)
+    return [JobOutcome.from_json(row) for row in session.scalars(query)]
+
+
+@dataclass
+class _Cached:
+    newest: datetime | None = None
+    outcomes: dict[str, JobOutcome] = field(default_factory=dict)
+    pool: EvidencePool = field(default_factory=lambda: evidence_with(()))
+
+
+class HistoryPools:
+    """Per namespace, the evidence pool of its history, kept between requests (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._cached: dict[str, _Cached] = {}
+        self._lock = threading.Lock()
+
+    def pool(self, session: Session, namespace: str) -> EvidencePool:
+        newest = session.scalar(sa.select(sa.func.max(HistoryEntry.created_at))
+                                .where(HistoryEntry.namespace == namespace))
+        with self._lock:
+            cached = self._cached.setdefault(namespace, _Cached())
+            if newest is None or newest == cached.newest:
+                return cached.pool
+        added = read_outcomes(session, namespace, since=cached.newest)
+        with self._lock:
+            if cached.newest is not None and newest <= cached.newest:
+                return cached.pool  # another request refreshed it meanwhile
+            for outcome in added:
+                cached.outcomes.setdefault(outcome.job_id, outcome)
+            cached.pool = evidence_with(list(cached.outcomes.values()))
+            cached.newest = newest
+            return cached.pool
+
+    def outcomes(self, session: Session, namespace: str) -> list[JobOutcome]:
+        """The namespace's history (as of this call)."""
+        self.pool(session, namespace)
+        with self._lock:
+            return list(self._cached[namespace].outcomes.values())
