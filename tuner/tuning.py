@@ -37,6 +37,7 @@ from tuner.contract import (
     trial_hyperparameters,
     trial_optimizer,
     trial_schedule,
+    trial_source,
 )
 from tuner.evidence.history import JobOutcome, job_records
 from tuner.evidence.records import EvidencePool, published_pool
@@ -240,6 +241,7 @@ class StudySummary:
     best_trial: int | None
     per_optimizer: dict[str, OptimizerSummary]
     best_schedule: dict[str, Any] | None = None  # None: no best yet, or recorded without one
+    best_source: str | None = None  # where the best trial's configuration came from
 
     @property
     def finished(self) -> int:
@@ -283,6 +285,7 @@ def summarize(trials: Sequence[FrozenTrial], direction: str) -> StudySummary:
         best_trial=best.number if best else None,
         per_optimizer=per,
         best_schedule=trial_schedule(best) if best else None,
+        best_source=trial_source(best) if best else None,
     )
 
 

@@ -93,6 +93,8 @@ def render_job(job: dict[str, Any], console: Console) -> None:
     best = job.get("best")
     if best:
         trial = f" (trial {best['trial']})" if best.get("trial") is not None else ""
+        if best.get("source"):
+            trial += f" from {best['source']}"
         console.print(f"best: {fmt(best['value'])} with [bold]{best['optimizer']}[/bold]"
                       f"{trial}  {_hps(best['hyperparameters'])}")
         if best.get("schedule"):
@@ -143,13 +145,13 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
     if trials is not None:
         table = Table(title="Trials")
         for col in ("#", "state", "value", "optimizer", "hyperparameters", "schedule",
-                    "reason"):
+                    "source", "reason"):
             table.add_column(col)
         for t in trials:
             table.add_row(str(t["number"]), t["state"] + (" (retried)" if t["retried"] else ""),
                           fmt(t["value"]), t["optimizer"] or "-", _hps(t["hyperparameters"]),
                           escape(schedule_text(t.get("schedule"))),
-                          t["reason"] or "")
+                          t.get("source") or "", t["reason"] or "")
         console.print(table)
     return 0
 

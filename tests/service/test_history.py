@@ -116,6 +116,9 @@ def test_a_new_job_tries_the_nearest_past_winner_first(api: TestClient) -> None:
     trials = api.get(f"/v1/jobs/{job['id']}/trials").json()
     assert trials[0]["source"] == "history:past"
     assert {t["source"] for t in trials[1:]} == {"rules"}
+    assert api.post(f"/v1/jobs/{job['id']}/trials/{first['number']}/result",
+                    json={"value": 0.01}).status_code == 200
+    assert api.get(f"/v1/jobs/{job['id']}").json()["best"]["source"] == "history:past"
     report = api.get(f"/v1/jobs/{job['id']}/report").text
     assert "job past (trial 0)" in report and "<td>history:past</td>" in report
     without = api.post("/v1/jobs", json={"workload": None, "task": TASK, "n_trials": 10,

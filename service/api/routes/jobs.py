@@ -132,6 +132,9 @@ class Best(ResponseModel):
     trial: int | None
     schedule: Schedule | None = Field(
         default=None, description="Its lr schedule (null for trials recorded before schedules).")
+    source: str | None = Field(
+        default=None, description="Where its configuration came from: 'rules', "
+                                  "'history:<job id>' or 'sampler'.")
 
 
 class OptimizerProgress(ResponseModel):
@@ -198,7 +201,7 @@ def job_out(view: JobView) -> JobOut:
     if s.best_optimizer is not None:
         best = Best(value=s.best_value, optimizer=s.best_optimizer,
                     hyperparameters=s.best_hyperparameters, trial=s.best_trial,
-                    schedule=s.best_schedule)
+                    schedule=s.best_schedule, source=s.best_source)
     return JobOut(
         id=job.id, status=job.status, workload=job.workload,
         task=TaskDescription.model_validate(job.task), n_trials=job.n_trials,
