@@ -164,12 +164,16 @@ def test_dashboard_in_a_browser(browser: Any, migrated_url: str) -> None:
         form.find_element(By.NAME, "num_parameters").send_keys("1.1e7")
         form.find_element(By.NAME, "batch_size").send_keys("256")
         form.find_element(By.NAME, "memory_budget_gb").send_keys("16")
+        form.find_element(By.NAME, "namespace").send_keys("team-a")
+        assert form.find_element(By.NAME, "use_history").is_selected()
         browser.find_element(By.ID, "recommend-submit").click()
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".candidate")) == 3)
         cards = browser.find_elements(By.CSS_SELECTOR, ".candidate")
         assert cards[0].find_element(By.TAG_NAME, "h3").text.startswith("#1")
         assert cards[0].find_elements(By.CSS_SELECTOR, "ul.rationale li")
         assert "fits the memory budget" in cards[0].text
+        evidence = cards[0].find_elements(By.CSS_SELECTOR, "ul.evidence li")
+        assert evidence and evidence[0].text.startswith("published (similarity")
         shot(browser, "recommend")
 
         # Browse results with filters.

@@ -236,16 +236,20 @@
       cat.workloads.map((w) => h("option", { value: w.name, text: `${w.name} (${w.metric})` })));
     const trials = h("input", { name: "n_trials", type: "number", min: 1, max: 10000, value: 20 });
     const seed = h("input", { name: "seed", type: "number", min: 0, placeholder: "random" });
+    const namespace = h("input", { name: "namespace", placeholder: "default" });
+    const useHistory = h("input", { type: "checkbox", name: "use_history", checked: true });
     const message = h("span", { class: "muted" });
     const form = h("form", { id: "launch-form" },
       h("div", { class: "form-grid" },
         h("label", {}, "workload", workload), h("label", {}, "trials", trials),
-        h("label", {}, "seed", seed),
+        h("label", {}, "seed", seed), h("label", {}, "namespace", namespace),
+        h("label", { class: "check" }, useHistory, "learn from past jobs"),
         h("div", {}, h("button", { type: "submit", text: "Launch job" }))), message);
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       const body = { workload: workload.value, n_trials: Number(trials.value) };
       if (seed.value !== "") body.seed = Number(seed.value);
+      Object.assign(body, historyFields(namespace.value, useHistory.checked));
       try {
         const job = await api("/v1/jobs", { method: "POST", body });
         location.hash = `#/jobs/${encodeURIComponent(job.id)}`;
@@ -466,7 +470,10 @@
         h("label", { class: "check" }, h("input", { type: "checkbox", name: "sparse_features" }),
           "sparse features"),
         h("label", { class: "check" }, h("input", { type: "checkbox", name: "fine_tuning" }),
-          "fine-tuning")),
+          "fine-tuning"),
+        field("namespace", h("input", { name: "namespace", placeholder: "default" })),
+        h("label", { class: "check" }, h("input", { type: "checkbox", name: "use_history",
+          checked: true }), "learn from past jobs")),
       h("div", { class: "actions" }, h("button", { type: "submit", id: "recommend-submit", text: "Recommend" })));
     const out = h("div", { id: "recommendation" });
     view.replaceChildren(h("h1", { text: "Which optimizer?" }),
@@ -491,7 +498,8 @@
       out.replaceChildren(h("p", { class: "muted", text: "Asking…" }));
       try {
         const rec = await api("/v1/recommendations", { method: "POST",
-          body: { task, top_k: Number(els.top_k.value || 3) } });
+          body: { task, top_k: Number(els.top_k.value || 3),
+            ...historyFields(els.namespace.value, els.use_history.checked) } });
         out.replaceChildren(candidates(rec));
       } catch (err) {
         out.replaceChildren(errorBox(err));
@@ -499,6 +507,18 @@
         button.disabled = false;
       }
     });
+  }
+
+  function historyFields(namespace, useHistory) {
+    const fields = { use_history: useHistory };
+    if (namespace.trim()) fields.namespace = namespace.trim();
+    return fields;
+  }
+
+  function evidenceLine(e) {
+    const where = e.source === "job" ? `job ${e.job_id}` : e.citation;
+    return `${e.source} (similarity ${fmt(e.similarity, 2)}): ${e.label}: ${e.optimizer}` +
+      (e.lr != null ? ` lr ${fmt(e.lr)}` : "") + ` — ${e.outcome}; ${where}`;
   }
 
   function candidates(rec) {
@@ -521,6 +541,8 @@
               h("td", { text: (p.log ? "log" : "linear") + (p.complement ? " of 1−x" : "") }))))),
           h("p", { class: "muted", text: `optimizer state ${fmt((mem.state_bytes || 0) / 1e9, 3)} GB; ${fits}` }),
           h("ul", { class: "rationale" }, c.rationale.map((line) => h("li", { text: line }))),
+          (c.evidence || []).length ? h("ul", { class: "evidence muted" },
+            c.evidence.map((e) => h("li", { text: evidenceLine(e) }))) : null,
           h("p", { class: "muted", text: `references: ${c.references.join("; ")}` }),
           h("code", { text: `optimizers.create("${c.optimizer}", model.parameters(), ` +
             Object.entries(c.hyperparameters).map(([k, p]) => `${k}=${fmt(p.default)}`).join(", ") + ")" }));
