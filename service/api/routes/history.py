@@ -57,7 +57,7 @@ def _import(session: Session, body: bytes) -> HistoryImportOut:
     "",
     operation_id="import_history",
     summary="Add finished jobs from JSON lines (all or nothing; known job ids skipped)",
-    openapi_extra={"requestBody": {"required": True,
+    openapi_extra={"requestBody": {"required": False,  # no line imports nothing
                                    "content": {NDJSON: {"schema": _LINES_SCHEMA}}}},
     responses=problem_responses(401, 413, 422, 503),
 )
