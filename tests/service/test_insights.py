@@ -25,6 +25,7 @@ from service.core.models import HistoryEntry, Job, new_id, utcnow
 from service.jobs.history import import_outcomes
 from tests.service.conftest import _postgres_schema, settings_for
 from tests.service.jobrun import live_server
+from tests.service.test_history import _run_ask_tell_job
 from tests.tuner.test_insights import CNN, SMALL, job
 from tuner.evidence.export import dump_line
 from tuner.evidence.history import JobOutcome
@@ -126,19 +127,22 @@ def test_a_bad_insights_query_is_a_422_naming_the_parameter(api: TestClient,
 def test_an_export_imported_into_a_fresh_database_round_trips(api: TestClient,
                                                              fresh_url: str) -> None:
     _post(api, lines(team_a() + team_b()))
+    local = _run_ask_tell_job(api, 6, namespace="team-c")  # a job of this server's own
     exported = api.get("/v1/history")
     assert exported.status_code == 200
     assert exported.headers["content-type"].startswith("application/x-ndjson")
     text = exported.text
     assert [json.loads(x)["job_id"] for x in text.splitlines()] == [
-        o.job_id for o in team_a() + team_b()], "oldest first"
+        *(o.job_id for o in team_a() + team_b()), local], "oldest first"
+    mine = json.loads(text.splitlines()[-1])
+    assert mine["finished_at"] and mine["best_schedule"]["name"]
     only_b = api.get("/v1/history", params={"namespace": "team-b"}).text
     assert only_b == lines(team_b())
     with TestClient(create_app(settings_for(fresh_url))) as fresh:
-        assert _post(fresh, text).json() == {"added": 6, "skipped": 0}
+        assert _post(fresh, text).json() == {"added": 7, "skipped": 0}
         assert fresh.get("/v1/history").text == text
-        assert _post(fresh, text).json() == {"added": 0, "skipped": 6}
-        assert len(_history_ids(fresh)) == 6
+        assert _post(fresh, text).json() == {"added": 0, "skipped": 7}
+        assert len(_history_ids(fresh)) == 7
         assert fresh.get("/v1/insights/rules", params={"namespace": "team-a"}).json() == \
             api.get("/v1/insights/rules", params={"namespace": "team-a"}).json()
         with _sessions(fresh)() as session:

@@ -40,9 +40,10 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    model_validator,
 )
 
-from optimizers.schedules import Schedule
+from optimizers.schedules import DecayShape, Schedule, ScheduleName
 from tuner.evidence.history import (
     DEFAULT_NAMESPACE,
     HistoryError,
@@ -53,22 +54,13 @@ from tuner.evidence.history import (
 from tuner.task import TaskDescription
 
 MAX_COUNT = 10**9
+MAX_STEPS = 10**13
 MAX_REPORTED = 50
 """At most this many problems are listed (the first ones, in line order)."""
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 TEXT_PATTERN = r"^[^\u0000-\u001f\u007f]+$"  # one line of printable text
-
-
-def _schedule(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    try:
-        Schedule.from_dict(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(str(exc)) from None
-    return value  # as written: an export read back and exported again gives the same line
 
 
 def _namespace(value: str) -> str:
@@ -82,18 +74,39 @@ def _namespace(value: str) -> str:
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
-ScheduleFields = Annotated[dict[str, Any] | None, AfterValidator(_schedule)]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class _ScheduleLine(_Strict):
+    """A schedule as ``optimizers.Schedule.to_dict()`` writes it; its rules across fields are
+    ``Schedule``'s own."""
+
+    name: ScheduleName
+    warmup_steps: Annotated[int, Field(ge=0, le=MAX_STEPS)] | None = None
+    warmup_fraction: Finite | None = None
+    final_lr_fraction: Finite | None = None
+    decay_fraction: Finite | None = None
+    decay_shape: DecayShape | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> _ScheduleLine:
+        Schedule(**self.model_dump())  # ValueError naming the field
+        return self
+
+    def fields(self) -> dict[str, Any]:
+        """The fields the line gave, in ``Schedule``'s order (as ``to_dict`` writes them: an
+        export read back is exported the same)."""
+        return self.model_dump(exclude_unset=True)
+
+
 class _OptimizerLine(_Strict):
     completed: Count
     best_value: Finite | None = None
     best_hyperparameters: dict[Name, Finite] = {}
-    best_schedule: ScheduleFields = None
+    best_schedule: _ScheduleLine | None = None
 
 
 class _OutcomeLine(_Strict):
@@ -105,18 +118,21 @@ class _OutcomeLine(_Strict):
     direction: Literal["minimize", "maximize"]
     trials_used: Count
     per_optimizer: dict[Name, _OptimizerLine]
-    best_schedule: ScheduleFields = None
+    best_schedule: _ScheduleLine | None = None
     finished_at: datetime | None = None
 
     def outcome(self) -> JobOutcome:
+        def fields(schedule: _ScheduleLine | None) -> dict[str, Any] | None:
+            return None if schedule is None else schedule.fields()
+
         return JobOutcome(
             job_id=self.job_id, task=self.task, metric=self.metric, direction=self.direction,
             trials_used=self.trials_used, namespace=self.namespace, workload=self.workload,
             per_optimizer=tuple(
                 OptimizerResult(name, r.completed, r.best_value, r.best_hyperparameters,
-                                r.best_schedule)
+                                fields(r.best_schedule))
                 for name, r in self.per_optimizer.items()),
-            best_schedule=self.best_schedule, finished_at=self.finished_at)
+            best_schedule=fields(self.best_schedule), finished_at=self.finished_at)
 
 
 @dataclass(frozen=True)
