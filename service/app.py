@@ -19,7 +19,16 @@ from sqlalchemy import Engine
 from service import ui
 from service.api import docs
 from service.api.deps import require_api_key
-from service.api.routes import catalog, health, jobs, recommendations, reports, results
+from service.api.routes import (
+    catalog,
+    health,
+    history,
+    insights,
+    jobs,
+    recommendations,
+    reports,
+    results,
+)
 from service.core import db, errors, metrics
 from service.core.limits import BodySizeLimitMiddleware
 from service.core.route_templates import RouteTemplates
@@ -37,6 +46,8 @@ V1_ROUTERS: list[APIRouter] = [
     reports.router,
     catalog.router,
     results.router,
+    history.router,
+    insights.router,
 ]
 # Routers that handle authentication themselves (/healthz is open; /readyz and /metrics ask for
 # the key). The dashboard (/ui, and / redirecting to it) is public: its data comes from the API.

@@ -26,23 +26,26 @@ API's ``application/problem+json``, with subclasses per status (:class:`NotFound
 
 Retries (``retries`` times, exponential backoff from ``backoff_s``, ``Retry-After`` honoured):
 a 503 or a lost connection is retried for requests that are safe to repeat: reads, cancel,
-recommendations, and the trial calls the server makes idempotent (asking again with the same
-``client_id`` returns the same open trial; repeating a result is harmless; heartbeats and
-reports). A request that never left (connection refused) is retried whatever it is. Launching a
-job is not repeated after it may have reached the server, so a job is never created twice.
+recommendations, history imports (job ids already there are skipped), and the trial calls the
+server makes idempotent (asking again with the same ``client_id`` returns the same open trial;
+repeating a result is harmless; heartbeats and reports). A request that never left (connection
+refused) is retried whatever it is. Launching a job is not repeated after it may have reached
+the server, so a job is never created twice.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import re
 import socket
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
@@ -65,6 +68,8 @@ API_KEY_ENV = "OPTPILOT_API_KEY"
 MAX_RETRY_AFTER_S = 60.0
 MAX_REASON_CHARS = 1_000
 ACTIVE_STATUSES = ("queued", "running")
+NDJSON = "application/x-ndjson"
+IMPORT_BATCH_BYTES = 1_048_576  # the server's default OPTPILOT_MAX_BODY_BYTES
 REASON_NOT_REPORTED = "not reported"
 
 Json = dict[str, Any]
@@ -229,6 +234,33 @@ def _is_pruned(exc: BaseException | None) -> bool:
     return isinstance(pruned, type) and isinstance(exc, pruned)
 
 
+def _physical_lines(line: str | Mapping[str, Any]) -> list[str]:
+    """An export line as the server counts lines: a dict is one; text is split at newlines
+    (one trailing newline ends the line, as in a file's lines)."""
+    if not isinstance(line, str):
+        return [json.dumps(dict(line), ensure_ascii=False, allow_nan=False,
+                           separators=(",", ":"))]
+    return (line[:-1] if line.endswith("\n") else line).split("\n")
+
+
+def _lines_shifted(exc: ValidationFailed, offset: int) -> ValidationFailed:
+    """A history import's 422 for a request that started ``offset`` lines into the input, with
+    its line numbers counted from the input's start."""
+    errors = []
+    for error in exc.errors:
+        if isinstance(error.get("line"), int):
+            line = error["line"] + offset
+            loc = list(error.get("loc") or [])
+            if len(loc) > 1 and isinstance(loc[1], int):
+                loc[1] = line
+            error = {**error, "line": line, "loc": loc,
+                     "field": ".".join(str(p) for p in loc)}
+        errors.append(error)
+    detail = exc.detail and re.sub(r"^line (\d+)", lambda m: f"line {int(m[1]) + offset}",
+                                   exc.detail)
+    return ValidationFailed(exc.status, exc.title, detail, errors)
+
+
 # -- the client -----------------------------------------------------------------------------
 
 
@@ -292,13 +324,16 @@ class OptpilotClient:
         return float(self.backoff_s * 2**attempt)
 
     def _send(self, method: str, path: str, *, json: Any = None,
-              params: Mapping[str, Any] | None = None, idempotent: bool) -> httpx.Response:
+              params: Mapping[str, Any] | None = None, idempotent: bool,
+              content: bytes | None = None,
+              headers: Mapping[str, str] | None = None) -> httpx.Response:
         """One request with retries; the response when it succeeded, else raises."""
         query = {k: v for k, v in (params or {}).items() if v is not None}
         attempt = 0
         while True:
             try:
-                response = self._http.request(method, path, json=json, params=query)
+                response = self._http.request(method, path, json=json, params=query,
+                                              content=content, headers=headers)
             except httpx.TransportError as exc:
                 # a request that never left can always be sent again
                 unsent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout
@@ -320,8 +355,10 @@ class OptpilotClient:
             return response
 
     def _json(self, method: str, path: str, *, json: Any = None,
-              params: Mapping[str, Any] | None = None, idempotent: bool) -> Any:
-        response = self._send(method, path, json=json, params=params, idempotent=idempotent)
+              params: Mapping[str, Any] | None = None, idempotent: bool,
+              content: bytes | None = None, headers: Mapping[str, str] | None = None) -> Any:
+        response = self._send(method, path, json=json, params=params, idempotent=idempotent,
+                              content=content, headers=headers)
         return response.json() if response.content else None
 
     # -- catalog, health, recommendations --
@@ -445,6 +482,62 @@ class OptpilotClient:
     def get_result(self, result_id: str) -> Json:
         out: Json = self._json("GET", _path("v1", "results", result_id), idempotent=True)
         return out
+
+    # -- history and insights --
+
+    def rule_insights(self, namespace: str | None = None) -> Json:
+        """Each rule of the prior against the namespace's finished jobs (default namespace
+        ``default``), the rows where the rules disagree most with the history first."""
+        out: Json = self._json("GET", "/v1/insights/rules", idempotent=True,
+                               params={"namespace": namespace})
+        return out
+
+    def export_history(self, namespace: str | None = None) -> list[Json]:
+        """The history (of ``namespace``; every namespace without one), oldest first: one
+        dict per finished job, the lines of ``optpilot history export``."""
+        response = self._send("GET", "/v1/history", idempotent=True,
+                              params={"namespace": namespace},
+                              headers={"Accept": f"{NDJSON}, application/problem+json"})
+        return [json.loads(line) for line in response.text.splitlines() if line.strip()]
+
+    def import_history(self, lines: Iterable[str | Mapping[str, Any]], *,
+                       batch_bytes: int = IMPORT_BATCH_BYTES) -> Json:
+        """Add finished jobs to the server's history: export lines (text) or their dicts.
+        Job ids it knows already are skipped, so an import repeated is harmless:
+        ``{"added": n, "skipped": m}``.
+
+        Lines go in requests of at most ``batch_bytes`` (halved while the server answers 413);
+        each request is all or nothing. A bad line is a :class:`ValidationFailed` naming its
+        number (counted over ``lines``, text split at newlines) and field; the requests before
+        it were imported."""
+        encoded = [piece.encode("utf-8", "surrogatepass")  # a bad character: a 422 on its line
+                   for line in lines for piece in _physical_lines(line)]
+        totals = {"added": 0, "skipped": 0}
+        start = 0
+        while start < len(encoded):
+            end, size = start + 1, len(encoded[start]) + 1
+            while end < len(encoded) and size + len(encoded[end]) + 1 <= batch_bytes:
+                size += len(encoded[end]) + 1
+                end += 1
+            self._import_lines(encoded[start:end], start, totals)
+            start = end
+        return totals
+
+    def _import_lines(self, lines: list[bytes], offset: int, totals: dict[str, int]) -> None:
+        try:
+            out = self._json("POST", "/v1/history", content=b"".join(b"%s\n" % x for x in lines),
+                             idempotent=True, headers={"Content-Type": NDJSON})
+        except OptpilotError as exc:
+            if exc.status == 413 and len(lines) > 1:
+                half = len(lines) // 2
+                self._import_lines(lines[:half], offset, totals)
+                self._import_lines(lines[half:], offset + half, totals)
+                return
+            if isinstance(exc, ValidationFailed) and offset:
+                raise _lines_shifted(exc, offset) from None
+            raise
+        totals["added"] += int(out["added"])
+        totals["skipped"] += int(out["skipped"])
 
     # -- client-evaluated trials, one call each --
 

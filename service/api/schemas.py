@@ -26,7 +26,8 @@ from pydantic import (
 import optimizers
 from optimizers import HyperparameterPrior, Schedule, SearchRange
 from service.core import jsonsafe
-from tuner.evidence.history import DEFAULT_NAMESPACE, NAMESPACE_PATTERN
+from tuner.evidence.history import DEFAULT_NAMESPACE, MIN_COMPLETED_TRIALS, NAMESPACE_PATTERN
+from tuner.evidence.insights import RuleInsights
 from tuner.evidence.records import Evidence
 from tuner.task import MAX_PARAMETERS, ModelFamily, TaskDescription, TaskType, WholeNumber
 
@@ -378,6 +379,62 @@ class ResultsSummary(BaseModel):
         description="Share of decided results whose winner was the prior's top choice.",
     )
     similar_to: SimilarTo | None = None
+
+
+# --- history and insights ---------------------------------------------------------------------
+
+NDJSON = "application/x-ndjson"
+
+
+class HistoryQuery(RequestModel):
+    """``GET /v1/history``: whose history to export."""
+
+    namespace: Namespace | None = Field(
+        default=None, description="Only this namespace's jobs (default: every namespace).")
+
+
+class HistoryImportOut(BaseModel):
+    added: int = Field(description="Jobs added to the history.")
+    skipped: int = Field(description="Jobs already there (same job id), or of this server.")
+
+
+class InsightsQuery(RequestModel):
+    """``GET /v1/insights/rules``: whose history to hold the rules against."""
+
+    namespace: Namespace = DEFAULT_NAMESPACE
+
+
+class InsightRowOut(ResponseModel):
+    rule: str = Field(description="The rule's name in tuner.rules.RULES; 'prior' for the rules "
+                                  "together (their top-1 on each job's task).")
+    top_pick: str | None = Field(
+        description="The optimizer the rule's weights favour most (null: it favours none; "
+                    "the prior's pick is per job).")
+    jobs: int = Field(description="Jobs it fired on (those that count).")
+    decided: int = Field(description="Of those, jobs with a winner.")
+    top_pick_won: OutFloat = Field(description="Share of the decided jobs the top pick won.")
+    top_pick_tried: int | None = Field(description="Decided jobs in which the top pick ran.")
+    median_lr_ratio: OutFloat = Field(
+        description="Median of the winner's tuned lr / the rules' lr for it on the job's task.")
+    lr_jobs: int = Field(description="Jobs in that median.")
+    examples: list[str] = Field(description="Job ids, where the rule was most wrong first.")
+
+
+class RuleInsightsOut(ResponseModel):
+    namespace: str
+    jobs: int = Field(description="The namespace's jobs that count (enough completed trials).")
+    ignored: int = Field(description="Jobs with fewer completed trials, not counted.")
+    min_completed_trials: int
+    prior: InsightRowOut
+    rules: list[InsightRowOut] = Field(
+        description="Every rule, where the rules disagree most with the history first.")
+
+    @classmethod
+    def of(cls, namespace: str, insights: RuleInsights) -> RuleInsightsOut:
+        return cls.model_validate({"namespace": namespace, "jobs": insights.jobs,
+                                   "ignored": insights.ignored,
+                                   "min_completed_trials": MIN_COMPLETED_TRIALS,
+                                   "prior": insights.prior, "rules": insights.rules})
 
 
 # --- health -----------------------------------------------------------------------------------

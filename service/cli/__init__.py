@@ -4,8 +4,9 @@ Local commands need no server: ``optimizers``, ``workloads``, ``recommend``, ``t
 commands: ``serve`` (API + local workers + SQLite, the embedded default), ``worker``, ``db``.
 Remote commands talk to a running API (``--url``, default ``$OPTPILOT_URL`` or
 http://127.0.0.1:8000; key from ``$OPTPILOT_API_KEY``): ``jobs list|show|watch|cancel|launch``,
-``results``. Bad input, and any error answer or unreachable server, ends with a one-line message
-on stderr and exit status 2, never a traceback.
+``results``, ``insights``, ``history export|import`` (these two, like ``report``, also work on
+the database itself with ``--db``). Bad input, and any error answer or unreachable server, ends
+with a one-line message on stderr and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from service.cli.common import CliError, Handler, Parser, database_url, version_text
+from service.cli.history import add_history_parser, add_insights_parser
 from service.cli.local import add_local_parsers
 from service.cli.remote import add_remote_parsers
 from service.cli.report import add_report_parser
@@ -33,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_service_parsers(sub)
     add_remote_parsers(sub)
     add_report_parser(sub)
+    add_insights_parser(sub)
+    add_history_parser(sub)
     return parser
 
 

@@ -133,6 +133,24 @@ def database_url(db: str | None) -> str:
     return f"sqlite:///{Path(db).expanduser().resolve()}"
 
 
+def display_url(url: str) -> str:
+    """A database URL fit to print: its password hidden."""
+    from sqlalchemy import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "the database"
+
+
+def add_source_flags(p: argparse.ArgumentParser, db_help: str) -> None:
+    """``--url URL | --db DB``: ask a running server (the default), or read the database."""
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--url", help="API base URL (default: $OPTPILOT_URL or "
+                        "http://127.0.0.1:8000); the key comes from $OPTPILOT_API_KEY")
+    source.add_argument("--db", help=db_help)
+
+
 def add_task_flags(p: argparse.ArgumentParser, required: bool) -> None:
     g = p.add_argument_group("task description")
     g.add_argument("--family", required=required,

@@ -29,7 +29,7 @@ ACTIVE_JOB_STATUSES = ("queued", "running")
 
 
 @contextmanager
-def _server(args: argparse.Namespace) -> Iterator[Any]:
+def api_client(args: argparse.Namespace) -> Iterator[Any]:
     """An API client for ``--url``; its errors become one-line CLI errors."""
     from service.client import ConnectionFailed, OptpilotClient, OptpilotError
 
@@ -116,7 +116,7 @@ def render_job(job: dict[str, Any], console: Console) -> None:
 
 
 def cmd_jobs_list(args: argparse.Namespace) -> int:
-    with _server(args) as client:
+    with api_client(args) as client:
         page = client.list_jobs(status=args.status, workload=args.workload, limit=args.limit,
                                 offset=args.offset)
     if args.json:
@@ -134,7 +134,7 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_show(args: argparse.Namespace) -> int:
-    with _server(args) as client:
+    with api_client(args) as client:
         job = client.get_job(args.job_id)
         trials = client.job_trials(args.job_id) if args.trials else None
     if args.json:
@@ -157,7 +157,7 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_cancel(args: argparse.Namespace) -> int:
-    with _server(args) as client:
+    with api_client(args) as client:
         job = client.cancel_job(args.job_id)
     if args.json:
         _print_json(job)
@@ -192,7 +192,7 @@ def cmd_jobs_watch(args: argparse.Namespace) -> int:
     if not args.interval > 0:
         raise CliError("--interval: must be positive")
     console = make_console()
-    with _server(args) as client:
+    with api_client(args) as client:
         job = watch_job(client, args.job_id, args.interval, console, quiet=args.json)
     if args.json:
         _print_json(job)
@@ -207,7 +207,7 @@ def cmd_jobs_launch(args: argparse.Namespace) -> int:
         raise CliError("give --workload NAME, or --family and --params for a job whose trials "
                        "you evaluate yourself")
     console = make_console()
-    with _server(args) as client:
+    with api_client(args) as client:
         job = client.create_job(args.workload, n_trials=args.trials, task=task,
                                 optimizers=args.optimizers, seed=args.seed, pruner=args.pruner,
                                 timeout_s=args.timeout, max_retries=args.max_retries,
@@ -233,7 +233,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.min_params is not None and args.max_params is not None and \
             args.min_params > args.max_params:
         raise CliError("--min-params must not exceed --max-params")
-    with _server(args) as client:
+    with api_client(args) as client:
         if args.summary:
             data = client.results_summary(**filters, num_parameters=args.params,
                                           factor=args.factor)

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any
 
-from service.cli.common import CliError, database_url
+from service.cli.common import CliError, add_source_flags, database_url, display_url
 
 
 def report_from_database(url: str, job_id: str) -> str:
@@ -41,23 +41,14 @@ def report_from_database(url: str, job_id: str) -> str:
             storage = open_optuna_storage(url)
             return build_report(describe(job, storage))
     except JobNotFound:
-        raise CliError(f"job {job_id!r} was not found in {_safe(url)}") from None
+        raise CliError(f"job {job_id!r} was not found in {display_url(url)}") from None
     except SQLAlchemyError as exc:
-        raise CliError(f"cannot read {_safe(url)}: {type(exc).__name__}: "
+        raise CliError(f"cannot read {display_url(url)}: {type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:200]}") from None
     finally:
         if storage is not None:
             storage.engine.dispose()
         engine.dispose()
-
-
-def _safe(url: str) -> str:
-    from sqlalchemy import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "the database"
 
 
 def report_from_server(base_url: str | None, job_id: str, api_key: str | None = None,
@@ -115,10 +106,7 @@ def add_report_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("job_id", metavar="JOB")
     p.add_argument("-o", "--output", help="file to write (default: optpilot-report-JOB.html; "
                    "- for stdout)")
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--url", help="API base URL (default: $OPTPILOT_URL or "
-                        "http://127.0.0.1:8000); the key comes from $OPTPILOT_API_KEY")
-    source.add_argument("--db", help="build it from this database (SQLite file or URL) "
-                        "instead of asking a server")
+    add_source_flags(p, "build it from this database (SQLite file or URL) instead of asking "
+                     "a server")
     p.set_defaults(handler=cmd_report)
     return p

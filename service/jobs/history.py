@@ -3,7 +3,10 @@
 Every job that completes writes its outcome (``tuner.evidence.history.JobOutcome``) into the
 ``history`` table, in the transaction that completes it (:func:`record_job`); failed and
 cancelled jobs write none. Outcomes exported by another server go into the same table
-(:func:`import_outcomes`), idempotently: a job id already there is left as it is.
+(:func:`import_outcomes`), idempotently: a job id already there, or the id of one of this
+server's own jobs (which writes its outcome itself), is left as it is. The history leaves as
+JSON lines (:func:`export_lines`, the format of ``tuner.evidence.export``) and its outcomes are
+held against the rules by :func:`namespace_insights` (``tuner.evidence.insights``).
 
 A namespace's history is read as one evidence pool, the published trainings plus its jobs
 (``tuner.tuning.evidence_with``). :class:`HistoryPools` keeps each namespace's pool in the
@@ -19,10 +22,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.core.models import HistoryEntry, Job, utcnow
+from tuner.evidence.export import dump_line
 from tuner.evidence.history import JobOutcome, OptimizerResult
+from tuner.evidence.insights import RuleInsights, rule_insights
 from tuner.evidence.records import EvidencePool
 from tuner.task import TaskDescription
 from tuner.tuning import StudySummary, evidence_with
@@ -60,19 +66,37 @@ def record_job(session: Session, outcome: JobOutcome) -> None:
 @dataclass(frozen=True)
 class ImportReport:
     added: int
-    skipped: int  # already in the history (same job id)
+    skipped: int  # already in the history, or one of this server's jobs (same job id)
+
+
+def _known_ids(session: Session, ids: list[str]) -> set[str]:
+    known: set[str] = set()
+    for start in range(0, len(ids), 500):  # bounded IN lists
+        chunk = ids[start:start + 500]
+        known.update(session.scalars(sa.select(HistoryEntry.job_id)
+                                     .where(HistoryEntry.job_id.in_(chunk))))
+        known.update(session.scalars(sa.select(Job.id).where(Job.id.in_(chunk))))
+    return known
 
 
 def import_outcomes(session: Session, outcomes: Iterable[JobOutcome]) -> ImportReport:
-    """Add outcomes from elsewhere, all or nothing; ids already in the history are skipped (an
-    import repeated is harmless)."""
+    """Add outcomes from elsewhere, all or nothing; ids already in the history, and ids of this
+    server's own jobs, are skipped (an import repeated is harmless). An import racing another
+    one with the same new ids is redone once, and skips those the other one added."""
     batch = list(outcomes)
     ids = [o.job_id for o in batch]
     if len(set(ids)) != len(ids):
         duplicated = next(i for i in ids if ids.count(i) > 1)
         raise ValueError(f"job {duplicated!r} appears twice in the import")
-    known = set(session.scalars(sa.select(HistoryEntry.job_id)
-                                .where(HistoryEntry.job_id.in_(ids)))) if ids else set()
+    try:
+        return _add_fresh(session, batch)
+    except IntegrityError:  # another import added some of them meanwhile: skip those
+        session.rollback()
+        return _add_fresh(session, batch)
+
+
+def _add_fresh(session: Session, batch: list[JobOutcome]) -> ImportReport:
+    known = _known_ids(session, [o.job_id for o in batch])
     fresh = [o for o in batch if o.job_id not in known]
     session.add_all(_entry(o, "imported") for o in fresh)
     session.commit()
@@ -89,6 +113,17 @@ def read_outcomes(session: Session, namespace: str | None = None,
     if since is not None:
         query = query.where(HistoryEntry.created_at >= since)
     return [JobOutcome.from_json(row) for row in session.scalars(query)]
+
+
+def export_lines(session: Session, namespace: str | None = None) -> list[str]:
+    """The history (of ``namespace``; every namespace without one), oldest first, as the
+    lines of an export file (``tuner.evidence.export.dump_line``), without their newlines."""
+    return [dump_line(outcome) for outcome in read_outcomes(session, namespace)]
+
+
+def namespace_insights(session: Session, namespace: str) -> RuleInsights:
+    """Each rule against the namespace's history (``tuner.evidence.insights``)."""
+    return rule_insights(read_outcomes(session, namespace))
 
 
 @dataclass

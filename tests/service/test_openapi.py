@@ -167,6 +167,10 @@ EXAMPLES_PER_OPERATION = 5
 # the auth checks matter) runs the other phases. Measured on a busy 2-core machine: about 60 s
 # and 40 s.
 PHASES = {"sqlite": "examples,coverage,fuzzing,stateful", "postgresql": "examples,fuzzing,stateful"}
+# POST /v1/history takes JSON lines: JSON Schema cannot say what a line holds, so every body
+# schemathesis could make from the document is text the route rightly refuses (and it has no
+# serializer for application/x-ndjson). tests/service/test_insights.py checks that route.
+UNDESCRIBABLE = ("import_history",)
 
 
 @pytest.mark.slow
@@ -184,10 +188,12 @@ def test_schemathesis_finds_no_disagreement(migrated_url: str, keys: list[str],
                    "--max-response-time", "30", "--max-examples", str(EXAMPLES_PER_OPERATION),
                    "--phases", PHASES[backend], "--seed", "1", "--workers", "1",
                    "--generation-database", "none", "--no-color"]
+        for operation_id in UNDESCRIBABLE:
+            command += ["--exclude-operation-id", operation_id]
         if keys:
             command += ["--header", f"Authorization: Bearer {keys[0]}"]
         run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     report = run.stdout + run.stderr
     print(report)  # the phases, checks and counts, for the test log
     assert run.returncode == 0, report[-6000:]
-    assert "Tested: 22" in report
+    assert "Tested: 24" in report

@@ -21,6 +21,8 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from tests.service.conftest import settings_for
 from tests.service.jobrun import live_server, work
+from tests.service.test_insights import team_a
+from tuner.evidence.export import dump_line
 
 KEY = "ui-test-key"
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -192,4 +194,36 @@ def test_dashboard_in_a_browser(browser: Any, migrated_url: str) -> None:
         form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
         wait.until(ec.text_to_be_present_in_element((By.ID, "results-out"), "No result matches"))
 
+        # Where the rules were wrong: a namespace's rules against its jobs, most wrong first.
+        history = "".join(f"{dump_line(o)}\n" for o in team_a())
+        r = api.post("/v1/history", content=history,
+                     headers={"Content-Type": "application/x-ndjson"})
+        assert r.status_code == 200, r.text
+        browser.get(f"{base}/ui#/insights")
+        form = wait.until(ec.presence_of_element_located((By.ID, "insights-form")))
+        wait.until(ec.text_to_be_present_in_element((By.ID, "insights-summary"),
+                                                    "in namespace default"))
+        field = form.find_element(By.NAME, "namespace")
+        field.clear()
+        field.send_keys("team-a")
+        form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "insights-summary"),
+                                                    "5 finished job(s) in namespace team-a"))
+        rows = browser.find_elements(By.CSS_SELECTOR, "#insights tbody tr")
+        assert rows[0].get_attribute("data-rule") == "small_problem"
+        assert "33% of 3" in rows[0].text and "×2 (3)" in rows[0].text
+        assert "a-s2" in rows[0].text
+        assert "won 60% of 5" in browser.find_element(By.ID, "insights-summary").text
+        assert "Never fired:" in browser.find_element(By.ID, "insights-silent").text
+        assert "namespace=team-a" in browser.current_url
+        shot(browser, "insights")
+
         assert severe(browser) == [], "the pages log no console errors"
+
+        # A bad namespace: the API's 422 names the field (the browser logs the 422 itself).
+        form = browser.find_element(By.ID, "insights-form")
+        field = form.find_element(By.NAME, "namespace")
+        field.clear()
+        field.send_keys("Not A Namespace")
+        form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "insights-out"), "query.namespace"))

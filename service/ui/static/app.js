@@ -448,6 +448,72 @@
     return h("div", {}, table, pager);
   }
 
+  // -- insights ------------------------------------------------------------------------------
+
+  function share(row) {
+    return typeof row.top_pick_won === "number" ?
+      `${Math.round(100 * row.top_pick_won)}% of ${row.decided}` : "—";
+  }
+
+  function lrRatio(row) {
+    return typeof row.median_lr_ratio === "number" ? `×${fmt(row.median_lr_ratio, 3)} (${row.lr_jobs})` : "—";
+  }
+
+  async function showInsights(query) {
+    const namespace = query.get("namespace") || "default";
+    const form = h("form", { id: "insights-form", class: "card" },
+      h("div", { class: "form-grid" },
+        h("label", {}, "namespace", h("input", { name: "namespace", type: "text", value: namespace,
+          spellcheck: "false", placeholder: "default" }))),
+      h("div", { class: "actions" }, h("button", { type: "submit", text: "Show" })));
+    const out = h("div", { id: "insights-out" }, h("p", { class: "muted", text: "Loading…" }));
+    view.replaceChildren(h("h1", { text: "Where the rules were wrong" }),
+      h("p", { class: "muted", text: "Each rule of the prior against the namespace's finished " +
+        "jobs: how often the optimizer it favours won, and how far the tuned lr lay from the " +
+        "rules' lr. The rules that disagree most with the history come first." }), form, out);
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const value = form.elements.namespace.value.trim();
+      const target = `#/insights${value ? `?namespace=${encodeURIComponent(value)}` : ""}`;
+      if (location.hash === target) route(); else location.hash = target;
+    });
+    const token = routeToken;
+    let data;
+    try {
+      data = await api(`/v1/insights/rules?namespace=${encodeURIComponent(namespace)}`);
+    } catch (err) {
+      if (token === routeToken) out.replaceChildren(errorBox(err));
+      return;
+    }
+    if (token === routeToken) out.replaceChildren(...insightsView(data).filter(Boolean));
+  }
+
+  function insightsView(data) {
+    const ignored = data.ignored ? ` (${data.ignored} more with fewer than ` +
+      `${data.min_completed_trials} completed trials not counted)` : "";
+    const summary = h("div", { class: "card", id: "insights-summary" },
+      h("b", { text: `${data.jobs} finished job(s) in namespace ${data.namespace}${ignored}` }));
+    if (!data.jobs) {
+      summary.append(h("p", { class: "muted", text: "No finished job to learn from yet." }));
+      return [summary];
+    }
+    summary.append(h("p", { text: `The rules' top-1 won ${share(data.prior)} job(s); tuned lr / ` +
+      `the rules' lr: median ${lrRatio(data.prior)}.` }));
+    const fired = data.rules.filter((r) => r.jobs > 0);
+    const table = h("table", { id: "insights" },
+      h("thead", {}, h("tr", {}, ["rule", "top pick", "jobs", "top pick won", "pick ran",
+        "median lr ratio (jobs)", "examples"].map((c) => h("th", { text: c })))),
+      h("tbody", {}, fired.map((r) => h("tr", { "data-rule": r.rule },
+        h("td", { text: r.rule }), h("td", { text: r.top_pick || "—" }),
+        h("td", { class: "num", text: r.jobs }), h("td", { class: "num", text: share(r) }),
+        h("td", { class: "num", text: r.top_pick_tried === null ? "—" : r.top_pick_tried }),
+        h("td", { class: "num", text: lrRatio(r) }),
+        h("td", {}, r.examples.map((id) => h("code", { text: `${id} ` })))))));
+    const silent = data.rules.filter((r) => r.jobs === 0).map((r) => r.rule);
+    return [summary, table, silent.length ?
+      h("p", { class: "muted", id: "insights-silent", text: `Never fired: ${silent.join(", ")}.` }) : null];
+  }
+
   // -- recommend -----------------------------------------------------------------------------
 
   function showRecommend() {
@@ -563,6 +629,7 @@
     if (needsKey()) return;
     if (section === "recommend") showRecommend();
     else if (section === "results") showResults(new URLSearchParams(queryText || ""));
+    else if (section === "insights") showInsights(new URLSearchParams(queryText || ""));
     else if (section === "jobs" && parts[1]) showJob(decodeURIComponent(parts[1]));
     else showJobs();
   }
