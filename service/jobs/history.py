@@ -17,6 +17,7 @@ when rows were added since, it reads those and rebuilds the pool.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -133,19 +134,31 @@ class _Cached:
     pool: EvidencePool = field(default_factory=lambda: evidence_with(()))
 
 
-class HistoryPools:
-    """Per namespace, the evidence pool of its history, kept between requests (thread-safe)."""
+MAX_CACHED_NAMESPACES = 64
 
-    def __init__(self) -> None:
-        self._cached: dict[str, _Cached] = {}
+
+class HistoryPools:
+    """Per namespace, the evidence pool of its history, kept between requests (thread-safe).
+
+    Only namespaces with a history are kept, at most ``capacity`` of them, least recently used
+    first out: a request naming any namespace cannot grow the process without bound."""
+
+    def __init__(self, capacity: int = MAX_CACHED_NAMESPACES) -> None:
+        self._cached: OrderedDict[str, _Cached] = OrderedDict()
+        self._capacity = capacity
         self._lock = threading.Lock()
 
     def pool(self, session: Session, namespace: str) -> EvidencePool:
         newest = session.scalar(sa.select(sa.func.max(HistoryEntry.created_at))
                                 .where(HistoryEntry.namespace == namespace))
+        if newest is None:
+            return evidence_with(())  # no history: the published trainings alone
         with self._lock:
             cached = self._cached.setdefault(namespace, _Cached())
-            if newest is None or newest == cached.newest:
+            self._cached.move_to_end(namespace)
+            while len(self._cached) > self._capacity:
+                self._cached.popitem(last=False)
+            if newest == cached.newest:
                 return cached.pool
         added = read_outcomes(session, namespace, since=cached.newest)
         with self._lock:
@@ -161,4 +174,5 @@ class HistoryPools:
         """The namespace's history (as of this call)."""
         self.pool(session, namespace)
         with self._lock:
-            return list(self._cached[namespace].outcomes.values())
+            cached = self._cached.get(namespace)
+            return [] if cached is None else list(cached.outcomes.values())

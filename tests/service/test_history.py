@@ -271,3 +271,20 @@ def test_the_client_sends_the_history_fields_only_when_asked() -> None:
     assert "namespace" not in sent[0] and "use_history" not in sent[0]
     assert sent[1]["namespace"] == "team-a" and sent[1]["use_history"] is False
     assert sent[2]["namespace"] == "team-a" and "use_history" not in sent[2]
+
+
+def test_the_pools_keep_only_namespaces_with_a_history_and_at_most_their_capacity(
+        migrated_url: str) -> None:
+    engine = create_engine_for(migrated_url)
+    pools = HistoryPools(capacity=2)
+    try:
+        with make_sessionmaker(engine)() as session:
+            for name in ("a", "b", "c"):
+                import_outcomes(session, [outcome(f"job-{name}", name)])
+            for name in ("nobody", "a", "b", "c", "x1", "x2"):
+                pools.pool(session, name)
+            assert list(pools._cached) == ["b", "c"]
+            assert [o.job_id for o in pools.outcomes(session, "a")] == ["job-a"]
+            assert pools.outcomes(session, "nobody") == []
+    finally:
+        engine.dispose()
