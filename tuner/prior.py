@@ -351,8 +351,18 @@ def _carried_lr(here: float | None, record: EvidenceRecord) -> float | None:
     rules' lrs between the two tasks."""
     if record.lr is None or here is None:
         return None
-    there = rules_lr(record.task, record.optimizer)
+    there = _own_rules_lr(record)
     return None if there is None else record.lr * here / there
+
+
+def _own_rules_lr(record: EvidenceRecord) -> float | None:
+    """``rules_lr`` of the record's own task and optimizer, kept with the record (``memo``):
+    computed once per record, not once per request (a large history's records would otherwise
+    crowd ``rules_lr``'s cache and re-run the rules)."""
+    memo = record.memo
+    if "rules_lr" not in memo:
+        memo["rules_lr"] = rules_lr(record.task, record.optimizer)
+    return memo["rules_lr"]
 
 
 def _cite(scored: Scored, lr_for_task: float | None) -> Evidence:

@@ -231,3 +231,75 @@ def test_a_row_never_counts_for_itself_in_the_benchmark(
     monkeypatch.setattr(bench, "leave_one_out", lambda p, row: p)
     optimistic = bench.evaluate(rows, use_evidence=True, view="full")
     assert sum(r.top1 for r in optimistic) > sum(r.top1 for r in honest)
+
+
+# -- the pool's index: the same records as scoring every one ----------------------------------
+
+_FAMILIES = ("mlp", "cnn", "linear", "other")
+_TYPES = ("classification", "regression", "other")
+# Sizes on a coarse grid of log10 steps (exact ties and records right at the window's edge)
+# and anywhere between; any of them unknown.
+_LOG = st.one_of(st.integers(0, 24).map(lambda k: k / 4), st.floats(0.0, 6.0))
+
+
+def _size(low: int) -> st.SearchStrategy[int | None]:
+    return st.one_of(st.none(), _LOG.map(lambda x: max(low, round(10 ** x))))
+
+
+_TASKS = st.builds(
+    lambda family, task_type, params, batch, layers, data, sparse, fine: TaskDescription(
+        model_family=family, task_type=task_type, num_parameters=params, batch_size=batch,
+        num_layers=None if layers is None else min(layers, 100_000), dataset_size=data,
+        sparse_features=sparse, fine_tuning=fine),
+    st.sampled_from(_FAMILIES), st.sampled_from(_TYPES),
+    _LOG.map(lambda x: max(1, round(10 ** (x + 2)))), _size(1), _size(1), _size(1),
+    st.booleans(), st.sampled_from([False, False, False, "full", "parameter_efficient"]),
+)
+
+
+def _near(t: TaskDescription, draw: Any) -> TaskDescription:
+    """A task a little away from ``t`` (so that many records sit near the similarity floor)."""
+    factor = 10 ** draw(st.floats(-0.8, 0.8))
+    return t.model_copy(update={"num_parameters": max(1, round(t.num_parameters * factor))})
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_the_pools_index_scores_exactly_what_scoring_every_record_does(data: Any) -> None:
+    tasks = data.draw(st.lists(_TASKS, min_size=1, max_size=12))
+    tasks += [_near(t, data.draw) for t in tasks for _ in range(data.draw(st.integers(0, 3)))]
+    pool = EvidencePool([*published_pool(), *(
+        record(t, "adamw", 1e-3, record_id=f"j{i}") for i, t in enumerate(tasks))])
+    queries = [data.draw(st.sampled_from(tasks)), _near(data.draw(st.sampled_from(tasks)),
+                                                         data.draw), data.draw(_TASKS)]
+    for query in queries:
+        assert pool.scored(query) == pool.scored_plainly(query)
+        left = pool.without("j0")
+        assert left.scored(query) == left.scored_plainly(query)
+
+
+def test_the_index_keeps_a_record_right_above_the_floor_and_drops_one_at_it() -> None:
+    base = task(model_family="mlp", num_parameters=10_000, batch_size=32, num_layers=2,
+                dataset_size=1_000)
+    # Parameters alone: similarity exp(-d^2 / 2) for d decades apart.
+    edge = math.sqrt(-2 * math.log(SIMILARITY_FLOOR))
+    inside = base.model_copy(update={"num_parameters": round(10 ** (4 + edge - 1e-4))})
+    outside = base.model_copy(update={"num_parameters": round(10 ** (4 + edge + 1e-4))})
+    pool = EvidencePool([record(inside, "adam", 1e-3, record_id="in"),
+                         record(outside, "adam", 1e-3, record_id="out")])
+    assert [s.record.record_id for s in pool.scored(base)] == ["in"]
+    assert pool.scored(base) == pool.scored_plainly(base)
+
+
+def test_a_records_rules_lr_is_computed_once_and_carries_the_same_lr() -> None:
+    from tuner.prior import carried_lr
+
+    r = record(MLP, "adamw", 2e-3)
+    assert r.memo == {}
+    carried = carried_lr(RESNET, r)
+    here, there = rules_lr(RESNET, "adamw"), rules_lr(MLP, "adamw")
+    assert here is not None and there is not None
+    assert r.memo == {"rules_lr": there}
+    assert carried == pytest.approx(2e-3 * here / there)
+    assert carried_lr(RESNET, r) == carried
+    assert r == record(MLP, "adamw", 2e-3)  # the memo is not part of the record

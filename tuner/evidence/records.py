@@ -14,17 +14,23 @@ record, its similarity to the task and the weight it carried.
 
 from __future__ import annotations
 
+import bisect
 import functools
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Final, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from tuner.evidence.published import PublishedTraining, published_trainings
 from tuner.evidence.similarity import (
+    SIMILARITY_FLOOR,
+    SIZE_WIDTHS,
+    UNKNOWN_SIZE,
     TaskKey,
     categorical_similarity,
+    size_factor,
+    size_reach,
     size_similarity,
     weight,
 )
@@ -62,6 +68,11 @@ class EvidenceRecord:
     standing: float = 1.0
     hyperparameters: Mapping[str, float] | None = None
     schedule_fields: Mapping[str, Any] | None = None  # a job's best schedule, as recorded
+    # What the prior derives from the record alone, kept with it on first use (the rules' lr
+    # on its own task: tuner.prior): a pool's records cost a lookup per request, not a rules
+    # evaluation. Not part of the record (no init, repr or comparison).
+    memo: dict[str, float | None] = field(default_factory=dict, init=False, repr=False,
+                                          compare=False)
 
     def __post_init__(self) -> None:
         if (self.source == "published") != (self.citation is not None) or (
@@ -111,12 +122,125 @@ class Scored:
     weight: float
 
 
+_SIZES: Final = tuple(SIZE_WIDTHS)
+_PARAMETERS, _BATCH, _LAYERS, _DATASET = (
+    _SIZES.index(n) for n in ("num_parameters", "batch_size", "num_layers", "dataset_size"))
+_WIDTH_PARAMETERS, _WIDTH_BATCH, _WIDTH_LAYERS, _WIDTH_DATASET = (
+    SIZE_WIDTHS[_SIZES[i]] for i in (_PARAMETERS, _BATCH, _LAYERS, _DATASET))
+# The bounds of EvidencePool.scored are loosened by this much (relative, and in decades) so that
+# rounding never leaves out a record the exact similarity keeps.
+_SLACK: Final = 1e-9
+
+_Member = tuple[EvidenceRecord, TaskKey]
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class _Bucket:
+    """Records of one category group with the same batch size and depth, sorted by log10 of
+    their parameters (with their datasets' log10 sizes, None when unknown)."""
+
+    log_parameters: tuple[float, ...]
+    log_datasets: tuple[float | None, ...]
+    members: tuple[_Member, ...]
+
+    def near(self, here: float, dataset: float | None, ceiling: float) -> list[_Member]:
+        """The members whose parameters' and dataset's factors can lift a similarity bounded
+        by ``ceiling`` above the floor."""
+        reach = size_reach(ceiling, SIMILARITY_FLOOR, _WIDTH_PARAMETERS) + _SLACK
+        low = bisect.bisect_left(self.log_parameters, here - reach)
+        high = bisect.bisect_right(self.log_parameters, here + reach)
+        if dataset is None:
+            return list(self.members[low:high])
+        # Both Gaussians at once: (dp / wp)^2 + (dd / wd)^2 < 2 ln(ceiling / floor).
+        limit = (reach / _WIDTH_PARAMETERS) ** 2 + _SLACK
+        out = []
+        for i in range(low, high):
+            theirs = self.log_datasets[i]
+            if theirs is not None:
+                x = (self.log_parameters[i] - here) / _WIDTH_PARAMETERS
+                y = (theirs - dataset) / _WIDTH_DATASET
+                if x * x + y * y > limit:
+                    continue
+            out.append(self.members[i])
+        return out
+
+
+@dataclass(frozen=True)
+class _Axis(Generic[_T]):
+    """Children by one size (log10; sorted), and the child of the records that do not know it."""
+
+    logs: tuple[float, ...]
+    children: tuple[_T, ...]
+    unknown: _T | None
+    width: float
+
+    def near(self, value: float | None, ceiling: float) -> list[tuple[float, _T]]:
+        """The children a similarity bounded by ``ceiling`` can still reach the floor in, each
+        with the bound once this size's factor is in."""
+        out: list[tuple[float, _T]] = []
+        if value is None:
+            if self.unknown is not None:
+                out.append((ceiling, self.unknown))
+            bound = ceiling * UNKNOWN_SIZE
+            if bound > SIMILARITY_FLOOR:
+                out += [(bound, child) for child in self.children]
+            return out
+        if self.unknown is not None and ceiling * UNKNOWN_SIZE > SIMILARITY_FLOOR:
+            out.append((ceiling * UNKNOWN_SIZE, self.unknown))
+        reach = size_reach(ceiling, SIMILARITY_FLOOR, self.width) + _SLACK
+        low = bisect.bisect_left(self.logs, value - reach)
+        high = bisect.bisect_right(self.logs, value + reach)
+        for i in range(low, high):
+            bound = ceiling * size_factor(value, self.logs[i], self.width) * (1.0 + _SLACK)
+            if bound > SIMILARITY_FLOOR:
+                out.append((bound, self.children[i]))
+        return out
+
+
+def _log_parameters(key: TaskKey) -> float:
+    value = key.log_sizes[_PARAMETERS]
+    if value is None:  # num_parameters is a required field of TaskDescription
+        raise ValueError("evidence: a record's task needs num_parameters")
+    return value
+
+
+def _axis(by: dict[float | None, _T], width: float) -> _Axis[_T]:
+    known = sorted(v for v in by if v is not None)
+    return _Axis(tuple(known), tuple(by[v] for v in known), by.get(None), width)
+
+
+def _index(members: list[_Member]) -> _Axis[_Axis[_Bucket]]:
+    """A category group's records by batch size, then depth, then parameters."""
+    by_size: dict[float | None, dict[float | None, list[_Member]]] = {}
+    for record, key in members:
+        by_size.setdefault(key.log_sizes[_BATCH], {}).setdefault(
+            key.log_sizes[_LAYERS], []).append((record, key))
+    batches: dict[float | None, _Axis[_Bucket]] = {}
+    for batch, by_layers in by_size.items():
+        buckets: dict[float | None, _Bucket] = {}
+        for layers, bucket in by_layers.items():
+            bucket.sort(key=lambda m: _log_parameters(m[1]))
+            buckets[layers] = _Bucket(tuple(_log_parameters(k) for _, k in bucket),
+                                      tuple(k.log_sizes[_DATASET] for _, k in bucket),
+                                      tuple(bucket))
+        batches[batch] = _axis(buckets, _WIDTH_LAYERS)
+    return _axis(batches, _WIDTH_BATCH)
+
+
 class EvidencePool:
     """Records with their similarity keys (computed once), grouped by their categories (family,
     task type, fine-tuning kind, sparse features) so that a query skips whole groups that cannot
-    reach ``SIMILARITY_FLOOR``; iterable, sized, immutable."""
+    reach ``SIMILARITY_FLOOR``; iterable, sized, immutable.
 
-    __slots__ = ("_groups", "_keys", "_records")
+    Within a group, records are indexed by batch size, then depth, then parameters (log10,
+    sorted), so a query looks only at the batch sizes and depths whose Gaussian factors can
+    still leave a similarity above the floor, and within those at the window of parameters that
+    can (``similarity.size_reach``): the same records with the same similarities as scoring
+    every record (``scored_plainly``), at a cost that grows with the records near the task
+    rather than with the pool (a server's history of many jobs)."""
+
+    __slots__ = ("_groups", "_keys", "_near", "_records")
 
     def __init__(self, records: Iterable[EvidenceRecord]) -> None:
         self._records = tuple(records)
@@ -127,10 +251,22 @@ class EvidencePool:
         self._group()
 
     def _group(self) -> None:
-        groups: dict[tuple[str, str, str, bool], list[tuple[EvidenceRecord, TaskKey]]] = {}
+        groups: dict[tuple[str, str, str, bool], list[_Member]] = {}
         for record, key in zip(self._records, self._keys, strict=True):
             groups.setdefault(key.categories, []).append((record, key))
-        self._groups = tuple((members[0][1], tuple(members)) for members in groups.values())
+        self._groups = tuple((members[0][1], _index(members)) for members in groups.values())
+        self._near: dict[tuple[str, str, str, bool],
+                         tuple[tuple[float, _Axis[_Axis[_Bucket]]], ...]] = {}
+
+    def _groups_near(self, key: TaskKey) -> tuple[tuple[float, _Axis[_Axis[_Bucket]]], ...]:
+        """The groups whose categories leave ``key`` a positive weight, each with that bound
+        (kept per categories: a pool holds few)."""
+        near = self._near.get(key.categories)
+        if near is None:
+            near = tuple((bound, index) for representative, index in self._groups
+                         if weight(bound := categorical_similarity(key, representative)) > 0.0)
+            self._near[key.categories] = near
+        return near
 
     def __iter__(self) -> Iterator[EvidenceRecord]:
         return iter(self._records)
@@ -150,16 +286,33 @@ class EvidencePool:
     def scored(self, task: TaskDescription) -> list[Scored]:
         """Every record with a positive weight for ``task``, most similar first."""
         key = TaskKey.of(task)
+        here = _log_parameters(key)
+        batch, layers = key.log_sizes[_BATCH], key.log_sizes[_LAYERS]
+        dataset = key.log_sizes[_DATASET]
         out: list[Scored] = []
-        for representative, members in self._groups:
-            bound = categorical_similarity(key, representative)
-            if weight(bound) <= 0.0:
-                continue  # the size factors are at most 1: nothing here can weigh
-            for record, record_key in members:
-                s = bound * size_similarity(key, record_key)
-                w = weight(s)
-                if w > 0.0:
-                    out.append(Scored(record, s, w))
+        # The size factors are at most 1: groups whose categories alone weigh nothing are
+        # skipped, and each size bounds what the others can still reach.
+        for bound, index in self._groups_near(key):
+            for by_batch, depths in index.near(batch, bound * (1.0 + _SLACK)):
+                for ceiling, bucket in depths.near(layers, by_batch):
+                    for record, record_key in bucket.near(here, dataset, ceiling):
+                        s = bound * size_similarity(key, record_key)
+                        w = weight(s)
+                        if w > 0.0:
+                            out.append(Scored(record, s, w))
+        out.sort(key=lambda x: (-x.similarity, x.record.record_id))
+        return out
+
+    def scored_plainly(self, task: TaskDescription) -> list[Scored]:
+        """``scored`` by scoring every record of the pool, with no group or window skipped:
+        what ``scored`` must equal (kept for the tests)."""
+        key = TaskKey.of(task)
+        out: list[Scored] = []
+        for record, record_key in zip(self._records, self._keys, strict=True):
+            s = categorical_similarity(key, record_key) * size_similarity(key, record_key)
+            w = weight(s)
+            if w > 0.0:
+                out.append(Scored(record, s, w))
         out.sort(key=lambda x: (-x.similarity, x.record.record_id))
         return out
 

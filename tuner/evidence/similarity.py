@@ -115,6 +115,22 @@ def size_similarity(a: TaskKey, b: TaskKey) -> float:
     return s * math.exp(-0.5 * exponent)
 
 
+def size_factor(x: float | None, y: float | None, width: float) -> float:
+    """One size's factor of ``size_similarity`` on its own (log10 sizes, width in decades)."""
+    if x is None or y is None:
+        return 1.0 if x is y else UNKNOWN_SIZE
+    return math.exp(-0.5 * ((x - y) / width) ** 2)
+
+
+def size_reach(ceiling: float, floor: float, width: float) -> float:
+    """How far (in log10) a size may lie from the task's and a similarity still exceed
+    ``floor``, when every other factor together is at most ``ceiling``: the half-width of the
+    Gaussian's window, ``width * sqrt(2 ln(ceiling / floor))`` (0 when ``ceiling <= floor``)."""
+    if ceiling <= floor:
+        return 0.0
+    return width * math.sqrt(2.0 * math.log(ceiling / floor))
+
+
 def key_similarity(a: TaskKey, b: TaskKey) -> float:
     """``similarity`` on precomputed keys."""
     c = categorical_similarity(a, b)
