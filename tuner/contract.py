@@ -9,7 +9,8 @@ ran (device, worker, ask/tell client), and where its configuration came from (``
 rules' warm start, a past job's best, or the sampler). The retry chain lives in system
 attributes, as Optuna's ``RetryFailedTrialCallback`` writes it: ``failed_trial`` (the chain's
 first trial) and ``retry_history`` (every number before this one); Optuna's ``enqueue_trial``
-keeps a waiting trial's parameters in ``fixed_params``.
+keeps a waiting trial's parameters in ``fixed_params``; ``optpilot.void`` marks a trial
+that was made but never ran (its worker lost the answer in a database outage).
 """
 
 from __future__ import annotations
@@ -50,11 +51,13 @@ OPTIMIZER_PARAM: Final = "optimizer"  # the categorical parameter a plan samples
 RETRY_OF: Final = "failed_trial"
 RETRY_HISTORY: Final = "retry_history"
 FIXED_PARAMS: Final = "fixed_params"  # Optuna's, for enqueued trials
+VOID: Final = "optpilot.void"  # a trial that never ran: it counts toward no budget
 
 # Why a trial ended, where optpilot itself decides it.
 REASON_DIVERGED: Final = "diverged"
 REASON_CANCELLED: Final = "cancelled"
 REASON_WORKER_LOST: Final = "worker lost (no heartbeat)"
+REASON_NEVER_RAN: Final = "never ran (made while the database failed; its worker never took it)"
 
 
 def trial_optimizer(trial: FrozenTrial) -> str | None:
@@ -114,6 +117,11 @@ def retry_system_attrs(trial: FrozenTrial) -> dict[str, Any]:
 def retried_numbers(trials: Iterable[FrozenTrial]) -> set[int]:
     """Numbers of failed trials that were enqueued again (they do not count toward a budget)."""
     return {n for t in trials for n in retry_history(t)}
+
+
+def is_void(trial: FrozenTrial) -> bool:
+    """A trial that never ran (``VOID``): it counts toward no budget."""
+    return bool(trial.system_attrs.get(VOID))
 
 
 def better(a: float, b: float | None, direction: Direction | str) -> bool:

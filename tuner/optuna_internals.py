@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import optuna
+import sqlalchemy as sa
 from optuna.storages._rdb import models as rdb_models
 from optuna.storages._rdb.storage import _create_scoped_session
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.orm import Session
 
 
@@ -26,7 +28,7 @@ def study_id(study: optuna.Study) -> int:
     return study._study_id
 
 
-def trial_id(trial: optuna.Trial) -> int:
+def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
     return trial._trial_id
 
 
@@ -77,3 +79,31 @@ def enqueue(session: Session, storage: optuna.storages.RDBStorage, study_id: int
 def stale_trial_ids(storage: optuna.storages.RDBStorage, study_id: int) -> list[int]:
     """Running trials whose last heartbeat is older than the storage's grace period."""
     return list(storage._get_stale_trial_ids(study_id))
+
+
+def unbeaten_trial_ids(storage: optuna.storages.RDBStorage, study_id: int,
+                       older_than_s: float) -> list[int]:
+    """Running trials that never recorded a heartbeat, started more than ``older_than_s``
+    ago. Optuna's own staleness check passes them over."""
+    trials: Any = rdb_models.TrialModel  # Optuna's models are not typed for SQL expressions
+    beats: Any = rdb_models.TrialHeartbeatModel
+    if hasattr(trials, "_datetime_start_utc"):  # Optuna 5 stores naive UTC
+        started = trials._datetime_start_utc
+        cutoff = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=older_than_s)
+    else:  # Optuna 4: naive local time
+        started = trials.datetime_start
+        cutoff = datetime.now() - timedelta(seconds=older_than_s)
+    with transaction(storage) as session:
+        rows = session.execute(
+            sa.select(trials.trial_id)
+            .where(trials.study_id == study_id, trials.state == TrialState.RUNNING,
+                   started < cutoff,
+                   ~sa.exists().where(beats.trial_id == trials.trial_id)))
+        return [int(trial_id) for (trial_id,) in rows]
+
+
+def set_system_attr(session: Session, storage: optuna.storages.RDBStorage, trial_id: int,
+                    key: str, value: Any) -> None:
+    """A trial's system attribute, written in ``session``'s transaction."""
+    storage._set_trial_attr_without_commit(session, rdb_models.TrialSystemAttributeModel,
+                                           trial_id, key, value)

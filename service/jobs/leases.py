@@ -48,6 +48,7 @@ from service.jobs.state import (
     get_job,
     release_trial_slot,
     study_name_for,
+    void_trials,
 )
 from service.jobs.studies import study_cache
 from tuner import optuna_internals
@@ -64,6 +65,7 @@ log = logging.getLogger(__name__)
 
 REASON_LEASE_EXPIRED = "lease expired"
 REASON_DUPLICATE_ASK = "duplicate ask"
+UNLEASED_VOID_AFTER_S = 60.0
 UNBOUNDED = 10**9
 
 
@@ -283,7 +285,7 @@ def reap_expired(session: Session, storage: optuna.storages.RDBStorage, study: o
     expired = session.scalars(sa.select(TrialLease).where(
         TrialLease.job_id == job.id, TrialLease.state == "open",
         TrialLease.lease_expires_at <= utcnow())).all()
-    reaped = 0
+    reaped = _void_unleased(session, storage, study, job)
     for lease in expired:
         lost = fail_and_retry(storage, optuna_internals.study_id(study), job.id, lease.trial_id,
                               REASON_LEASE_EXPIRED, lease_id=lease.id)
@@ -296,6 +298,22 @@ def reap_expired(session: Session, storage: optuna.storages.RDBStorage, study: o
     if reaped:
         finish_if_done(session, study, job.id)
     return reaped
+
+
+def _void_unleased(session: Session, storage: optuna.storages.RDBStorage, study: optuna.Study,
+                   job: Job) -> int:
+    """Void the job's running trials that have no lease ``UNLEASED_VOID_AFTER_S`` after they
+    were made: an ask writes its lease in the same request, so such a trial was made by an ask
+    whose answer was lost in a database outage (the slot went back; no client holds it)."""
+    cutoff = datetime.now() - timedelta(seconds=UNLEASED_VOID_AFTER_S)  # Optuna's local time
+    old = {optuna_internals.trial_id(t) for t in study.get_trials(
+        deepcopy=False, states=(TrialState.RUNNING,))
+        if t.datetime_start is not None and t.datetime_start < cutoff}
+    if not old:
+        return 0
+    leased = set(session.scalars(sa.select(TrialLease.trial_id).where(
+        TrialLease.job_id == job.id, TrialLease.trial_id.in_(old))))
+    return void_trials(storage, study, job.id, sorted(old - leased))
 
 
 def reap_all(session: Session, storage: optuna.storages.RDBStorage) -> int:

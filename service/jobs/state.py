@@ -29,11 +29,14 @@ from service.jobs.history import outcome_of, record_job
 from service.jobs.studies import cached_study
 from tuner import optuna_internals
 from tuner.contract import (
+    REASON_NEVER_RAN,
     REASON_WORKER_LOST,
     STUDY_JOB_ID,
     TRIAL_REASON,
     TRIAL_WORKER,
+    VOID,
     finite,
+    is_void,
     retried_numbers,
     retry_history,
     retry_of,
@@ -158,8 +161,9 @@ def cancel_job(session: Session, job_id: str) -> Job:
 
 
 def counted_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials that count toward the budget: not the retried ones, not the void ones."""
     retried = retried_numbers(trials)
-    return [t for t in trials if t.number not in retried]
+    return [t for t in trials if t.number not in retried and not is_void(t)]
 
 
 def finished_count(trials: Sequence[FrozenTrial]) -> int:
@@ -288,12 +292,46 @@ def _retry_trial(trial: FrozenTrial) -> FrozenTrial:
     )
 
 
+def void_unstarted_trials(storage: optuna.storages.RDBStorage, study: optuna.Study,
+                          job_id: str, grace_s: float) -> int:
+    """Fail, as void, the job's running trials that never recorded a heartbeat within
+    ``grace_s`` of their start: trials made by an ask whose answer was lost in a database
+    outage. Their worker went on without them and gave its slot back (or, when it failed
+    after the ask, :func:`reconcile_slots` gives it back), so they count toward nothing and
+    are not retried. A worker records its trial's first heartbeat right after asking."""
+    ids = optuna_internals.unbeaten_trial_ids(storage, optuna_internals.study_id(study), grace_s)
+    return void_trials(storage, study, job_id, ids)
+
+
+def void_trials(storage: optuna.storages.RDBStorage, study: optuna.Study, job_id: str,
+                trial_ids: Sequence[int]) -> int:
+    """Fail the still-running trials of ``trial_ids`` as void (they never ran: no budget, no
+    retry), each in one transaction; returns how many."""
+    study_id = optuna_internals.study_id(study)
+    voided = 0
+    for trial_id in trial_ids:
+        with optuna_internals.transaction(storage) as session:
+            row, trial = optuna_internals.lock_trial(session, storage, study_id, trial_id)
+            if row.state != TrialState.RUNNING:
+                continue
+            optuna_internals.set_user_attr(session, storage, trial_id, TRIAL_REASON,
+                                           REASON_NEVER_RAN)
+            optuna_internals.set_system_attr(session, storage, trial_id, VOID, True)
+            row.state = TrialState.FAIL
+            row.datetime_complete = datetime.now()  # Optuna's convention: naive local time
+        voided += 1
+        log.warning("job %s trial %d: %s", job_id, trial.number, REASON_NEVER_RAN)
+    return voided
+
+
 def reap_lost_trials(storage: optuna.storages.RDBStorage, study: optuna.Study,
                      job_id: str) -> int:
     """Fail and retry (:func:`fail_and_retry`) the job's running trials whose worker sent no
-    heartbeat for the storage's grace period; returns how many this call reaped."""
-    reaped = 0
+    heartbeat for the storage's grace period, and void those that never sent one
+    (:func:`void_unstarted_trials`); returns how many this call reaped."""
     study_id = optuna_internals.study_id(study)
+    grace = storage.grace_period or 2 * (storage.heartbeat_interval or 0)
+    reaped = void_unstarted_trials(storage, study, job_id, grace)
     for trial_id in optuna_internals.stale_trial_ids(storage, study_id):
         lost = fail_and_retry(storage, study_id, job_id, trial_id, REASON_WORKER_LOST)
         if lost is not None:

@@ -252,16 +252,18 @@ class Worker(BackgroundLoop):
                 release_trial_slot(session, job.id)
             raise
         assert job.workload is not None
+        trial_id = optuna_internals.trial_id(trial)
         with log_context(trial=trial.number):
-            trial.set_user_attr(TRIAL_WORKER, worker_id())
-            log.info("job %s trial %d on %s", job.id, trial.number, self.device)
-            with _Heartbeat(self.storage, optuna_internals.trial_id(trial),
-                            self.config.heartbeat_interval_s):
+            # The first heartbeat right after the ask: a trial without one is void after the
+            # grace period (service.jobs.state.void_unstarted_trials).
+            with _Heartbeat(self.storage, trial_id, self.config.heartbeat_interval_s):
+                trial.set_user_attr(TRIAL_WORKER, worker_id())
+                log.info("job %s trial %d on %s", job.id, trial.number, self.device)
                 outcome = run_trial(study, self._studies.plan(job.study_name),
                                     get_workload(job.workload),
                                     trial=trial, seed=job.seed or 0, device=self.device,
                                     should_stop=lambda: self._should_stop(job.id, study,
-                                                                          optuna_internals.trial_id(trial)))
+                                                                          trial_id))
             log.info("job %s trial %d %s%s%s", job.id, trial.number,
                      outcome.state.name.lower(),
                      "" if outcome.value is None else f" with {outcome.value:.6g}",

@@ -137,3 +137,45 @@ def test_a_completion_check_between_the_reapers_writes_never_finishes_a_job_shor
     assert [t.state for t in trials[-2:]] == [TrialState.FAIL, TrialState.WAITING]
     assert trials[-1].system_attrs["retry_history"] == [lost.number]
     assert trials[-1].params == lost.params
+
+
+def test_a_trial_made_by_a_lost_ask_is_void_and_the_job_still_ends_exact(
+        migrated_url: str) -> None:
+    """An ask whose answer was lost in an outage leaves a running trial nobody runs (its worker
+    gave the slot back). It never records a heartbeat: the reaper voids it, it counts toward
+    nothing, and the job ends with exactly its budget and nothing running."""
+    from service.runners.worker import Worker, WorkerConfig
+    from tests.service.jobrun import one_thread, short_rosenbrock
+    from tuner.contract import REASON_NEVER_RAN, is_void, trial_reason
+
+    sessions, storage = _setup(migrated_url)
+    with sessions() as session:
+        job = create_job(session, storage, workload="rosenbrock", task=None, n_trials=2,
+                         optimizer_names=["adam"], pruner="none")
+    study = optuna.load_study(study_name=job.study_name, storage=storage)
+    orphan = ask(study)  # no slot, no heartbeat: as after the lost answer
+    with sessions() as session:
+        assert claim_trial_slot(session, job.id)
+    beating = ask(study)  # a worker's trial, with its heartbeat: lost, not void
+    storage.record_heartbeat(optuna_internals.trial_id(beating))
+    time.sleep(2.2)  # past the 1 s grace (SQLite's heartbeat clock keeps whole seconds)
+    with one_thread(), short_rosenbrock():
+        worker = Worker(WorkerConfig(database_url=migrated_url, grace_period_s=1,
+                                     heartbeat_interval_s=1, poll_interval_s=0.02,
+                                     max_trials=2))
+        worker.reap(worker._active_jobs())
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        assert trials[orphan.number].state == TrialState.FAIL
+        assert is_void(trials[orphan.number])
+        assert trial_reason(trials[orphan.number]) == REASON_NEVER_RAN
+        assert trials[beating.number].state == TrialState.FAIL  # stale heartbeat: reaped
+        assert not is_void(trials[beating.number])
+        worker.run()
+    with sessions() as session:
+        done = session.get(Job, job.id, populate_existing=True)
+        assert done is not None and done.status == "completed"
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    counted = [t for t in study.get_trials(deepcopy=False)
+               if t.number not in retried_numbers(study.trials) and not is_void(t)]
+    assert sum(t.state.is_finished() for t in counted) == 2

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from optuna.storages._rdb import models as optuna_models
 from sqlalchemy import event
@@ -148,3 +149,34 @@ def test_a_diverged_result_is_pruned_in_the_answer_as_in_the_trial(migrated_url:
     assert [a.status_code for a in answers] == [200, 200]
     assert {a.json()["state"] for a in answers} == {"pruned"}
     assert trial["state"] == "pruned" and trial["reason"] == "diverged"
+
+
+def test_a_client_trial_without_a_lease_is_void_once_old(
+        migrated_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trial made by an ask whose answer was lost (no lease was written) is voided by the
+    next request that reaps the job; the job still ends with its exact budget."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from service.core.storage import ask as storage_ask
+    from service.core.storage import storage_for_app
+    from service.jobs import leases
+    from service.jobs.state import study_name_for
+    from tuner.contract import is_void
+
+    with api(migrated_url, lease_s=30) as client:
+        job_id = launch(client, 2)
+        storage = storage_for_app(client.app)  # type: ignore[arg-type]
+        study = optuna.load_study(study_name=study_name_for(job_id), storage=storage)
+        orphan = storage_ask(study)
+        monkeypatch.setattr(leases, "UNLEASED_VOID_AFTER_S", 0.0)
+        base = f"/v1/jobs/{job_id}"
+        for _ in range(2):
+            number = client.post(f"{base}/trials", json={"client_id": "c"}).json()["number"]
+            assert client.post(f"{base}/trials/{number}/result",
+                               json={"value": 0.5}).status_code == 200
+        job = client.get(base).json()
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == orphan.number)
+    assert trial.state == TrialState.FAIL and is_void(trial)
+    assert job["status"] == "completed" and job["progress"]["finished"] == 2
+    assert job["progress"]["running"] == 0
