@@ -445,11 +445,12 @@ def _lr_evidence(
     """Move ``name``'s lr prior (the rules' values) towards its similar records' carried lrs;
     the evidence entries and the rationale lines."""
     group = lr_group(name)
-    rules_prior = priors.get("lr")
-    here = None if rules_prior is None else rules_prior.default
+    lr = priors.get("lr")
+    here = None if lr is None else lr.default
     entries: list[Evidence] = []
     closest: Scored | None = None
     logs: list[tuple[float, float]] = []  # (weight, log carried lr)
+    measured: list[tuple[float, float]] = []  # (weight, carried lr) of this optimizer's own
     related = [s for s in scored if s.record.optimizer == name
                or lr_group(s.record.optimizer) == group]
     # most similar first; among equally similar ones, this optimizer's own first
@@ -462,13 +463,12 @@ def _lr_evidence(
         w = s.weight * (1.0 if r.optimizer == name else LR_GROUP_DISCOUNT)
         if carried is not None and w > 0:
             logs.append((w, math.log(carried)))
+        if carried is not None and r.optimizer == name:
+            measured.append((s.weight, carried))
     lines: list[str] = []
     if closest is not None:
         lines.append(f"closest {closest.record.source}: {_used(closest.record)} (similarity "
                      f"{closest.similarity:.2f})")
-    measured = [(s.weight, carried) for s in scored if s.record.optimizer == name
-                and (carried := _carried_lr(here, s.record)) is not None]
-    lr = priors.get("lr")
     if logs and lr is not None:
         total = math.fsum(w for w, _ in logs)
         target = math.exp(math.fsum(w * x for w, x in logs) / total)
