@@ -42,7 +42,7 @@ their ratio (target: at most 2x).
     python -m bench.transfer --output transfer.json --latency    # full run: see below
     python -m bench.transfer --methods history --reuse bench/results/transfer.json.gz
     python -m bench.transfer --report bench/results/transfer.json.gz
-    python -m bench.transfer --latency
+    python -m bench.transfer --methods none --latency
 
 The stored run (``bench/results/transfer.json.gz``): 16 tasks, 5 seeds, history 16 x 20 trials,
 (a) and (b) 20 trials and (c) 50 per task and seed: 7,520 trials in 1,461 s (24 min) wall on 2
@@ -119,12 +119,21 @@ from tuner.evidence.records import EvidencePool, published_pool
 from tuner.prior import carried_lr, recommend
 from tuner.task import TaskDescription
 from tuner.trial import TrialOutcome, run_trial
-from tuner.tuning import StudySummary, create_study, evidence_with, study_plan, tune
+from tuner.tuning import (
+    StudySummary,
+    create_study,
+    evidence_with,
+    study_plan,
+    summarize_study,
+    tune,
+)
 from tuner.workloads import Workload
 
 Method = Literal["rules", "history", "tpe"]
 METHODS: tuple[Method, ...] = ("rules", "history", "tpe")
 GUIDED: tuple[Method, ...] = ("rules", "history")  # the two whose trials to the target count
+HistoryMethod = Literal["rules", "tpe"]
+HISTORY_METHODS: tuple[HistoryMethod, ...] = ("rules", "tpe")
 LABELS: dict[Method, str] = {
     "rules": "(a) rules only",
     "history": "(b) rules + history",
@@ -261,14 +270,28 @@ def _trial(study: optuna.Study, outcome: TrialOutcome, plain: bool) -> ZooTrial:
     )
 
 
-def run_history_job(name: str, n_trials: int) -> HistoryJob:
-    """The past job of zoo task ``name``: a rules-only study of ``n_trials`` trials."""
+def run_history_job(name: str, n_trials: int, method: HistoryMethod = "rules") -> HistoryJob:
+    """The past job of zoo task ``name``, ``n_trials`` trials: a rules-only prior-guided study
+    (``rules``), or Optuna's TPE over the wide generic space, as (c) (``tpe``: a team that
+    tuned broadly elsewhere and imported its results)."""
     workload = zoo_workload(name)
     started = time.monotonic()
-    result = tune(workload, n_trials=n_trials, seed=HISTORY_SEED, pruner="none", device="cpu",
-                  study_name=f"history-{name}")
-    trials = [_trial(result.study, o, plain=False) for o in result.outcomes]
-    return HistoryJob(name, job_outcome(name, workload, result.summary), trials,
+    if method == "rules":
+        result = tune(workload, n_trials=n_trials, seed=HISTORY_SEED, pruner="none",
+                      device="cpu", study_name=f"history-{name}")
+        study, outcomes, summary = result.study, result.outcomes, result.summary
+    else:
+        study = optuna.create_study(storage=optuna.storages.InMemoryStorage(),
+                                    study_name=f"history-{name}",
+                                    sampler=optuna.samplers.TPESampler(seed=HISTORY_SEED),
+                                    pruner=optuna.pruners.NopPruner(),
+                                    direction=workload.direction)
+        plan = wide_plan()
+        outcomes = [run_trial(study, plan, workload, seed=HISTORY_SEED, device="cpu")
+                    for _ in range(n_trials)]
+        summary = summarize_study(study)
+    trials = [_trial(study, o, plain=method == "tpe") for o in outcomes]
+    return HistoryJob(name, job_outcome(name, workload, summary), trials,
                       time.monotonic() - started)
 
 
@@ -458,6 +481,13 @@ def synthetic_history(n: int, seed: int = 0) -> list[JobOutcome]:
     return out
 
 
+def near_task(rng: random.Random, history: Sequence[JobOutcome]) -> TaskDescription:
+    """A past job's task with its parameters changed by up to 2x either way."""
+    near = rng.choice(history).task
+    return near.model_copy(update={
+        "num_parameters": max(1, int(near.num_parameters * 10 ** rng.uniform(-0.3, 0.3)))})
+
+
 def _percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
@@ -473,18 +503,29 @@ class Latency:
     history_ms: list[float]  # recommend(task, evidence=the pool with every past job)
     control_ms: list[float]  # the published trainings and only the job records that weigh
     prepare_s: float  # filling every record's memo once (what a running server has done)
+    # POST /v1/recommendations on the service (SQLite file, the past jobs in its history
+    # table), with use_history false and true; empty in runs stored before this arm.
+    service_plain_ms: list[float] = field(default_factory=list)
+    service_history_ms: list[float] = field(default_factory=list)
 
     def p(self, which: list[float], q: float) -> float:
         return _percentile(which, q)
 
-    def ratios(self, against: str = "plain_ms") -> tuple[float, float]:
+    def ratios(self, against: str = "plain_ms",
+               measured: str = "history_ms") -> tuple[float, float]:
         base: list[float] = getattr(self, against)
-        return (self.p(self.history_ms, 0.5) / self.p(base, 0.5),
-                self.p(self.history_ms, 0.99) / self.p(base, 0.99))
+        ms: list[float] = getattr(self, measured)
+        return self.p(ms, 0.5) / self.p(base, 0.5), self.p(ms, 0.99) / self.p(base, 0.99)
 
     @property
     def met(self) -> bool:
         return max(self.ratios()) <= LATENCY_TARGET
+
+    @property
+    def service_met(self) -> bool | None:
+        if not self.service_plain_ms:
+            return None
+        return max(self.ratios("service_plain_ms", "service_history_ms")) <= LATENCY_TARGET
 
 
 def measure_latency(n_jobs: int = LATENCY_JOBS, queries: int = 400, seed: int = 0) -> Latency:
@@ -505,11 +546,7 @@ def measure_latency(n_jobs: int = LATENCY_JOBS, queries: int = 400, seed: int = 
 
     # Half the queries are near some past job (a user tuning again what they tuned before).
     def query() -> TaskDescription:
-        if rng.random() < 0.5:
-            return synthetic_task(rng)
-        near = rng.choice(history).task
-        return near.model_copy(update={
-            "num_parameters": max(1, int(near.num_parameters * 10 ** rng.uniform(-0.3, 0.3)))})
+        return synthetic_task(rng) if rng.random() < 0.5 else near_task(rng, history)
 
     published = list(published_pool())
     for _ in range(50):  # warm-up: caches as a running server has them
@@ -527,8 +564,58 @@ def measure_latency(n_jobs: int = LATENCY_JOBS, queries: int = 400, seed: int = 
             started = time.perf_counter()
             recommend(task, evidence=pools[arm])
             times[arm].append((time.perf_counter() - started) * 1e3)
+    service = measure_service_latency(history, queries, seed)
     return Latency(n_jobs, len(pool), queries, float(statistics.median(weighing)), times[0],
-                   times[1], times[2], round(prepare, 3))
+                   times[1], times[2], round(prepare, 3), *service)
+
+
+def measure_service_latency(history: Sequence[JobOutcome], queries: int,
+                            seed: int = 0) -> tuple[list[float], list[float]]:
+    """``POST /v1/recommendations`` with ``use_history`` false and true, interleaved, on the
+    service (in process, over its ASGI interface) with ``history`` imported into its database
+    (a fresh SQLite file): what a client waits for, request validation, the history lookup,
+    the recommendation, its row written and the response included. Same tasks as
+    :func:`measure_latency` draws, after a warm-up that builds the server's cached pool."""
+    import tempfile
+
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.core.db import upgrade
+    from service.core.settings import Settings
+    from service.jobs.history import import_outcomes
+
+    rng = random.Random(seed + 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/latency.db"
+        upgrade(url)
+        app = create_app(Settings(database_url=url, api_keys=[], worker_api_key=None))
+        with TestClient(app) as client:
+            with app.state.sessionmaker() as session:
+                import_outcomes(session, history)
+
+            def post(task: TaskDescription, use_history: bool) -> float:
+                body = {"task": task.model_dump(mode="json", exclude_none=True),
+                        "use_history": use_history}
+                started = time.perf_counter()
+                response = client.post("/v1/recommendations", json=body)
+                elapsed = (time.perf_counter() - started) * 1e3
+                if response.status_code != 201:
+                    raise RuntimeError(f"POST /v1/recommendations: {response.status_code} "
+                                       f"{response.text[:300]}")
+                return elapsed
+
+            for _ in range(20):  # warm-up: the first history request builds the pool
+                task = synthetic_task(rng)
+                post(task, True)
+                post(task, False)
+            plain: list[float] = []
+            with_history: list[float] = []
+            for i in range(queries):
+                task = synthetic_task(rng) if rng.random() < 0.5 else near_task(rng, history)
+                for use in ((True, False) if i % 2 else (False, True)):
+                    (with_history if use else plain).append(post(task, use))
+    return plain, with_history
 
 
 def latency_text(lat: Latency) -> str:
@@ -549,6 +636,17 @@ def latency_text(lat: Latency) -> str:
         f"p99 {c99:.2f}x: what searching the {lat.jobs:,} jobs costs beyond using the "
         "evidence found",
     ]
+    if lat.service_plain_ms:
+        s50, s99 = lat.ratios("service_plain_ms", "service_history_ms")
+        lines += [
+            f"  POST /v1/recommendations, the {lat.jobs:,} jobs in the service's database "
+            f"(SQLite), {len(lat.service_plain_ms)} requests each:",
+            *(f"  {name:<18}{lat.p(ms, 0.5):>10.3f}{lat.p(ms, 0.99):>10.3f}"
+              for name, ms in (("use_history false", lat.service_plain_ms),
+                               ("use_history true", lat.service_history_ms))),
+            f"  with / without: p50 {s50:.2f}x, p99 {s99:.2f}x (target <= "
+            f"{LATENCY_TARGET:g}x): {'met' if lat.service_met else 'NOT met'}",
+        ]
     return "\n".join(lines)
 
 
@@ -637,6 +735,7 @@ def to_json(args: argparse.Namespace, jobs: Sequence[HistoryJob],
     return {
         "config": {"tasks": args.tasks, "seeds": args.seeds, "trials": args.trials,
                    "tpe_trials": args.tpe_trials, "history_trials": args.history_trials,
+                   "history_method": args.history_method,
                    "history_seed": HISTORY_SEED, "jobs": args.jobs, "pruner": "none",
                    "overrides": args.overrides, "history_starts": tuner.space.HISTORY_STARTS,
                    "machine": machine()},
@@ -689,6 +788,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"trials of (c) (default {TPE_TRIALS})")
     p.add_argument("--history-trials", type=int, default=None,
                    help=f"trials of each past job (default {HISTORY_TRIALS})")
+    p.add_argument("--history-method", choices=HISTORY_METHODS, default="rules",
+                   help="how the past jobs were tuned: rules (optpilot's rules-only studies, "
+                        "the default) or tpe (TPE over the wide generic space, as (c))")
     p.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--methods", type=str, default=",".join(METHODS),
                    help="comma-separated subset of rules,history,tpe; none: train nothing "
@@ -757,6 +859,7 @@ def main(argv: list[str] | None = None) -> None:
              for w in args.tasks for s in range(args.seeds) for m in args.methods]
     started = time.monotonic()
     results: list[StudyResult] = []
+    ran_history = False
     context = multiprocessing.get_context("spawn")
     if tasks:
         print(f"{len(tasks)} studies ({len(args.tasks)} tasks x {len(args.methods)} methods x "
@@ -765,7 +868,8 @@ def main(argv: list[str] | None = None) -> None:
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context,
                                  initializer=init_zoo_worker,
                                  initargs=(args.overrides,)) as pool:
-            if not jobs:
+            ran_history = not jobs
+            if ran_history:
                 jobs = _history_phase(pool, args, started)
             outcomes = [j.outcome for j in jobs]
             futures: dict[Future[StudyResult], Task] = {
@@ -791,7 +895,7 @@ def main(argv: list[str] | None = None) -> None:
         _print_summary(args, summaries)
     if tasks:
         trained = sum(t.n_trials for t in tasks) + (
-            0 if args.reuse else len(jobs) * args.history_trials)
+            len(jobs) * args.history_trials if ran_history else 0)
         print(f"\ntotal {seconds:.0f}s wall for {trained} trials on {args.jobs} processes")
     latency = None
     if args.latency:
@@ -808,7 +912,8 @@ def _history_phase(pool: ProcessPoolExecutor, args: argparse.Namespace,
     """Every zoo task's past job (whatever --tasks holds out: the others' jobs are its
     history)."""
     names = zoo_names()
-    futures = {pool.submit(run_history_job, n, args.history_trials): n for n in names}
+    futures = {pool.submit(run_history_job, n, args.history_trials, args.history_method): n
+               for n in names}
     jobs: dict[str, HistoryJob] = {}
     for future in as_completed(futures):
         job = future.result()
@@ -844,8 +949,8 @@ def report(args: argparse.Namespace) -> None:
           f"{', overrides ' + str(overrides) if overrides else ''}")
     print(zoo_table(zoo_names()))
     won = ", ".join(f"{j.workload} {w.optimizer}" for j in jobs if (w := j.outcome.winner))
-    print(f"\nhistory: {len(jobs)} past jobs of {data['config']['history_trials']} trials, "
-          f"won by {won}")
+    print(f"\nhistory: {len(jobs)} past jobs of {data['config']['history_trials']} trials "
+          f"({args.history_method}), won by {won}")
     summaries = _summaries(args, results)
     if summaries:
         _print_summary(args, summaries)
@@ -862,11 +967,19 @@ def load_run(path: str, args: argparse.Namespace, skip: set[str],
     reporting."""
     data = read_run(path)
     config = data["config"]
+    stored_method = config.get("history_method", "rules")  # runs before the option: rules
     if args.report:
         for key in ("trials", "tpe_trials", "history_trials"):
             setattr(args, key, config[key])
+        args.history_method = stored_method
         args.seeds = min(args.seeds, config["seeds"])
-    for key in ("trials", "tpe_trials", "history_trials"):
+    same_history = (config["history_trials"] == args.history_trials
+                    and stored_method == args.history_method)
+    if not same_history and "history" not in skip:
+        raise SystemExit(f"{path}: its past jobs are {config['history_trials']} trials of "
+                         f"{stored_method}, this run's {args.history_trials} of "
+                         f"{args.history_method}: rerun 'history' (--methods history) with them")
+    for key in ("trials", "tpe_trials"):
         if config[key] != getattr(args, key):
             raise SystemExit(f"{path}: {key.replace('_', '-')} {config[key]}, this run "
                              f"{getattr(args, key)}")
@@ -877,7 +990,7 @@ def load_run(path: str, args: argparse.Namespace, skip: set[str],
                          "compare only runs measured here (without --reuse, every method runs)")
     jobs = [HistoryJob(j["workload"], JobOutcome.from_json(j["outcome"]),
                        [ZooTrial(**t) for t in j["trials"]], j["seconds"])
-            for j in data["history"]]
+            for j in data["history"]] if same_history else []  # else: the history phase reruns
     results = [
         StudyResult(Task(run["method"], run["workload"], run["seed"], run["n_trials"]),
                     run["direction"], [ZooTrial(**t) for t in run["trials"]], run["seconds"])

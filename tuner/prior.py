@@ -38,7 +38,7 @@ import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -365,10 +365,25 @@ def _own_rules_lr(record: EvidenceRecord) -> float | None:
     return memo["rules_lr"]
 
 
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _trusted(cls: type[_Model], **values: Any) -> _Model:
+    """``cls(**values)`` without validation, for values built from validated parts: every field
+    given (none left to its default), as ``model_construct`` would make it at a quarter of its
+    cost (it is most of a recommendation's time with many similar past jobs)."""
+    model = cls.__new__(cls)
+    object.__setattr__(model, "__dict__", values)
+    object.__setattr__(model, "__pydantic_fields_set__", set(values))
+    object.__setattr__(model, "__pydantic_extra__", None)
+    object.__setattr__(model, "__pydantic_private__", None)
+    return model
+
+
 def _cite(scored: Scored, lr_for_task: float | None) -> Evidence:
     r = scored.record
-    # Built from validated parts; model_construct skips a second validation (latency).
-    return Evidence.model_construct(
+    return _trusted(
+        Evidence,
         source=r.source, citation=r.citation, job_id=r.job_id, label=r.label,
         similarity=round(scored.similarity, 4), weight=round(scored.weight, 4),
         optimizer=r.optimizer, lr=r.lr, batch_size=r.task.batch_size, outcome=r.outcome,
@@ -401,6 +416,7 @@ class _EvidenceScores:
     total_weight: float
     weight_of: dict[str, float]
     count: dict[str, int]
+    by_lr_group: dict[str, list[Scored]]  # the records of each lr group, most similar first
 
     @classmethod
     def of(cls, scored: list[Scored], names: Iterable[str]) -> _EvidenceScores:
@@ -408,11 +424,13 @@ class _EvidenceScores:
         scored = [s for s in scored if s.record.optimizer in known]
         weight_of: dict[str, float] = {}
         count: dict[str, int] = {}
+        by_lr_group: dict[str, list[Scored]] = {}
         for s in scored:
-            vote = s.weight * s.record.standing
-            weight_of[s.record.optimizer] = weight_of.get(s.record.optimizer, 0.0) + vote
-            count[s.record.optimizer] = count.get(s.record.optimizer, 0) + 1
-        return cls(scored, math.fsum(s.weight for s in scored), weight_of, count)
+            name = s.record.optimizer
+            weight_of[name] = weight_of.get(name, 0.0) + s.weight * s.record.standing
+            count[name] = count.get(name, 0) + 1
+            by_lr_group.setdefault(lr_group(name), []).append(s)
+        return cls(scored, math.fsum(s.weight for s in scored), weight_of, count, by_lr_group)
 
     def factor(self, name: str) -> float:
         return math.exp(EVIDENCE_SCORE_RATE * self.weight_of.get(name, 0.0))
@@ -440,19 +458,17 @@ def _blend(rule_p: Mapping[str, float], weight_of: Mapping[str, float]) -> dict[
 
 
 def _lr_evidence(
-    name: str, priors: _Priors, scored: list[Scored]
+    name: str, priors: _Priors, ev: _EvidenceScores
 ) -> tuple[list[Evidence], list[str]]:
-    """Move ``name``'s lr prior (the rules' values) towards its similar records' carried lrs;
-    the evidence entries and the rationale lines."""
-    group = lr_group(name)
+    """Move ``name``'s lr prior (the rules' values) towards its similar records' carried lrs
+    (its own and its lr group's); the evidence entries and the rationale lines."""
     lr = priors.get("lr")
     here = None if lr is None else lr.default
     entries: list[Evidence] = []
     closest: Scored | None = None
     logs: list[tuple[float, float]] = []  # (weight, log carried lr)
     measured: list[tuple[float, float]] = []  # (weight, carried lr) of this optimizer's own
-    related = [s for s in scored if s.record.optimizer == name
-               or lr_group(s.record.optimizer) == group]
+    related = ev.by_lr_group.get(lr_group(name), [])
     # most similar first; among equally similar ones, this optimizer's own first
     for s in sorted(related, key=lambda s: (-s.similarity, s.record.optimizer != name)):
         r = s.record
@@ -695,7 +711,7 @@ def _candidate(name: str, task: TaskDescription, rules: _RulesResult, priors: _P
                 refs.append(rule.reference)
     if ev.scored:
         lines.append(ev.line(name, ranking.rule_p[name], ranking.blended[name]))
-    entries, lr_lines = _lr_evidence(name, priors, ev.scored)
+    entries, lr_lines = _lr_evidence(name, priors, ev)
     lines += lr_lines
     if mem.fits is False and ranking.demote != 1.0:
         lines.append(f"does not fit while others do: ranked below every candidate that fits "
@@ -705,13 +721,14 @@ def _candidate(name: str, task: TaskDescription, rules: _RulesResult, priors: _P
         refs.append(schedule_ref)
     if mem.fits or (mem.fits is None and task.num_devices > 1):
         lines.append(_memory_line(task, mem))
-    # Built from validated parts; model_construct skips a second validation (latency).
-    return Candidate.model_construct(
+    return _trusted(
+        Candidate,
         optimizer=name,
         score=min(1.0, ranking.final[name]),
         hyperparameters=priors,
-        memory=MemoryEstimate.model_construct(
-            state_bytes=mem.state_bytes, total_bytes=mem.total_bytes, fits=mem.fits),
+        memory=_trusted(
+            MemoryEstimate, state_bytes=mem.state_bytes, total_bytes=mem.total_bytes,
+            fits=mem.fits),
         rationale=lines,
         references=refs,
         evidence=entries,
@@ -742,5 +759,5 @@ def recommend(
     ranking = _rank(task, rules, ev, specs)
     ranked = ranking.top(top_k)
     priors, effects = rules.values(ranked)  # values and words for the returned ones only
-    return Recommendation.model_construct(task=task, candidates=[
+    return _trusted(Recommendation, task=task, candidates=[
         _candidate(name, task, rules, priors[name], effects, ev, ranking) for name in ranked])

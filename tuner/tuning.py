@@ -6,7 +6,9 @@ plan, the workload name, the task), so any process that opens the same storage c
 History: given the outcomes of past jobs (``tuner.evidence.history.JobOutcome``), a study's
 prior is recommended with them as evidence beside the published trainings, and its first trials
 are the best configurations of the most similar past jobs, lr carried to this task by the rules'
-laws (``SearchPlan.start_points``), before the rules' own warm start. Every enqueued point
+laws (``SearchPlan.start_points``), before the rules' own warm start. Their optimizers join the
+plan when the prior left them out (a past job may have won with an optimizer the rules rank
+low: that is what history can teach), as does the rules' own top candidate. Every enqueued point
 records where it came from (``tuner.contract.TRIAL_SOURCE``).
 """
 
@@ -41,8 +43,8 @@ from tuner.contract import (
 )
 from tuner.evidence.history import JobOutcome, job_records
 from tuner.evidence.records import EvidencePool, published_pool
-from tuner.prior import Recommendation, carried_lr, recommend
-from tuner.space import LR_HEADROOM, HistoryStart, SearchPlan
+from tuner.prior import Candidate, Recommendation, carried_lr, recommend
+from tuner.space import HISTORY_STARTS, LR_HEADROOM, HistoryStart, SearchPlan
 from tuner.task import TaskDescription
 from tuner.trial import TrialOutcome, run_trial
 from tuner.workloads import Workload, get_workload
@@ -120,6 +122,28 @@ def prior_for(task: TaskDescription, restrict_to: Sequence[str] | None = None,
                           candidates=[c for c in full.candidates if c.optimizer in wanted])
 
 
+def _with_history_candidates(recommendation: Recommendation, rules_top: Candidate,
+                             starts: Sequence[HistoryStart], pool: EvidencePool,
+                             restrict_to: Sequence[str] | None) -> Recommendation:
+    """The prior's candidates, then the rules' own top one and the optimizers of the history's
+    first starts where the prior left them out (an optimizer outside the user's
+    ``restrict_to`` never), so that every start point can run and the rules keep theirs."""
+    names = {c.optimizer for c in recommendation.candidates}
+    extra: list[Candidate] = []
+    if rules_top.optimizer not in names:
+        extra.append(rules_top)
+        names.add(rules_top.optimizer)
+    allowed = set(restrict_to) if restrict_to else set(optimizers.names())
+    missing = [h.optimizer for h in starts if h.optimizer not in names and h.optimizer in allowed]
+    if missing:
+        everything = recommend(recommendation.task, top_k=len(optimizers.names()), evidence=pool)
+        extra += [c for c in everything.candidates if c.optimizer in missing]
+    if not extra:
+        return recommendation
+    return Recommendation(task=recommendation.task,
+                          candidates=[*recommendation.candidates, *extra])
+
+
 def plan_from_recommendation(recommendation: Recommendation, n_trials: int,
                              schedule: Schedule | None = None) -> SearchPlan:
     """The search plan of a recommendation, each candidate with its schedule (or ``schedule``
@@ -166,12 +190,11 @@ def create_study(
     starts: list[HistoryStart] = []
     rules_top: str | None = None
     if any(record.source == "job" for record in pool):
-        starts = history_starts(task, pool)
+        starts = history_starts(task, pool)[:HISTORY_STARTS]
         without = prior_for(task, optimizer_names).candidates[0]
         rules_top = without.optimizer
-        if all(c.optimizer != rules_top for c in recommendation.candidates):
-            recommendation = Recommendation(task=task,
-                                            candidates=[*recommendation.candidates, without])
+        recommendation = _with_history_candidates(recommendation, without, starts, pool,
+                                                  optimizer_names)
     plan = plan_from_recommendation(recommendation, n_trials,
                                     workload.schedule_override if workload else None)
     study = optuna.create_study(

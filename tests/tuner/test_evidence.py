@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import tuner.evidence.records as records_module
 from tuner.evidence.records import (
     EMPTY_POOL,
     EvidencePool,
@@ -269,13 +270,25 @@ def test_the_pools_index_scores_exactly_what_scoring_every_record_does(data: Any
     tasks = data.draw(st.lists(_TASKS, min_size=1, max_size=12))
     tasks += [_near(t, data.draw) for t in tasks for _ in range(data.draw(st.integers(0, 3)))]
     pool = EvidencePool([*published_pool(), *(
-        record(t, "adamw", 1e-3, record_id=f"j{i}") for i, t in enumerate(tasks))])
+        record(t, "adamw", 1e-3, record_id=f"j{i}") for i, t in enumerate(tasks)), *(
+        # a job's other optimizers: records of the same task
+        record(t, "sgd_momentum", 0.1, record_id=f"k{i}") for i, t in enumerate(tasks[::2]))])
     queries = [data.draw(st.sampled_from(tasks)), _near(data.draw(st.sampled_from(tasks)),
                                                          data.draw), data.draw(_TASKS)]
-    for query in queries:
+    for query in [*queries, *queries]:  # asked again: the kept plans of the first asks
         assert pool.scored(query) == pool.scored_plainly(query)
         left = pool.without("j0")
         assert left.scored(query) == left.scored_plainly(query)
+
+
+def test_the_pool_keeps_a_bounded_number_of_query_plans(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(records_module, "_PLANS_KEPT", 2)
+    tasks = [MLP.model_copy(update={"batch_size": b}) for b in (16, 32, 64, 128, 256)]
+    pool = EvidencePool([*published_pool(), *(
+        record(t, "adamw", 1e-3, record_id=f"j{i}") for i, t in enumerate(tasks))])
+    for query in [*tasks, *reversed(tasks)]:
+        assert pool.scored(query) == pool.scored_plainly(query)
+        assert len(pool._plans) <= 2
 
 
 def test_the_index_keeps_a_record_right_above_the_floor_and_drops_one_at_it() -> None:

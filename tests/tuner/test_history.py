@@ -20,7 +20,7 @@ from tuner.evidence.history import (
     job_records,
 )
 from tuner.evidence.records import published_pool
-from tuner.prior import recommend
+from tuner.prior import Recommendation, recommend
 from tuner.task import TaskDescription
 from tuner.tuning import create_study, evidence_with, history_starts, tune
 from tuner.workloads import get_workload
@@ -141,6 +141,19 @@ def test_agreeing_jobs_narrow_the_lr_range_and_an_outlier_widens_it() -> None:
     assert widened.high >= rules.high * 20
 
 
+def test_a_recommendation_with_history_is_what_validation_would_build() -> None:
+    # recommend() builds its models without validating them again (latency): they must be
+    # exactly what validating their fields makes.
+    rec = recommend(MLP, evidence=evidence_with([outcome("near")]))
+    assert any(e.source == "job" for c in rec.candidates for e in c.evidence)
+    again = Recommendation.model_validate(rec.model_dump())
+    assert again == rec
+    assert again.model_dump_json() == rec.model_dump_json()
+    for built, validated in zip(rec.candidates, again.candidates, strict=True):
+        assert built.model_fields_set == validated.model_fields_set
+        assert built.memory == validated.memory and hash(built.memory) == hash(validated.memory)
+
+
 # -- warm starts ----------------------------------------------------------------------------
 
 
@@ -170,6 +183,24 @@ def test_a_new_job_tries_the_history_first_then_the_rules_top_default() -> None:
     assert points[1] == (rules_top, SOURCE_RULES)
     assert all(source == SOURCE_RULES for _, source in points[2:])
     assert rules_top in [c.optimizer for c in recommendation.candidates]
+
+
+def test_a_past_winner_the_prior_leaves_out_joins_the_plan_and_runs_first() -> None:
+    far = MLP.model_copy(update={"num_parameters": 80_000})  # similar, but weighs little
+    history = [outcome("far", task=far, results={"adagrad": (8, 0.1, {"lr": 0.05}),
+                                                 "adamw": (8, 0.3, {"lr": 1e-3})})]
+    pool = evidence_with(history)
+    assert "adagrad" not in [c.optimizer for c in recommend(MLP, evidence=pool).candidates]
+    study, recommendation = create_study(optuna.storages.InMemoryStorage(), study_name="s",
+                                         workload=None, task=MLP, n_trials=20, history=history)
+    assert _enqueued(study)[0] == ("adagrad", "history:far")
+    assert "adagrad" in [c.optimizer for c in recommendation.candidates]
+    # A user's own choice of optimizers wins over the history's.
+    study, recommendation = create_study(optuna.storages.InMemoryStorage(), study_name="t",
+                                         workload=None, task=MLP, n_trials=20, history=history,
+                                         optimizer_names=["adamw", "adam"])
+    assert {name for name, _ in _enqueued(study)} <= {"adamw", "adam"}
+    assert {c.optimizer for c in recommendation.candidates} == {"adamw", "adam"}
 
 
 def test_without_history_the_warm_start_is_the_rules_alone() -> None:

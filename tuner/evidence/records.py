@@ -18,7 +18,7 @@ import bisect
 import functools
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -113,9 +113,9 @@ class Evidence(BaseModel):
         description="Job: how this optimizer stood in its job (1: the winner, 0: the worst).")
 
 
-@dataclass(frozen=True)
-class Scored:
-    """A record of a pool with its similarity and weight for one task."""
+class Scored(NamedTuple):
+    """A record of a pool with its similarity and weight for one task (a tuple: a query makes
+    one per similar record)."""
 
     record: EvidenceRecord
     similarity: float
@@ -131,8 +131,13 @@ _WIDTH_PARAMETERS, _WIDTH_BATCH, _WIDTH_LAYERS, _WIDTH_DATASET = (
 # rounding never leaves out a record the exact similarity keeps.
 _SLACK: Final = 1e-9
 
-_Member = tuple[EvidenceRecord, TaskKey]
+# The records of one task (a job's optimizers share theirs): one similarity serves them all.
+_Member = tuple[TaskKey, tuple[EvidenceRecord, ...]]
 _T = TypeVar("_T")
+_Window = tuple[float, float]  # _window's (reach, limit)
+# The buckets a query of given categories, batch size and depth looks in (EvidencePool._plan):
+# kept per pool for this many such combinations (requests repeat a few), then started afresh.
+_PLANS_KEPT: Final = 4096
 
 
 @dataclass(frozen=True)
@@ -144,16 +149,15 @@ class _Bucket:
     log_datasets: tuple[float | None, ...]
     members: tuple[_Member, ...]
 
-    def near(self, here: float, dataset: float | None, ceiling: float) -> list[_Member]:
+    def near(self, here: float, dataset: float | None, window: _Window) -> list[_Member]:
         """The members whose parameters' and dataset's factors can lift a similarity bounded
-        by ``ceiling`` above the floor."""
-        reach = size_reach(ceiling, SIMILARITY_FLOOR, _WIDTH_PARAMETERS) + _SLACK
+        by the window's ceiling above the floor."""
+        reach, limit = window
         low = bisect.bisect_left(self.log_parameters, here - reach)
         high = bisect.bisect_right(self.log_parameters, here + reach)
         if dataset is None:
             return list(self.members[low:high])
         # Both Gaussians at once: (dp / wp)^2 + (dd / wd)^2 < 2 ln(ceiling / floor).
-        limit = (reach / _WIDTH_PARAMETERS) ** 2 + _SLACK
         out = []
         for i in range(low, high):
             theirs = self.log_datasets[i]
@@ -164,6 +168,18 @@ class _Bucket:
                     continue
             out.append(self.members[i])
         return out
+
+
+# A bucket to look in: bound, bucket, window, and the lowest and highest log10 parameters of a
+# task that can find anything in it.
+_Look = tuple[float, _Bucket, _Window, float, float]
+
+
+def _window(ceiling: float) -> _Window:
+    """What ``_Bucket.near`` needs of a ceiling: the parameters' reach (log10) and the bound on
+    the two Gaussians' summed squares."""
+    reach = size_reach(ceiling, SIMILARITY_FLOOR, _WIDTH_PARAMETERS) + _SLACK
+    return reach, (reach / _WIDTH_PARAMETERS) ** 2 + _SLACK
 
 
 @dataclass(frozen=True)
@@ -210,19 +226,23 @@ def _axis(by: dict[float | None, _T], width: float) -> _Axis[_T]:
     return _Axis(tuple(known), tuple(by[v] for v in known), by.get(None), width)
 
 
-def _index(members: list[_Member]) -> _Axis[_Axis[_Bucket]]:
-    """A category group's records by batch size, then depth, then parameters."""
+def _index(records: list[tuple[EvidenceRecord, TaskKey]]) -> _Axis[_Axis[_Bucket]]:
+    """A category group's records by batch size, then depth, then parameters; records of the
+    same task are one member."""
+    by_task: dict[TaskKey, list[EvidenceRecord]] = {}
+    for record, key in records:
+        by_task.setdefault(key, []).append(record)
     by_size: dict[float | None, dict[float | None, list[_Member]]] = {}
-    for record, key in members:
+    for key, same in by_task.items():
         by_size.setdefault(key.log_sizes[_BATCH], {}).setdefault(
-            key.log_sizes[_LAYERS], []).append((record, key))
+            key.log_sizes[_LAYERS], []).append((key, tuple(same)))
     batches: dict[float | None, _Axis[_Bucket]] = {}
     for batch, by_layers in by_size.items():
         buckets: dict[float | None, _Bucket] = {}
         for layers, bucket in by_layers.items():
-            bucket.sort(key=lambda m: _log_parameters(m[1]))
-            buckets[layers] = _Bucket(tuple(_log_parameters(k) for _, k in bucket),
-                                      tuple(k.log_sizes[_DATASET] for _, k in bucket),
+            bucket.sort(key=lambda m: _log_parameters(m[0]))
+            buckets[layers] = _Bucket(tuple(_log_parameters(k) for k, _ in bucket),
+                                      tuple(k.log_sizes[_DATASET] for k, _ in bucket),
                                       tuple(bucket))
         batches[batch] = _axis(buckets, _WIDTH_LAYERS)
     return _axis(batches, _WIDTH_BATCH)
@@ -240,7 +260,7 @@ class EvidencePool:
     every record (``scored_plainly``), at a cost that grows with the records near the task
     rather than with the pool (a server's history of many jobs)."""
 
-    __slots__ = ("_groups", "_keys", "_near", "_records")
+    __slots__ = ("_groups", "_keys", "_near", "_plans", "_records")
 
     def __init__(self, records: Iterable[EvidenceRecord]) -> None:
         self._records = tuple(records)
@@ -251,12 +271,14 @@ class EvidencePool:
         self._group()
 
     def _group(self) -> None:
-        groups: dict[tuple[str, str, str, bool], list[_Member]] = {}
+        groups: dict[tuple[str, str, str, bool], list[tuple[EvidenceRecord, TaskKey]]] = {}
         for record, key in zip(self._records, self._keys, strict=True):
             groups.setdefault(key.categories, []).append((record, key))
-        self._groups = tuple((members[0][1], _index(members)) for members in groups.values())
+        self._groups = tuple((records[0][1], _index(records)) for records in groups.values())
         self._near: dict[tuple[str, str, str, bool],
                          tuple[tuple[float, _Axis[_Axis[_Bucket]]], ...]] = {}
+        self._plans: dict[tuple[tuple[str, str, str, bool], float | None, float | None],
+                          tuple[_Look, ...]] = {}
 
     def _groups_near(self, key: TaskKey) -> tuple[tuple[float, _Axis[_Axis[_Bucket]]], ...]:
         """The groups whose categories leave ``key`` a positive weight, each with that bound
@@ -283,23 +305,45 @@ class EvidencePool:
         pool._group()
         return pool
 
+    def _plan(self, key: TaskKey) -> tuple[_Look, ...]:
+        """The buckets a task of ``key``'s categories, batch size and depth can find similar
+        records in, each with the bound the categories, batch and depth leave, its window and
+        the parameters (log10) a task needs to find anything there; what a query does before it
+        looks at parameters and datasets, kept per combination."""
+        batch, layers = key.log_sizes[_BATCH], key.log_sizes[_LAYERS]
+        at = (key.categories, batch, layers)
+        plan = self._plans.get(at)
+        if plan is None:
+            found = []
+            for bound, index in self._groups_near(key):
+                for by_batch, depths in index.near(batch, bound * (1.0 + _SLACK)):
+                    for ceiling, bucket in depths.near(layers, by_batch):
+                        window = _window(ceiling)
+                        found.append((bound, bucket, window,
+                                      bucket.log_parameters[0] - window[0],
+                                      bucket.log_parameters[-1] + window[0]))
+            plan = tuple(found)
+            if len(self._plans) >= _PLANS_KEPT:
+                self._plans.clear()
+            self._plans[at] = plan
+        return plan
+
     def scored(self, task: TaskDescription) -> list[Scored]:
         """Every record with a positive weight for ``task``, most similar first."""
         key = TaskKey.of(task)
         here = _log_parameters(key)
-        batch, layers = key.log_sizes[_BATCH], key.log_sizes[_LAYERS]
         dataset = key.log_sizes[_DATASET]
         out: list[Scored] = []
         # The size factors are at most 1: groups whose categories alone weigh nothing are
         # skipped, and each size bounds what the others can still reach.
-        for bound, index in self._groups_near(key):
-            for by_batch, depths in index.near(batch, bound * (1.0 + _SLACK)):
-                for ceiling, bucket in depths.near(layers, by_batch):
-                    for record, record_key in bucket.near(here, dataset, ceiling):
-                        s = bound * size_similarity(key, record_key)
-                        w = weight(s)
-                        if w > 0.0:
-                            out.append(Scored(record, s, w))
+        for bound, bucket, window, lowest, highest in self._plan(key):
+            if not lowest <= here <= highest:
+                continue
+            for record_key, records in bucket.near(here, dataset, window):
+                s = bound * size_similarity(key, record_key)
+                w = weight(s)
+                if w > 0.0:
+                    out += [Scored(record, s, w) for record in records]
         out.sort(key=lambda x: (-x.similarity, x.record.record_id))
         return out
 
