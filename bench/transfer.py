@@ -5,10 +5,13 @@ The zoo (``bench/transfer_zoo.py``): 16 related generated tasks in four families
 Transformer), sizes x1/x4/x16 and a variant with twice the batch and half the data. Leave one
 task out: its history is the finished jobs of the other 15.
 
-History phase (run once and stored): for every zoo task one finished job, the rules-only
-prior-guided study (:func:`tuner.tuning.tune` without history, ``HISTORY_TRIALS`` trials, training
-seed ``HISTORY_SEED``, no pruner), turned into a :class:`~tuner.evidence.history.JobOutcome`
-(each optimizer's trials, best value and configuration from the study's summary).
+History phase (run once and stored): for every zoo task one finished job, turned into a
+:class:`~tuner.evidence.history.JobOutcome` (each optimizer's trials, best value and configuration
+from the study's summary), training seed ``HISTORY_SEED``, no pruner. ``--history-method``: how
+those jobs were tuned: ``rules`` (the default), the rules-only prior-guided study
+(:func:`tuner.tuning.tune` without history, ``HISTORY_TRIALS`` trials), or ``tpe``, (c)'s TPE over
+the wide space (``--history-trials 50``: a team that tuned broadly and imported its results,
+``optpilot history import``).
 
 Evaluation phase: for each held-out task and seed, three methods with the same trial runner
 (:func:`tuner.trial.run_trial`), the workload's epochs, one training seed for every trial of a

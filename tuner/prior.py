@@ -432,6 +432,10 @@ class _EvidenceScores:
             by_lr_group.setdefault(lr_group(name), []).append(s)
         return cls(scored, math.fsum(s.weight for s in scored), weight_of, count, by_lr_group)
 
+    @functools.cached_property
+    def schedules(self) -> _ScheduleVotes:
+        return _ScheduleVotes.of(self.scored)
+
     def factor(self, name: str) -> float:
         return math.exp(EVIDENCE_SCORE_RATE * self.weight_of.get(name, 0.0))
 
@@ -572,7 +576,35 @@ def _schedule_free_warmup(task: TaskDescription, priors: _Priors) -> str | None:
 _DECAYING = ("cosine", "linear", "wsd")
 
 
-def _schedule_evidence(rules: Schedule, scored: list[Scored]) -> tuple[Schedule, str | None]:
+@dataclass(frozen=True)
+class _ScheduleVotes:
+    """What the similar trainings say of schedules, counted once per request: per schedule
+    optpilot can build, the summed weight and number of the trainings that used it and, per
+    final lr fraction stated, their weight."""
+
+    votes: dict[str, float]
+    counts: dict[str, int]
+    finals: dict[str, dict[float, float]]
+
+    @classmethod
+    def of(cls, scored: Iterable[Scored]) -> _ScheduleVotes:
+        votes: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        finals: dict[str, dict[float, float]] = {}
+        for s in scored:
+            name = s.record.schedule
+            if name not in SCHEDULE_NAMES:
+                continue
+            votes[name] = votes.get(name, 0.0) + s.weight
+            counts[name] = counts.get(name, 0) + 1
+            final = s.record.final_lr_fraction
+            if final is not None:
+                by_value = finals.setdefault(name, {})
+                by_value[final] = by_value.get(final, 0.0) + s.weight
+        return cls(votes, counts, finals)
+
+
+def _schedule_evidence(rules: Schedule, said: _ScheduleVotes) -> tuple[Schedule, str | None]:
     """The rules' schedule, or the one the similar trainings used when their weight for it
     outweighs the rules' (``EVIDENCE_SCHEDULE_PSEUDOCOUNT`` plus the trainings that agree).
 
@@ -580,19 +612,7 @@ def _schedule_evidence(rules: Schedule, scored: list[Scored]) -> tuple[Schedule,
     training more than the optimizer); those whose schedule optpilot cannot build (step,
     plateau, exponential decay) do not vote. A new name keeps the rules' warm-up; its final lr
     fraction is the one its trainings state most (weight), else the rules' (0 without one)."""
-    votes: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    finals: dict[str, dict[float, float]] = {}
-    for s in scored:
-        name = s.record.schedule
-        if name not in SCHEDULE_NAMES:
-            continue
-        votes[name] = votes.get(name, 0.0) + s.weight
-        counts[name] = counts.get(name, 0) + 1
-        if s.record.final_lr_fraction is not None:
-            by_value = finals.setdefault(name, {})
-            by_value[s.record.final_lr_fraction] = (by_value.get(s.record.final_lr_fraction, 0.0)
-                                                    + s.weight)
+    votes, counts, finals = said.votes, said.counts, said.finals
     if not votes:
         return rules, None
     held = EVIDENCE_SCHEDULE_PSEUDOCOUNT + votes.get(rules.name, 0.0)
@@ -614,13 +634,13 @@ def _schedule_evidence(rules: Schedule, scored: list[Scored]) -> tuple[Schedule,
 
 
 def _schedule(task: TaskDescription, spec: OptimizerSpec, priors: _Priors,
-              scored: list[Scored]) -> tuple[Schedule, list[str], str]:
+              ev: _EvidenceScores) -> tuple[Schedule, list[str], str]:
     """The candidate's schedule, its rationale lines and its reference."""
     rule = schedule_rule(task, spec)
     schedule = rule.schedule(task)
     lines = [f"schedule: {rule.rationale.format(t=task)} [{schedule.describe()}]"]
     if rule.evidence_may_change:
-        schedule, line = _schedule_evidence(schedule, scored)
+        schedule, line = _schedule_evidence(schedule, ev.schedules)
         if line is not None:
             lines.append(line)
     if spec.schedule_free and "warmup_steps" in spec.defaults:
@@ -700,7 +720,7 @@ def _candidate(name: str, task: TaskDescription, rules: _RulesResult, priors: _P
     """One ranked optimizer with its values, schedule, evidence and the words for each."""
     base = _base(optimizers.get(name))
     mem = memory_use(task, base.spec)
-    schedule, schedule_lines, schedule_ref = _schedule(task, base.spec, priors, ev.scored)
+    schedule, schedule_lines, schedule_ref = _schedule(task, base.spec, priors, ev)
     lines = [base.line, lr_meaning(schedule)]
     refs = list(base.references)
     for i in rules.rows[name]:

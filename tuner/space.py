@@ -25,7 +25,9 @@ measured on the built-in workloads (the top 3 at lr x1/3, 1, 3 and 10, median of
 best x3 point beat the best default on 6 of 7, and on that grid the best of the first 5 trials
 came within 2% of plain TPE's 50-trial best (``bench/tuning_efficiency.py``) on 5 of 7 in this
 order against 4 of 7 with the defaults first.
-With 3 candidates the warm start is 9 trials, at most half the budget.
+With 3 candidates the warm start is 9 trials, at most half the budget. With a history, the
+nearest past jobs' best configurations come first, then the rules' top default, then the nearest
+one on the same ladder (its lr was carried by the rules' approximate laws: ``start_points``).
 
 Schedules: each candidate carries the lr schedule of its recommendation (``Schedule``; a plan
 stored before schedules has none, and its trials train with the workload's own schedule). The
@@ -267,18 +269,28 @@ class SearchPlan:
         first, at most ``HISTORY_STARTS``; clamped into this plan's ranges); then the rules'
         top candidate's default (``rules_top``: the top candidate without history, when
         history moved another to the top), so a misleading history cannot lock the search out;
+        then the nearest past job's configuration on the ``LR_LADDER`` (its lr x3 and /3);
         then the rules' ladder: the top candidate's default, the first ``LR_LADDER`` rung of the
         top ``LADDER_CANDIDATES``, the other defaults (best-ranked first), then the other rungs
         (rungs outside the range are clamped to it, repeats dropped).
 
         At most half the budget (and at least one point) is spent here.
         """
+        usable = [h for h in history[:HISTORY_STARTS] if h.optimizer in self.names]
         points = [StartPoint(self.params_for(h.optimizer, h.hyperparameters),
-                             history_source(h.job_id))
-                  for h in history[:HISTORY_STARTS] if h.optimizer in self.names]
+                             history_source(h.job_id)) for h in usable]
         if rules_top is not None and rules_top in self.names:
             top = self.candidate(rules_top)
             points.append(StartPoint(self.params_for(top.name, top.defaults), SOURCE_RULES))
+        if usable:  # the nearest one's lr, carried by laws that are approximate, on a ladder
+            nearest = usable[0]
+            lr = nearest.hyperparameters.get("lr")
+            if lr is not None:
+                points += [StartPoint(self.params_for(nearest.optimizer,
+                                                      {**nearest.hyperparameters,
+                                                       "lr": lr * factor}),
+                                      history_source(nearest.job_id))
+                           for factor in LR_LADDER]
         defaults = [self.params_for(c.name, c.defaults) for c in self.candidates]
         rungs = [self._lr_rung(factor) for factor in LR_LADDER]
         ladder = (defaults[:1] + rungs[0] + defaults[1:]

@@ -173,7 +173,7 @@ def _enqueued(study: optuna.Study) -> list[tuple[str | None, str]]:
 
 def test_a_new_job_tries_the_history_first_then_the_rules_top_default() -> None:
     rules_top = recommend(MLP).candidates[0].optimizer
-    history = [outcome("near", results={"lion": (8, 0.1, {"lr": 1e-4}),
+    history = [outcome("near", results={"lion": (8, 0.1, {"lr": 3e-4}),
                                         rules_top: (8, 0.3, {})})]
     study, recommendation = create_study(optuna.storages.InMemoryStorage(), study_name="s",
                                          workload=None, task=MLP, n_trials=20,
@@ -181,7 +181,12 @@ def test_a_new_job_tries_the_history_first_then_the_rules_top_default() -> None:
     points = _enqueued(study)
     assert points[0] == ("lion", "history:near")
     assert points[1] == (rules_top, SOURCE_RULES)
-    assert all(source == SOURCE_RULES for _, source in points[2:])
+    # then the nearest job's configuration with its carried lr x3 and /3, then the rules
+    assert points[2:4] == [("lion", "history:near")] * 2
+    trials = study.get_trials()
+    lrs = [trials[i].system_attrs["fixed_params"]["lion.lr"] for i in (0, 2, 3)]
+    assert lrs[1:] == pytest.approx([lrs[0] * 3, lrs[0] / 3])
+    assert all(source == SOURCE_RULES for _, source in points[4:])
     assert rules_top in [c.optimizer for c in recommendation.candidates]
 
 
