@@ -115,12 +115,14 @@ def test_a_new_job_tries_the_nearest_past_winner_first(api: TestClient) -> None:
     assert first["optimizer"] == "lion"
     trials = api.get(f"/v1/jobs/{job['id']}/trials").json()
     assert trials[0]["source"] == "history:past"
-    assert {t["source"] for t in trials[1:]} == {"rules"}
+    # the rules' top default, then the past winner's lr ladder (x3, /3), then the rules
+    assert [t["source"] for t in trials[1:4]] == ["rules", "history:past", "history:past"]
+    assert {t["source"] for t in trials[4:]} == {"rules"}
     assert api.post(f"/v1/jobs/{job['id']}/trials/{first['number']}/result",
                     json={"value": 0.01}).status_code == 200
     assert api.get(f"/v1/jobs/{job['id']}").json()["best"]["source"] == "history:past"
     report = api.get(f"/v1/jobs/{job['id']}/report").text
-    assert "job past (trial 0)" in report and "<td>history:past</td>" in report
+    assert "job past (trial 0, 2, 3)" in report and "<td>history:past</td>" in report
     without = api.post("/v1/jobs", json={"workload": None, "task": TASK, "n_trials": 10,
                                          "namespace": "team-a", "use_history": False}).json()
     sources = {t["source"] for t in api.get(f"/v1/jobs/{without['id']}/trials").json()}
