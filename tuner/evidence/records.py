@@ -170,9 +170,8 @@ class _Bucket:
         return out
 
 
-# A bucket to look in: bound, bucket, window, and the lowest and highest log10 parameters of a
-# task that can find anything in it.
-_Look = tuple[float, _Bucket, _Window, float, float]
+# A bucket to look in, with the bound its categories, batch and depth leave, and its window.
+_Look = tuple[float, _Bucket, _Window]
 
 
 def _window(ceiling: float) -> _Window:
@@ -307,21 +306,17 @@ class EvidencePool:
 
     def _plan(self, key: TaskKey) -> tuple[_Look, ...]:
         """The buckets a task of ``key``'s categories, batch size and depth can find similar
-        records in, each with the bound the categories, batch and depth leave, its window and
-        the parameters (log10) a task needs to find anything there; what a query does before it
-        looks at parameters and datasets, kept per combination."""
+        records in, each with the bound the categories, batch and depth leave and its window;
+        what a query does before it looks at parameters and datasets, kept per combination."""
         batch, layers = key.log_sizes[_BATCH], key.log_sizes[_LAYERS]
         at = (key.categories, batch, layers)
         plan = self._plans.get(at)
         if plan is None:
-            found = []
+            found: list[_Look] = []
             for bound, index in self._groups_near(key):
                 for by_batch, depths in index.near(batch, bound * (1.0 + _SLACK)):
                     for ceiling, bucket in depths.near(layers, by_batch):
-                        window = _window(ceiling)
-                        found.append((bound, bucket, window,
-                                      bucket.log_parameters[0] - window[0],
-                                      bucket.log_parameters[-1] + window[0]))
+                        found.append((bound, bucket, _window(ceiling)))
             plan = tuple(found)
             if len(self._plans) >= _PLANS_KEPT:
                 self._plans.clear()
@@ -336,9 +331,7 @@ class EvidencePool:
         out: list[Scored] = []
         # The size factors are at most 1: groups whose categories alone weigh nothing are
         # skipped, and each size bounds what the others can still reach.
-        for bound, bucket, window, lowest, highest in self._plan(key):
-            if not lowest <= here <= highest:
-                continue
+        for bound, bucket, window in self._plan(key):
             for record_key, records in bucket.near(here, dataset, window):
                 s = bound * size_similarity(key, record_key)
                 w = weight(s)
