@@ -520,8 +520,9 @@ def load_results(path: str, args: argparse.Namespace, skip: set[str],
 
 
 def _write(path: str, data: dict[str, Any]) -> None:
+    """Write a run as JSON (gzipped when ``path`` ends in .gz, as ``read_run`` reads it)."""
     tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
+    with (gzip.open(tmp, "wt") if path.endswith(".gz") else open(tmp, "w")) as f:
         json.dump(data, f, indent=1)
     os.replace(tmp, path)
 
