@@ -38,7 +38,6 @@ a job's second optimizer 2%: the x3 rung of the warm start's lr ladder rarely pa
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
 import multiprocessing
 import statistics
@@ -51,7 +50,7 @@ import optuna
 from optuna.trial import TrialState
 
 import optimizers
-from bench.target_reachability import median_of_bests
+from bench.target_reachability import oracle
 from bench.transfer import history_for, init_zoo_worker, job_id, load_run, parse_args, summarize
 from bench.transfer_zoo import zoo_workload
 from tuner.contract import TRIAL_SOURCE
@@ -146,14 +145,6 @@ def evaluate(job: tuple[str, int, Sequence[GridPoint], Sequence[JobOutcome]]) ->
     return values
 
 
-def oracle(values: Sequence[Sequence[float]], k: int) -> tuple[float, tuple[int, ...]]:
-    """The ``k`` configurations whose per-seed bests have the smallest median (exhaustive)."""
-    k = min(k, len(values))
-    best = min(itertools.combinations(range(len(values)), k),
-               key=lambda chosen: median_of_bests(values, chosen))
-    return median_of_bests(values, best), best
-
-
 @dataclass
 class TaskBound:
     task: str
@@ -168,10 +159,9 @@ class TaskBound:
         return sum(v <= self.target for v in self.values[i])
 
 
-def bound(task: str, target: float, points: list[GridPoint],
-          values: list[list[float]]) -> tuple[str, bool]:
+def bound(t: TaskBound) -> tuple[str, bool]:
     """One task's lines and whether the oracle's 5 history configurations reach the target."""
-    t = TaskBound(task, target, points, values)
+    task, target, points, values = t.task, t.target, t.points, t.values
     lines = [f"{task}: target {target:.4f}, {len(t.history())} history configurations"]
     if not t.history():
         return "\n".join([*lines, "  no job weighs"]), False
@@ -179,7 +169,7 @@ def bound(task: str, target: float, points: list[GridPoint],
     lines.append(f"  best single   {statistics.median(values[single]):.4f}  "
                  f"({t.hits(single)}/{len(values[single])} seeds)  {points[single].label()}")
     history_values = [values[i] for i in t.history()]
-    value, chosen = oracle(history_values, WITHIN)
+    value, chosen, _ = oracle(history_values, WITHIN)
     reached = value <= target
     lines.append(f"  oracle best-of-{WITHIN} {value:.4f}  {'reaches' if reached else 'misses'}")
     lines += [f"      {points[t.history()[i]].label()}" for i in chosen]
@@ -237,9 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     reachable = 0
     for task in tasks:
         values = [list(v) for v in zip(*per_seed[task], strict=True)]  # per point, per seed
-        text, reached = bound(task, targets[task], grids[task], values)
-        reachable += reached
         bounds.append(TaskBound(task, targets[task], grids[task], values))
+        text, reached = bound(bounds[-1])
+        reachable += reached
         print(text)
     print(f"\noracle: {WITHIN} history configurations reach the target on {reachable}/"
           f"{len(tasks)} tasks ({reachable / len(tasks):.0%})")
